@@ -1,0 +1,3 @@
+from idcontact.cli import main
+
+main()

@@ -1,0 +1,249 @@
+"""The composition root: ``create_app(settings)`` builds one instance serving one or more roles.
+
+Nothing is built at import time. The lifespan owns the resources (database, key store, HTTP
+client, sweeper). In the embedded mode every role runs here and the core reaches in-process
+plugins over the same HTTP contract through an in-memory transport, without a network hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from idcontact import __version__
+from idcontact.conversations import Conversations
+from idcontact.core import Core
+from idcontact.errors import ConfigError
+from idcontact.keyring import KeyRing, load_keyring
+from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
+from idcontact.sealing import Sealer
+from idcontact.settings import ROLES, Role, Settings
+from idcontact.storage.db import create_engine, is_sqlite, upgrade
+from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
+from idcontact.storage.vault import Vault
+from idcontact.tokens import TokenIssuer, TokenReader
+from idcontact.web import problem
+from idcontact.web.middleware import EdgeMiddleware
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
+SWEEP_INTERVAL = 30.0
+
+_INDEX_TEXT = {
+    "nl": {
+        "title": "Contact met de gemeente",
+        "intro": "Kies uw onderwerp. U ziet welke gegevens we vragen, en u kiest hoe u zich "
+        "identificeert en hoe u met ons praat.",
+        "other_language": "English",
+        "asked": "Wij vragen",
+        "how_identify": "Hoe wilt u zich identificeren?",
+        "how_talk": "Hoe wilt u contact?",
+        "start": "Verder",
+        "no_purposes": "Er zijn nog geen onderwerpen ingesteld.",
+    },
+    "en": {
+        "title": "Contact the municipality",
+        "intro": "Choose your topic. You see which data we ask for, and you choose how to "
+        "identify and how to talk to us.",
+        "other_language": "Nederlands",
+        "asked": "We ask for",
+        "how_identify": "How do you want to identify?",
+        "how_talk": "How do you want to talk?",
+        "start": "Continue",
+        "no_purposes": "No topics have been configured yet.",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Services:
+    """The long-lived collaborators of one instance (for the CLI, tests and benchmarks)."""
+
+    settings: Settings
+    keys: KeyRing
+    http: httpx.AsyncClient
+    engine: AsyncEngine | None
+    keystore: KeyStore | None
+    conversations: Conversations | None
+
+
+def keystore_for(settings: Settings, engine: AsyncEngine) -> KeyStore:
+    kind = settings.resolved_keystore
+    if kind == "redis":
+        if not settings.redis_url:
+            raise ConfigError("redis_url: required when keystore = 'redis'")
+        return RedisKeyStore(Redis.from_url(settings.redis_url))
+    if kind == "postgres":
+        if is_sqlite(settings.resolved_database_url):
+            raise ConfigError("keystore: 'postgres' needs a PostgreSQL database_url")
+        return PostgresKeyStore(engine)
+    url = settings.resolved_database_url
+    db_path = url.split("///", 1)[1] if "///" in url else ""
+    if not db_path or db_path == ":memory:":
+        return SqliteKeyStore(settings.data_dir / "keys.sqlite3")
+    path = Path(db_path)
+    # Beside, never inside, the data file: backups of the data file do not hold the keys.
+    return SqliteKeyStore(path.with_name(path.stem + ".keys" + path.suffix))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    roles: Sequence[Role] = ROLES,
+    plugin_classes: Mapping[tuple[Kind, str], type[Plugin]] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """Build an instance serving ``roles``; ``plugin_classes`` overrides entry points (tests)."""
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(f"role: unknown role {role!r}")
+    keys = load_keyring(settings)
+    templates = Jinja2Templates(directory=WEB_DIR / "templates")
+    sealer = Sealer(keys.internal_secret, clock=clock)
+
+    engine: AsyncEngine | None = None
+    keystore: KeyStore | None = None
+    conversations: Conversations | None = None
+    if "comm" in roles:
+        engine = create_engine(settings.resolved_database_url)
+        keystore = keystore_for(settings, engine)
+        reader = TokenReader(
+            keys.decryption,
+            keys.trusted_signers,
+            fallback_key=keys.fallback_signer,
+            leeway=settings.token_leeway,
+            clock=clock,
+        )
+        conversations = Conversations(engine, Vault(engine, keystore, clock), reader, clock)
+    issuer = TokenIssuer(
+        keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper: asyncio.Task[None] | None = None
+        if engine is not None and settings.auto_migrate:
+            await upgrade(engine)
+        if conversations is not None:
+            sweeper = asyncio.create_task(_sweep(conversations))
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            await http.aclose()
+            if keystore is not None:
+                await keystore.close()
+            if engine is not None:
+                await engine.dispose()
+
+    app = FastAPI(
+        title="ID Contact",
+        version=__version__,
+        summary=f"Roles: {', '.join(roles)}",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    http = httpx.AsyncClient(
+        mounts={INPROC_BASE: httpx.ASGITransport(app=app, raise_app_exceptions=False)},
+        timeout=settings.plugin_timeout,
+        follow_redirects=False,
+    )
+    app.state.services = Services(settings, keys, http, engine, keystore, conversations)
+    problem.install(app)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    served: set[tuple[Kind, str]] = set()
+    plugin_classes = dict(plugin_classes or {})
+    for kind, methods in (("auth", settings.auth_methods), ("comm", settings.comm_methods)):
+        if kind not in roles:
+            continue
+        for method in methods:
+            if method.plugin is None:
+                continue
+            key: tuple[Kind, str] = (kind, method.plugin)  # type: ignore[assignment]
+            cls = plugin_classes.get(key) or load_plugin_class(key[0], method.plugin)
+            ctx = PluginContext(
+                settings=settings,
+                method=method,
+                http=http,
+                templates=templates,
+                sealer=sealer,
+                public_base=f"{settings.public_url}/{kind}/{method.tag}",
+                internal_base=f"{settings.internal_url or INPROC_BASE}/{kind}/{method.tag}",
+                issuer=issuer if kind == "auth" else None,
+                encrypt_to=keys.encryption_public if kind == "auth" else None,
+                conversations=conversations if kind == "comm" else None,
+            )
+            plugin = cls(ctx, settings.plugins.get(kind, {}).get(method.tag, {}))
+            app.include_router(plugin.router, prefix=f"/{kind}/{method.tag}")
+            served.add((key[0], method.tag))
+
+    if "core" in roles:
+        core = Core(settings, keys, http, templates, served, clock)
+        app.include_router(core.router())
+
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        async def index(request: Request) -> HTMLResponse:
+            lang = request.query_params.get("lang", settings.default_language)
+            lang = lang if lang in _INDEX_TEXT else "nl"
+            purposes = []
+            for p in settings.purposes:
+                options = core.options(p)
+                if not options.auth_methods or not options.comm_methods:
+                    continue
+                purposes.append(
+                    {
+                        "tag": p.tag,
+                        "label": p.label.get(lang) if p.label else p.tag,
+                        "attributes": [settings.attribute_label(a, lang) for a in p.attributes],
+                        "auth": options.auth_methods,
+                        "comm": options.comm_methods,
+                    }
+                )
+            return templates.TemplateResponse(
+                request, "index.html", {"purposes": purposes, "t": _INDEX_TEXT[lang], "lang": lang}
+            )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    return app
+
+
+def services_of(app: FastAPI) -> Services:
+    """The collaborators of an app made by :func:`create_app`."""
+    services = app.state.services
+    assert isinstance(services, Services)
+    return services
+
+
+async def _sweep(conversations: Conversations) -> None:
+    """Purge by time, in-process, on every deployment size."""
+    while True:
+        try:
+            purged = await conversations.purge_expired()
+            if purged:
+                log.info("purged conversations", extra={"count": purged})
+        except Exception:
+            log.exception("sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL)

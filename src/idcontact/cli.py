@@ -1,0 +1,208 @@
+"""The ``idcontact`` command: serve, check-config, keys, db, purge, plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+
+from idcontact.errors import ConfigError
+from idcontact.settings import ROLES, Role, Settings, load_settings
+
+DEMO_CONFIG = Path(__file__).parent / "demo.toml"
+
+
+def _load(config: Path | None, data_dir: Path | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return load_settings(config or DEMO_CONFIG, overrides)
+
+
+def _fail(exc: ConfigError) -> None:
+    click.echo(f"error: {exc.detail}", err=True)
+    sys.exit(2)
+
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="IDCONTACT_CONFIG",
+    help="TOML configuration file (default: the built-in demo).",
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Data directory."
+)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """ID Contact. Without a command: serve the embedded demo."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@main.command()
+@config_option
+@data_dir_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="Serve only these roles (repeatable); default: all, in one process.",
+)
+def serve(
+    config: Path | None = None,
+    data_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    roles: tuple[Role, ...] = (),
+) -> None:
+    """Run the web service."""
+    import os
+
+    import uvicorn
+
+    from idcontact.app import create_app
+    from idcontact.logs import setup_logging
+
+    os.umask(0o077)  # data files, keys and databases: owner only
+    try:
+        overrides: dict[str, Any] = {}
+        if data_dir is not None:
+            overrides["data_dir"] = data_dir
+        settings = load_settings(config or DEMO_CONFIG, overrides)
+        if "public_url" not in settings.model_fields_set:
+            # Nothing configured: browsers reach us where we listen.
+            settings = load_settings(
+                config or DEMO_CONFIG, {**overrides, "public_url": f"http://{host}:{port}"}
+            )
+        setup_logging(settings.log_level)
+        app = create_app(settings, roles=roles or ROLES)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    click.echo(f"ID Contact ({', '.join(roles or ROLES)}) — open {settings.public_url}/")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, server_header=False)
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def check_config(file: Path) -> None:
+    """Validate FILE; exit non-zero with the reason when it is invalid."""
+    try:
+        settings = load_settings(file)
+        for name in ("signing", "encryption_public", "fallback_signer", "ui_signing", "requestor"):
+            key = getattr(settings.keys, name)
+            if key is not None:
+                try:
+                    key.load()
+                except ConfigError as exc:
+                    raise ConfigError(f"keys.{name}: {exc.detail}") from None
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    click.echo(
+        f"OK: {len(settings.purposes)} purposes, {len(settings.auth_methods)} auth methods, "
+        f"{len(settings.comm_methods)} comm methods"
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Key management."""
+
+
+@keys.command("generate")
+@click.option("--type", "kind", type=click.Choice(["EC", "RSA"]), default="EC", show_default=True)
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--name", required=True, help="File name stem: writes NAME.key.pem and NAME.pub.pem.")
+def keys_generate(kind: str, directory: Path, name: str) -> None:
+    """Generate a key pair (private key file readable by the owner only)."""
+    from idcontact.keys import generate_keypair, kid_for, load_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        priv, pub = generate_keypair(kind, directory, name)  # type: ignore[arg-type]
+    except FileExistsError:
+        click.echo(f"error: {directory / name}.*.pem exists already; not overwritten", err=True)
+        sys.exit(2)
+    kid = kid_for(load_pem(kind, pub.read_bytes(), source=str(pub)))  # type: ignore[arg-type]
+    click.echo(f"wrote {priv} (0600) and {pub}; kid {kid}")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@config_option
+@data_dir_option
+def db_upgrade(config: Path | None, data_dir: Path | None) -> None:
+    """Apply all migrations."""
+    from idcontact.storage.db import create_engine, current_revision, upgrade
+
+    try:
+        settings = _load(config, data_dir)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+
+    async def run() -> str | None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await upgrade(engine)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    click.echo(f"database at revision {asyncio.run(run())}")
+
+
+@main.command()
+@config_option
+@data_dir_option
+def purge(config: Path | None, data_dir: Path | None) -> None:
+    """Destroy the attributes of every conversation past its retention, now."""
+    from idcontact.app import create_app, services_of
+
+    try:
+        settings = _load(config, data_dir)
+        app = create_app(settings, roles=("comm",))
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    services = services_of(app)
+
+    async def run() -> int:
+        from idcontact.storage.db import upgrade
+
+        assert services.conversations is not None and services.engine is not None
+        try:
+            await upgrade(services.engine)
+            return await services.conversations.purge_expired()
+        finally:
+            if services.keystore is not None:
+                await services.keystore.close()
+            await services.engine.dispose()
+            await services.http.aclose()
+
+    click.echo(f"purged {asyncio.run(run())} conversations")
+
+
+@main.command()
+def plugins() -> None:
+    """List installed plugins (only those named in the configuration are ever loaded)."""
+    for kind in ("auth", "comm"):
+        for ep in sorted(entry_points(group=f"idcontact.{kind}"), key=lambda e: e.name):
+            click.echo(f"{kind}\t{ep.name}\t{ep.value}")

@@ -1,0 +1,423 @@
+"""The core role: purposes, method discovery, session start and the two compatibility shims.
+
+Wire-compatible with the original ID Contact core (reference §3.1, §4): the same endpoints,
+JSON fields, ``Accept``-based JSON-or-303 answer, 5 s plugin timeouts, tel and attr-url shims.
+The core holds no attributes: it only forwards opaque tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+
+from idcontact.errors import (
+    InvalidStartRequestError,
+    MethodNotAllowedForPurposeError,
+    PluginError,
+    PluginTimeoutError,
+    TokenError,
+    UnknownPurposeError,
+    UnsupportedMediaTypeError,
+)
+from idcontact.keyring import KeyRing
+from idcontact.plugins.base import INPROC_BASE, Kind
+from idcontact.settings import AuthMethod, CommMethod, Method, Purpose, Settings
+from idcontact.tokens import sign_jwt, verify_jwt
+
+log = logging.getLogger(__name__)
+
+TEL_TOKEN_LIFETIME = 3600
+SHIM_STATE_LIFETIME = 1800
+TOKEN_PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+class MethodProperties(BaseModel):
+    tag: str
+    name: str
+    image_path: str
+
+
+class SessionOptions(BaseModel):
+    auth_methods: list[MethodProperties]
+    comm_methods: list[MethodProperties]
+
+
+class ClientUrlResponse(BaseModel):
+    client_url: str
+
+
+_START_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "title": "StartRequestFull",
+                            "required": ["purpose", "auth_method", "comm_method"],
+                            "properties": {
+                                "purpose": {"type": "string"},
+                                "auth_method": {"type": "string"},
+                                "comm_method": {"type": "string"},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "title": "StartRequestCommOnly",
+                            "required": ["purpose", "auth_result", "comm_method"],
+                            "properties": {
+                                "purpose": {"type": "string"},
+                                "auth_result": {"type": "string"},
+                                "comm_method": {"type": "string"},
+                            },
+                        },
+                    ]
+                }
+            },
+            "application/jwt": {"schema": {"type": "string", "title": "StartRequestAuthOnly"}},
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["purpose", "auth_method", "comm_method"],
+                    "properties": {
+                        "purpose": {"type": "string"},
+                        "auth_method": {"type": "string"},
+                        "comm_method": {"type": "string"},
+                    },
+                }
+            },
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "Where to send the browser (with Accept: application/json)",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClientUrlResponse"}}},
+        },
+        "303": {"description": "Redirect to the client URL"},
+        "400": {"description": "Invalid request (problem+json)"},
+        "413": {"description": "Body too large (problem+json)"},
+        "415": {"description": "Unsupported content type (problem+json)"},
+        "502": {"description": "A plugin failed or timed out (problem+json)"},
+    },
+}
+
+
+class Core:
+    """Session start logic; routes are in :meth:`router`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeyRing,
+        http: httpx.AsyncClient,
+        templates: Jinja2Templates,
+        served: set[tuple[Kind, str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._http = http
+        self._templates = templates
+        self._served = served
+        self._clock = clock
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def _purpose(self, tag: object) -> Purpose:
+        purpose = self._settings.purpose(tag) if isinstance(tag, str) else None
+        if purpose is None:
+            raise UnknownPurposeError()
+        return purpose
+
+    def _auth(self, purpose: Purpose, tag: object) -> AuthMethod:
+        method = self._settings.auth_method(tag) if isinstance(tag, str) else None
+        if method is None or method.tag not in purpose.allowed_auth:
+            raise MethodNotAllowedForPurposeError("This auth method is not offered for this purpose")
+        return method
+
+    def _comm(self, purpose: Purpose, tag: object) -> CommMethod:
+        method = self._settings.comm_method(tag) if isinstance(tag, str) else None
+        if method is None or method.tag not in purpose.allowed_comm:
+            raise MethodNotAllowedForPurposeError("This comm method is not offered for this purpose")
+        return method
+
+    def _url(self, kind: Kind, method: Method) -> str:
+        if method.plugin is not None and (kind, method.tag) in self._served:
+            return f"{INPROC_BASE}/{kind}/{method.tag}"
+        if method.start is None:
+            raise PluginError(f"The {kind} method {method.tag!r} is not served here")
+        return method.start
+
+    def options(self, purpose: Purpose) -> SessionOptions:
+        def props(m: Method) -> MethodProperties:
+            return MethodProperties(tag=m.tag, name=m.name, image_path=m.image_path)
+
+        auth = [m for m in self._settings.auth_methods if m.tag in purpose.allowed_auth]
+        comm = [m for m in self._settings.comm_methods if m.tag in purpose.allowed_comm]
+        return SessionOptions(auth_methods=[props(m) for m in auth], comm_methods=[props(m) for m in comm])
+
+    # -- plugin calls ---------------------------------------------------------------------
+
+    async def _call(self, url: str, body: Mapping[str, object]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(url, json=dict(body), timeout=self._settings.plugin_timeout)
+        except httpx.TimeoutException:
+            raise PluginTimeoutError() from None
+        except httpx.HTTPError:
+            raise PluginError("A plugin could not be reached") from None
+        if response.status_code != 200:
+            log.warning("plugin refused", extra={"plugin_status": response.status_code})
+            raise PluginError(f"A plugin answered with status {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError:
+            raise PluginError("A plugin answered with invalid JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("client_url"), str):
+            raise PluginError("A plugin answered without a client_url")
+        return data
+
+    async def _post_token(self, attr_url: str, token: str) -> None:
+        """Deliver a token to an attr_url server-side; the answer is ignored (original)."""
+        try:
+            response = await self._http.post(
+                attr_url,
+                content=token,
+                headers={"Content-Type": "application/jwt"},
+                timeout=self._settings.plugin_timeout,
+            )
+        except httpx.TimeoutException:
+            raise PluginTimeoutError() from None
+        except httpx.HTTPError:
+            raise PluginError("The comm plugin could not be reached") from None
+        if response.status_code >= 300:
+            log.warning("attr_url refused a token", extra={"plugin_status": response.status_code})
+
+    async def start_communication(
+        self, purpose: Purpose, comm: CommMethod, auth_result: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, object] = {"purpose": purpose.tag}
+        if auth_result is not None:
+            body["auth_result"] = auth_result
+        return await self._call(f"{self._url('comm', comm)}/start_communication", body)
+
+    async def start_authentication(
+        self, purpose: Purpose, auth: AuthMethod, continuation: str, attr_url: str | None
+    ) -> str:
+        """Call the auth plugin, applying the tel and attr-url shims first (in that order)."""
+        if auth.shim_tel_url and continuation.startswith("tel:"):
+            now = int(self._clock())
+            token = sign_jwt(
+                {"continuation": continuation, "iat": now, "exp": now + TEL_TOKEN_LIFETIME},
+                self._keys.ui_signing,
+                typ=None,
+            )
+            continuation = f"{self._settings.public_url}/tel/{token}"
+        if auth.disable_attr_url and attr_url is not None:
+            now = int(self._clock())
+            state = sign_jwt(
+                {
+                    "attr_url": attr_url,
+                    "continuation": continuation,
+                    "iat": now,
+                    "exp": now + SHIM_STATE_LIFETIME,
+                },
+                self._keys.internal_key,
+            )
+            continuation = f"{self._settings.public_url}/auth_attr_shim/{state}"
+            attr_url = None
+        body: dict[str, object] = {"attributes": list(purpose.attributes), "continuation": continuation}
+        if attr_url is not None:
+            body["attr_url"] = attr_url
+        data = await self._call(f"{self._url('auth', auth)}/start_authentication", body)
+        return str(data["client_url"])
+
+    # -- the four start forms -------------------------------------------------------------
+
+    async def start_full(self, body: Mapping[str, object]) -> str:
+        purpose = self._purpose(body.get("purpose"))
+        auth = self._auth(purpose, body.get("auth_method"))
+        comm = self._comm(purpose, body.get("comm_method"))
+        started = await self.start_communication(purpose, comm)
+        attr_url = started.get("attr_url")
+        return await self.start_authentication(
+            purpose, auth, started["client_url"], attr_url if isinstance(attr_url, str) else None
+        )
+
+    async def start_comm_only(self, body: Mapping[str, object]) -> str:
+        purpose = self._purpose(body.get("purpose"))
+        comm = self._comm(purpose, body.get("comm_method"))
+        auth_result = body.get("auth_result")
+        if not isinstance(auth_result, str) or not auth_result or len(auth_result) > 60_000:
+            raise InvalidStartRequestError("auth_result must be a compact JWE")
+        if not comm.disable_attributes_at_start:
+            started = await self.start_communication(purpose, comm, auth_result)
+            return str(started["client_url"])
+        started = await self.start_communication(purpose, comm)
+        client_url = str(started["client_url"])
+        attr_url = started.get("attr_url")
+        if isinstance(attr_url, str):
+            await self._post_token(attr_url, auth_result)
+            return client_url
+        return append_result(client_url, auth_result)
+
+    async def start_auth_only(self, token: str) -> str:
+        claims = verify_jwt(
+            token,
+            self._keys.authonly_request_keys,
+            leeway=self._settings.token_leeway,
+            clock=self._clock,
+        )
+        request = claims.get("request")
+        if not isinstance(request, dict):
+            raise InvalidStartRequestError("The signed request has no 'request' claim")
+        purpose = self._purpose(request.get("purpose"))
+        auth = self._auth(purpose, request.get("auth_method"))
+        comm_url = request.get("comm_url")
+        attr_url = request.get("attr_url")
+        if not isinstance(comm_url, str) or (attr_url is not None and not isinstance(attr_url, str)):
+            raise InvalidStartRequestError("comm_url and attr_url must be strings")
+        return await self.start_authentication(purpose, auth, comm_url, attr_url)
+
+    async def attr_shim(self, state: str, result: str) -> str:
+        claims = verify_jwt(
+            state,
+            {},
+            fallback_key=self._keys.internal_key,
+            leeway=self._settings.token_leeway,
+            clock=self._clock,
+            allowed_algs=("HS256",),
+        )
+        attr_url, continuation = claims.get("attr_url"), claims.get("continuation")
+        if not isinstance(attr_url, str) or not isinstance(continuation, str):
+            raise InvalidStartRequestError("The shim state is incomplete")
+        await self._post_token(attr_url, result)
+        return continuation
+
+    def tel_continuation(self, token: str) -> str:
+        claims = verify_jwt(
+            token,
+            {},
+            fallback_key=self._keys.ui_signing,
+            leeway=self._settings.token_leeway,
+            clock=self._clock,
+        )
+        continuation = claims.get("continuation")
+        if not isinstance(continuation, str) or not continuation.startswith("tel:"):
+            raise TokenError("The tel token carries no tel: continuation")
+        return continuation
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["core"])
+
+        @router.get("/session_options", response_model=dict[str, SessionOptions])
+        async def all_session_options() -> dict[str, SessionOptions]:
+            """Methods per purpose, for every purpose."""
+            return {p.tag: self.options(p) for p in self._settings.purposes}
+
+        @router.get(
+            "/session_options/{purpose}",
+            response_model=SessionOptions,
+            responses={400: {"description": "Unknown purpose (problem+json)"}},
+        )
+        async def session_options(purpose: str) -> SessionOptions:
+            """The auth and comm methods offered for one purpose."""
+            return self.options(self._purpose(purpose))
+
+        @router.post("/start", openapi_extra=_START_BODY, response_model=None)
+        async def start(request: Request) -> Response:
+            """Start a session: full (JSON or form), comm-only (JSON) or auth-only (signed JWT)."""
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            raw = await request.body()
+            if media == "application/json":
+                body = _json_object(raw)
+                if all(isinstance(body.get(k), str) for k in ("purpose", "auth_method", "comm_method")):
+                    client_url = await self.start_full(body)
+                elif all(isinstance(body.get(k), str) for k in ("purpose", "auth_result", "comm_method")):
+                    client_url = await self.start_comm_only(body)
+                else:
+                    raise InvalidStartRequestError(
+                        "Send purpose, auth_method and comm_method, or purpose, auth_result and comm_method"
+                    )
+            elif media == "application/jwt":
+                try:
+                    token = raw.decode("ascii").strip()
+                except UnicodeDecodeError:
+                    raise InvalidStartRequestError("The signed request is not a compact JWS") from None
+                client_url = await self.start_auth_only(token)
+            elif media == "application/x-www-form-urlencoded":
+                form = _form(raw)
+                client_url = await self.start_full(form)
+            else:
+                raise UnsupportedMediaTypeError(
+                    "Use application/json, application/jwt or application/x-www-form-urlencoded"
+                )
+            if request.headers.get("accept") == "application/json":
+                return JSONResponse({"client_url": client_url}, headers=TOKEN_PAGE_HEADERS)
+            return RedirectResponse(client_url, status_code=303, headers=TOKEN_PAGE_HEADERS)
+
+        @router.get("/auth_attr_shim/{state}", status_code=303, response_class=RedirectResponse)
+        async def auth_attr_shim(state: str, result: str) -> RedirectResponse:
+            """Deliver ``result`` to the attr_url sealed in ``state``, then go on."""
+            continuation = await self.attr_shim(state, result)
+            return RedirectResponse(continuation, status_code=303, headers=TOKEN_PAGE_HEADERS)
+
+        @router.get("/tel/{token}", response_class=HTMLResponse)
+        async def tel_page(request: Request, token: str) -> HTMLResponse:
+            """The number and code to call, from a signed tel: continuation."""
+            continuation = self.tel_continuation(token)
+            number, code = split_tel(continuation)
+            return self._templates.TemplateResponse(
+                request,
+                "tel.html",
+                {"number": number, "code": code, "tel_uri": continuation},
+                headers=TOKEN_PAGE_HEADERS,
+            )
+
+        return router
+
+
+def _json_object(raw: bytes) -> dict[str, object]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidStartRequestError("The body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidStartRequestError("The body must be a JSON object")
+    return body
+
+
+def _form(raw: bytes) -> dict[str, object]:
+    try:
+        parsed = parse_qs(raw.decode("utf-8"), max_num_fields=20, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidStartRequestError("The form is not valid") from None
+    return {k: v[0] for k, v in parsed.items() if v}
+
+
+def append_result(url: str, token: str) -> str:
+    """In-band delivery: ``?result=`` or ``&result=`` when the URL has a query already."""
+    return f"{url}{'&' if '?' in url else '?'}result={token}"
+
+
+def split_tel(uri: str) -> tuple[str, str]:
+    """``tel:+31201234567,1234567890`` → number and DTMF code (separators ``,`` ``;`` ``|``)."""
+    rest = uri[len("tel:") :]
+    for sep in (",", ";", "|"):
+        if sep in rest:
+            number, code = rest.split(sep, 1)
+            return number, code.lstrip(",;|")
+    return rest, ""

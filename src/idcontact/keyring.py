@@ -1,0 +1,102 @@
+"""All key material of one instance, loaded once at start-up.
+
+Keys that are not configured are generated on first run into ``<data_dir>/keys`` (private
+files 0600): the demo keys of the embedded mode. A production configuration names every key.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from joserfc.jwk import ECKey, OctKey, RSAKey
+
+from idcontact.keys import JoseKey, KeyConfig, generate_keypair, kid_for
+from idcontact.settings import Settings
+
+
+@dataclass(frozen=True, repr=False)
+class KeyRing:
+    signing: JoseKey
+    signing_kid: str
+    encryption_public: JoseKey
+    decryption: tuple[JoseKey, ...]
+    trusted_signers: dict[str, JoseKey]
+    fallback_signer: JoseKey | None
+    ui_signing: JoseKey
+    ui_kid: str
+    authonly_request_keys: dict[str, JoseKey] = field(default_factory=dict)
+    requestor: JoseKey | None = None
+    internal_secret: bytes = b""
+
+    @property
+    def internal_key(self) -> OctKey:
+        return OctKey.import_key(self.internal_secret)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(signing_kid={self.signing_kid!r})"
+
+
+def _demo_pair(settings: Settings, name: str) -> tuple[KeyConfig, KeyConfig]:
+    directory = settings.data_dir / "keys"
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    priv, pub = directory / f"{name}.key.pem", directory / f"{name}.pub.pem"
+    kind = settings.keys.generate
+    if not priv.exists():
+        generate_keypair(kind, directory, name)
+    return KeyConfig(type=kind, key_file=priv), KeyConfig(type=kind, key_file=pub)
+
+
+def _public(key: JoseKey) -> JoseKey:
+    if isinstance(key, RSAKey):
+        return RSAKey.import_key(key.as_dict(private=False))
+    return ECKey.import_key(key.as_dict(private=False))
+
+
+def _internal_secret(settings: Settings) -> bytes:
+    if settings.internal_secret is not None:
+        return settings.internal_secret.get_secret_value().encode()
+    path: Path = settings.data_dir / "internal_secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    """Load the configured keys, generating demo keys for those that are missing."""
+    k = settings.keys
+    signing = (k.signing or _demo_pair(settings, "attr-signing")[0]).load()
+    signing_kid = (k.signing.kid if k.signing else None) or kid_for(signing)
+    if k.decryption:
+        decryption = tuple(c.load() for c in k.decryption)
+    elif k.encryption_public is None:
+        decryption = (_demo_pair(settings, "attr-encryption")[0].load(),)
+    else:
+        decryption = ()
+    encryption_public = (
+        k.encryption_public.load() if k.encryption_public else _public(decryption[0])
+    )
+    trusted = {kid: c.load() for kid, c in k.trusted_signers.items()}
+    if not trusted:
+        # Embedded default: trust our own auth plugins' signing key.
+        trusted = {signing_kid: _public(signing)}
+    fallback = k.fallback_signer.load() if k.fallback_signer else None
+    ui = (k.ui_signing or _demo_pair(settings, "ui-signing")[0]).load()
+    return KeyRing(
+        signing=signing,
+        signing_kid=signing_kid,
+        encryption_public=encryption_public,
+        decryption=decryption,
+        trusted_signers=trusted,
+        fallback_signer=fallback,
+        ui_signing=ui,
+        ui_kid=kid_for(ui),
+        authonly_request_keys={kid: c.load() for kid, c in k.authonly_request_keys.items()},
+        requestor=k.requestor.load() if k.requestor else None,
+        internal_secret=_internal_secret(settings),
+    )

@@ -1,0 +1,1 @@
+"""Plugins: auth methods (``idcontact.auth``) and comm methods (``idcontact.comm``)."""

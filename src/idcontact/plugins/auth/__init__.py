@@ -1,0 +1,1 @@
+"""Auth plugins: run a wallet protocol, deliver signed and encrypted attributes."""

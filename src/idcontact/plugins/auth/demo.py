@@ -1,0 +1,132 @@
+"""The ``demo`` auth plugin: shares fixed demo attributes after the resident says yes.
+
+It shows exactly which attributes will be shared, with "share" and "cancel"; cancel yields a
+``failed`` result. It keeps no server-side state: the pending step is sealed into the URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Literal
+
+import httpx
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, Field
+
+from idcontact.core import TOKEN_PAGE_HEADERS, append_result
+from idcontact.errors import BadRequestError, ConfigError
+from idcontact.plugins.base import Kind, PluginContext
+from idcontact.tokens import AuthResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTRIBUTES = {
+    "fullname": "Demi de Demo",
+    "bsn": "999990019",
+    "postcode": "6811AA",
+    "city": "Arnhem",
+    "municipality": "Arnhem",
+    "birthyear": "1980",
+    "over18": "yes",
+    "email": "demi@example.org",
+}
+SEAL = "auth-demo"
+
+
+class StartAuthRequest(BaseModel):
+    attributes: list[str] = Field(max_length=50)
+    continuation: str = Field(max_length=4096)
+    attr_url: str | None = Field(default=None, max_length=4096)
+
+
+class ClientUrl(BaseModel):
+    client_url: str
+
+
+class UnknownAttributeError(BadRequestError):
+    slug = "unknown-attribute"
+    title = "This auth method cannot provide the requested attributes"
+
+
+class DemoAuthPlugin:
+    kind: ClassVar[Kind] = "auth"
+
+    def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
+        if ctx.issuer is None or ctx.encrypt_to is None:
+            raise ConfigError("auth plugin 'demo': needs a signing key and an encryption key")
+        values = config.get("attributes", DEFAULT_ATTRIBUTES)
+        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+            raise ConfigError("plugins.auth.demo.attributes: must map attribute tags to strings")
+        self._ctx = ctx
+        self._values: dict[str, str] = dict(values)
+
+    @property
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["auth plugin: demo"])
+        ctx = self._ctx
+
+        @router.post("/start_authentication", response_model=ClientUrl)
+        async def start_authentication(body: StartAuthRequest) -> ClientUrl:
+            """Start a demo disclosure of ``attributes``; answer where to send the browser."""
+            unknown = [a for a in body.attributes if a not in self._values]
+            if unknown:
+                raise UnknownAttributeError("Unknown attributes: " + ", ".join(sorted(unknown)[:10]))
+            if not body.continuation.startswith(("http://", "https://", "tel:")):
+                raise BadRequestError("continuation must be an http(s) or tel: URL")
+            if body.attr_url is not None and not body.attr_url.startswith(("http://", "https://")):
+                raise BadRequestError("attr_url must be an http(s) URL")
+            state = ctx.sealer.seal(SEAL, body.model_dump(), max_age=900)
+            return ClientUrl(client_url=f"{ctx.public_base}/confirm/{state}")
+
+        @router.get("/confirm/{state}", response_class=HTMLResponse)
+        async def confirm(request: Request, state: str) -> HTMLResponse:
+            """The consent page: exactly what will be shared."""
+            pending = ctx.sealer.unseal(SEAL, state)
+            names = [str(a) for a in pending["attributes"]]  # type: ignore[attr-defined]
+            lang = request.query_params.get("lang", ctx.settings.default_language)
+            rows = [(ctx.settings.attribute_label(a, lang), self._values[a]) for a in names]
+            return ctx.templates.TemplateResponse(
+                request,
+                "demo_auth_confirm.html",
+                {"rows": rows, "action": f"{ctx.public_base}/confirm/{state}", "lang": lang},
+                headers=TOKEN_PAGE_HEADERS,
+            )
+
+        @router.post("/confirm/{state}", response_class=RedirectResponse, status_code=303)
+        async def decide(
+            state: str, action: Literal["share", "cancel"] = Form(...)
+        ) -> RedirectResponse:
+            """Share (success) or cancel (failed), then deliver and continue."""
+            pending = StartAuthRequest.model_validate(ctx.sealer.unseal(SEAL, state))
+            if action == "share":
+                result = AuthResult(
+                    status="success",
+                    attributes={a: self._values[a] for a in pending.attributes},
+                )
+            else:
+                result = AuthResult(status="failed", attributes=None)
+            assert ctx.issuer is not None and ctx.encrypt_to is not None
+            token = ctx.issuer.issue(result, ctx.encrypt_to)
+            target = pending.continuation
+            if pending.attr_url is not None:
+                await self._deliver(pending.attr_url, token)
+            else:
+                target = append_result(target, token)
+            return RedirectResponse(target, status_code=303, headers=TOKEN_PAGE_HEADERS)
+
+        return router
+
+    async def _deliver(self, attr_url: str, token: str) -> None:
+        try:
+            response = await self._ctx.http.post(
+                attr_url,
+                content=token,
+                headers={"Content-Type": "application/jwt"},
+                timeout=self._ctx.settings.plugin_timeout,
+            )
+        except httpx.HTTPError:
+            log.warning("attr_url unreachable")
+            return
+        if response.status_code >= 300:
+            log.warning("attr_url refused the token", extra={"plugin_status": response.status_code})

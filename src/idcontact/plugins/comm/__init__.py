@@ -1,0 +1,1 @@
+"""Comm plugins (channels): receive attributes and connect the resident to an agent."""

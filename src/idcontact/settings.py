@@ -1,0 +1,325 @@
+"""Configuration: one TOML file plus ``IDCONTACT_*`` environment overrides.
+
+Validation fails closed: any problem stops start-up with a :class:`ConfigError` that names the
+offending setting (``purposes[2].allowed_auth``) and never its value, because values may be keys.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from idcontact.errors import ConfigError
+from idcontact.keys import KeyConfig
+
+TAG_PATTERN = r"^[a-z][a-z0-9_]*$"
+ROLES = ("core", "auth", "comm")
+Role = Literal["core", "auth", "comm"]
+
+
+class Assurance(IntEnum):
+    """eIDAS levels of assurance; a purpose states the minimum it needs."""
+
+    low = 1
+    substantial = 2
+    high = 3
+
+
+AssuranceName = Literal["low", "substantial", "high"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class Labels(_Model):
+    """A text in Dutch (the default) and English."""
+
+    nl: str
+    en: str | None = None
+
+    def get(self, lang: str) -> str:
+        return self.en if lang == "en" and self.en else self.nl
+
+
+class LegalBasis(_Model):
+    """Why a purpose may process the data: the GDPR ground, the national law, the register entry."""
+
+    gdpr_ground: Literal[
+        "consent", "contract", "legal_obligation", "vital_interest", "public_task", "legitimate"
+    ] = "public_task"
+    law: str = ""
+    register_id: str = ""
+
+
+class EligibilityRule(_Model):
+    """A rule on a disclosed attribute, checked when the attributes arrive."""
+
+    attribute: str
+    one_of: tuple[str, ...]
+
+
+class Method(_Model):
+    """An auth or comm method, served in-process (``plugin``) and/or reached remotely (``start``)."""
+
+    tag: str = Field(pattern=TAG_PATTERN)
+    name: str
+    image_path: str = ""
+    plugin: str | None = Field(default=None, pattern=TAG_PATTERN)
+    start: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Method:
+        # ``plugin``: the instance serving this role runs it in-process; ``start``: where the
+        # core reaches it when it runs elsewhere (split roles). At least one is needed.
+        if self.plugin is None and self.start is None:
+            raise ValueError("set 'plugin' (in-process), 'start' (remote URL) or both")
+        if self.start is not None and not self.start.startswith(("http://", "https://")):
+            raise ValueError("'start' must be an http(s) URL")
+        if self.start is not None:
+            object.__setattr__(self, "start", self.start.rstrip("/"))
+        return self
+
+
+class AuthMethod(Method):
+    assurance: AssuranceName = "low"
+    shim_tel_url: bool = False
+    disable_attr_url: bool = False
+
+
+class CommMethod(Method):
+    disable_attributes_at_start: bool = False
+
+
+class Purpose(_Model):
+    tag: str = Field(pattern=TAG_PATTERN)
+    attributes: tuple[str, ...]
+    allowed_auth: tuple[str, ...] = ()
+    allowed_comm: tuple[str, ...] = ()
+    label: Labels | None = None
+    legal_basis: LegalBasis = LegalBasis()
+    min_assurance: AssuranceName = "low"
+    eligibility: tuple[EligibilityRule, ...] = ()
+    retention_minutes: int = Field(default=120, gt=0, le=7 * 24 * 60)
+    idle_minutes: int = Field(default=15, gt=0, le=24 * 60)
+
+
+class Keys(_Model):
+    """Key material. All keys are ``{type = "RSA"|"EC", key = PEM}`` or ``key_file = path``.
+
+    Missing keys are generated on first run into ``<data_dir>/keys`` (demo keys).
+    """
+
+    signing: KeyConfig | None = None
+    """Auth side: signs attribute tokens."""
+    encryption_public: KeyConfig | None = None
+    """Auth side: the comm side's public key that attribute tokens are encrypted to."""
+    decryption: tuple[KeyConfig, ...] = ()
+    """Comm side: private keys that open attribute tokens (several during a rotation)."""
+    trusted_signers: dict[str, KeyConfig] = Field(default_factory=dict)
+    """Comm side: kid → public key of auth plugins whose tokens we accept."""
+    fallback_signer: KeyConfig | None = None
+    """Comm side: key for tokens without ``kid`` (every original ID Contact plugin)."""
+    ui_signing: KeyConfig | None = None
+    """Core: signs the tel page token."""
+    authonly_request_keys: dict[str, KeyConfig] = Field(default_factory=dict)
+    """Core: kid → public key of channels that may start auth-only sessions."""
+    requestor: KeyConfig | None = None
+    """Comm side: signs our own auth-only start requests (auth during a conversation)."""
+    generate: Literal["EC", "RSA"] = "EC"
+    """Type of the demo keys generated on first run for keys not configured above."""
+
+
+class Settings(BaseSettings):
+    """The root of the configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IDCONTACT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    public_url: str = "http://127.0.0.1:8000"
+    """Base URL browsers use to reach this instance (no trailing slash)."""
+    internal_url: str | None = None
+    """Base URL other roles use to reach this instance; ``None`` means in-process."""
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
+    keystore: Literal["auto", "sqlite", "postgres", "redis"] = "auto"
+    """Where data keys live: ``auto`` = a key file beside SQLite, an UNLOGGED table on PostgreSQL."""
+    redis_url: str | None = None
+    internal_secret: SecretStr | None = None
+    """HMAC secret for URL state (≥ 32 characters); generated into the data dir if absent."""
+    status_spelling: Literal["succes", "success"] = "succes"
+    plugin_timeout: float = Field(default=5.0, gt=0, le=60)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    token_leeway: int = Field(default=5, ge=0, le=120)
+    auto_migrate: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    default_language: Literal["nl", "en"] = "nl"
+
+    keys: Keys = Keys()
+    attribute_labels: dict[str, Labels] = Field(default_factory=dict)
+    auth_methods: tuple[AuthMethod, ...] = ()
+    comm_methods: tuple[CommMethod, ...] = ()
+    purposes: tuple[Purpose, ...] = ()
+    plugins: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    """Per-plugin settings: ``[plugins.auth.demo]``, ``[plugins.comm.demo]``."""
+
+    @field_validator("public_url", "internal_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("internal_secret")
+    @classmethod
+    def _secret_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        auth = {m.tag: m for m in self.auth_methods}
+        comm = {m.tag: m for m in self.comm_methods}
+        _unique("auth_methods", [m.tag for m in self.auth_methods])
+        _unique("comm_methods", [m.tag for m in self.comm_methods])
+        _unique("purposes", [p.tag for p in self.purposes])
+        expanded: list[Purpose] = []
+        for i, p in enumerate(self.purposes):
+            minimum = Assurance[p.min_assurance]
+            if "*" in p.allowed_auth:
+                # The wildcard means "every method good enough for this purpose".
+                allowed_auth = tuple(t for t, m in auth.items() if Assurance[m.assurance] >= minimum)
+            else:
+                for tag in p.allowed_auth:
+                    if tag not in auth:
+                        raise ValueError(f"purposes[{i}].allowed_auth: unknown auth method {tag!r}")
+                    if Assurance[auth[tag].assurance] < minimum:
+                        raise ValueError(
+                            f"purposes[{i}].allowed_auth: method {tag!r} provides assurance "
+                            f"{auth[tag].assurance!r}, below the purpose's min_assurance "
+                            f"{p.min_assurance!r}"
+                        )
+                allowed_auth = p.allowed_auth
+            if "*" in p.allowed_comm:
+                allowed_comm = tuple(comm)
+            else:
+                for tag in p.allowed_comm:
+                    if tag not in comm:
+                        raise ValueError(f"purposes[{i}].allowed_comm: unknown comm method {tag!r}")
+                allowed_comm = p.allowed_comm
+            for j, rule in enumerate(p.eligibility):
+                if rule.attribute not in p.attributes:
+                    raise ValueError(
+                        f"purposes[{i}].eligibility[{j}].attribute: {rule.attribute!r} is not "
+                        "one of the purpose's attributes"
+                    )
+            expanded.append(
+                p.model_copy(update={"allowed_auth": allowed_auth, "allowed_comm": allowed_comm})
+            )
+        object.__setattr__(self, "purposes", tuple(expanded))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init data; the environment wins over it.
+        return (env_settings, init_settings)
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'idcontact.sqlite3'}"
+
+    @property
+    def resolved_keystore(self) -> Literal["sqlite", "postgres", "redis"]:
+        if self.keystore != "auto":
+            return self.keystore
+        return "postgres" if self.resolved_database_url.startswith("postgresql") else "sqlite"
+
+    def purpose(self, tag: str) -> Purpose | None:
+        return next((p for p in self.purposes if p.tag == tag), None)
+
+    def auth_method(self, tag: str) -> AuthMethod | None:
+        return next((m for m in self.auth_methods if m.tag == tag), None)
+
+    def comm_method(self, tag: str) -> CommMethod | None:
+        return next((m for m in self.comm_methods if m.tag == tag), None)
+
+    def attribute_label(self, tag: str, lang: str) -> str:
+        label = self.attribute_labels.get(tag)
+        return label.get(lang) if label else tag
+
+
+def _unique(where: str, tags: list[str]) -> None:
+    seen: set[str] = set()
+    for i, tag in enumerate(tags):
+        if tag in seen:
+            raise ValueError(f"{where}[{i}].tag: duplicate tag {tag!r}")
+        seen.add(tag)
+
+
+def _describe(exc: ValidationError) -> str:
+    """Render validation errors with their location and reason, never the input value."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])
+        loc = loc.replace(".[", "[")
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{loc or 'config'}: {msg}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Load and validate the configuration; raise :class:`ConfigError` on any problem."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            # The decoder names a line and column, never a value.
+            raise ConfigError(f"{config_file}: not valid TOML ({exc})") from None
+    data.update(overrides or {})
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None

@@ -1,0 +1,1 @@
+"""Storage: the database (SQLAlchemy async), the key store for data keys, and the vault."""

@@ -1,0 +1,167 @@
+"""Key stores for per-conversation data keys.
+
+A data key must live where backups and replicas never see it, so that destroying the key
+deletes the attributes everywhere. Three places qualify:
+
+- Redis without persistence (``--save '' --appendonly no``): memory only, with a TTL as backstop;
+- a PostgreSQL UNLOGGED table: not in the WAL, so not on replicas or in WAL-based backups
+  (a logical ``pg_dump`` must use ``--no-unlogged-table-data``; see docs/storage.md);
+- on SQLite, a separate key-store file beside (not inside) the data file, with ``secure_delete``
+  and a WAL checkpoint after each deletion so deleted keys are overwritten on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+class KeyStore(Protocol):
+    """Where data keys live; ``delete`` is what makes deletion final."""
+
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None: ...
+    async def get(self, conversation_id: str) -> bytes | None: ...
+    async def delete(self, conversation_id: str) -> None: ...
+    async def purge_expired(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class SqliteKeyStore:
+    """Data keys in their own SQLite file; one connection guarded by a lock (single writer)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
+        self._path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if fresh:
+            path.chmod(0o600)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA secure_delete=ON")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS data_keys ("
+            " conversation_id TEXT PRIMARY KEY, key BLOB NOT NULL, expires_at REAL NOT NULL)"
+        )
+        self._lock = anyio.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._exec, sql, params)
+
+    def _exec(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def _checkpoint(self) -> None:
+        # Move the zeroed pages into the main file and cut the WAL to nothing.
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
+        await self._run(
+            "INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (?, ?, ?)",
+            (conversation_id, key, time.time() + ttl_seconds),
+        )
+
+    async def get(self, conversation_id: str) -> bytes | None:
+        rows = await self._run(
+            "SELECT key FROM data_keys WHERE conversation_id = ? AND expires_at > ?",
+            (conversation_id, time.time()),
+        )
+        return bytes(rows[0][0]) if rows else None  # type: ignore[arg-type]
+
+    async def delete(self, conversation_id: str) -> None:
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._delete, conversation_id)
+
+    def _delete(self, conversation_id: str) -> None:
+        self._conn.execute("DELETE FROM data_keys WHERE conversation_id = ?", (conversation_id,))
+        self._checkpoint()
+
+    async def purge_expired(self) -> int:
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._purge)
+
+    def _purge(self) -> int:
+        cur = self._conn.execute("DELETE FROM data_keys WHERE expires_at <= ?", (time.time(),))
+        if cur.rowcount:
+            self._checkpoint()
+        return cur.rowcount
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._conn.close()
+
+
+class PostgresKeyStore:
+    """Data keys in the UNLOGGED table ``data_keys`` created by migration 0001."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (:c, :k, :e)"),
+                {"c": conversation_id, "k": key, "e": time.time() + ttl_seconds},
+            )
+
+    async def get(self, conversation_id: str) -> bytes | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT key FROM data_keys WHERE conversation_id = :c AND expires_at > :n"),
+                    {"c": conversation_id, "n": time.time()},
+                )
+            ).first()
+        return bytes(row[0]) if row else None
+
+    async def delete(self, conversation_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM data_keys WHERE conversation_id = :c"), {"c": conversation_id}
+            )
+
+    async def purge_expired(self) -> int:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                text("DELETE FROM data_keys WHERE expires_at <= :n"), {"n": time.time()}
+            )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisKeyStore:
+    """Data keys in Redis, which must run without persistence; the TTL is a backstop."""
+
+    PREFIX = "idcontact:dk:"
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
+        await self._redis.set(self.PREFIX + conversation_id, key, ex=ttl_seconds, nx=True)
+
+    async def get(self, conversation_id: str) -> bytes | None:
+        value = await self._redis.get(self.PREFIX + conversation_id)
+        return bytes(value) if value is not None else None
+
+    async def delete(self, conversation_id: str) -> None:
+        await self._redis.delete(self.PREFIX + conversation_id)
+
+    async def purge_expired(self) -> int:
+        return 0  # Redis expires keys itself.
+
+    async def close(self) -> None:
+        await self._redis.aclose()
