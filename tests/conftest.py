@@ -60,13 +60,17 @@ def demo_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path / "data",
         "public_url": PUBLIC,
         "plugins": {
-            "auth": {"demo": {"attributes": {
-                "fullname": CANARY_NAME,
-                "bsn": CANARY_BSN,
-                "postcode": "6811AA",
-                "birthyear": "1980",
-                "municipality": "Arnhem",
-            }}}
+            "auth": {
+                "demo": {
+                    "attributes": {
+                        "fullname": CANARY_NAME,
+                        "bsn": CANARY_BSN,
+                        "postcode": "6811AA",
+                        "birthyear": "1980",
+                        "municipality": "Arnhem",
+                    }
+                }
+            }
         },
     }
     base.update(overrides)

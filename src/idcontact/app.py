@@ -233,7 +233,8 @@ def create_app(
 def services_of(app: FastAPI) -> Services:
     """The collaborators of an app made by :func:`create_app`."""
     services = app.state.services
-    assert isinstance(services, Services)
+    if not isinstance(services, Services):
+        raise TypeError("not an ID Contact app")
     return services
 
 

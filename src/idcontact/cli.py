@@ -187,14 +187,16 @@ def purge(config: Path | None, data_dir: Path | None) -> None:
     async def run() -> int:
         from idcontact.storage.db import upgrade
 
-        assert services.conversations is not None and services.engine is not None
+        conversations, engine = services.conversations, services.engine
+        if conversations is None or engine is None:  # pragma: no cover - the comm role has both
+            raise RuntimeError("comm role without storage")
         try:
-            await upgrade(services.engine)
-            return await services.conversations.purge_expired()
+            await upgrade(engine)
+            return await conversations.purge_expired()
         finally:
             if services.keystore is not None:
                 await services.keystore.close()
-            await services.engine.dispose()
+            await engine.dispose()
             await services.http.aclose()
 
     click.echo(f"purged {asyncio.run(run())} conversations")

@@ -89,8 +89,14 @@ class Conversations:
                     idle_seconds=purpose.idle_minutes * 60,
                 )
             )
-            await audit(conn, now, "system", "conversation.created", conversation_id,
-                        {"purpose": purpose.tag, "comm": comm_method})
+            await audit(
+                conn,
+                now,
+                "system",
+                "conversation.created",
+                conversation_id,
+                {"purpose": purpose.tag, "comm": comm_method},
+            )
         return conversation_id, slot
 
     async def create_with_token(
@@ -106,14 +112,18 @@ class Conversations:
             await self._accept(conversation_id, received, purpose)
         except BaseException:
             async with self._engine.begin() as conn:
-                await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+                await conn.execute(
+                    delete(conversations).where(conversations.c.id == conversation_id)
+                )
             raise
         return conversation_id
 
     async def get(self, conversation_id: str) -> Conversation:
         async with self._engine.connect() as conn:
             row = (
-                await conn.execute(select(conversations).where(conversations.c.id == conversation_id))
+                await conn.execute(
+                    select(conversations).where(conversations.c.id == conversation_id)
+                )
             ).first()
         if row is None:
             raise NotFoundError("No such conversation")
@@ -146,7 +156,9 @@ class Conversations:
         received = self._reader.read(token)
         return await self._accept(conversation_id, received, purpose)
 
-    async def _accept(self, conversation_id: str, received: ReceivedToken, purpose: Purpose) -> State:
+    async def _accept(
+        self, conversation_id: str, received: ReceivedToken, purpose: Purpose
+    ) -> State:
         now = self._clock()
         result = received.result
         state: State
@@ -187,13 +199,19 @@ class Conversations:
                     )
                     .values(state=state, delivered_at=now, last_activity=now)
                 )
-                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                if claimed.rowcount != 1:
                     raise SlotUsedError()
                 if payload is not None:
                     ttl = int(max(60.0, await self._remaining(conn, conversation_id, now)))
                     await self._vault.store(conn, conversation_id, payload, ttl)
-                await audit(conn, now, "system", f"conversation.{state}", conversation_id,
-                            {"attribute_names": sorted(purpose.attributes)})
+                await audit(
+                    conn,
+                    now,
+                    "system",
+                    f"conversation.{state}",
+                    conversation_id,
+                    {"attribute_names": sorted(purpose.attributes)},
+                )
         except BaseException:
             if payload is not None:
                 await self._vault.forget(conversation_id)

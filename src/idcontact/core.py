@@ -103,7 +103,9 @@ _START_BODY = {
     "responses": {
         "200": {
             "description": "Where to send the browser (with Accept: application/json)",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClientUrlResponse"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ClientUrlResponse"}}
+            },
         },
         "303": {"description": "Redirect to the client URL"},
         "400": {"description": "Invalid request (problem+json)"},
@@ -144,13 +146,17 @@ class Core:
     def _auth(self, purpose: Purpose, tag: object) -> AuthMethod:
         method = self._settings.auth_method(tag) if isinstance(tag, str) else None
         if method is None or method.tag not in purpose.allowed_auth:
-            raise MethodNotAllowedForPurposeError("This auth method is not offered for this purpose")
+            raise MethodNotAllowedForPurposeError(
+                "This auth method is not offered for this purpose"
+            )
         return method
 
     def _comm(self, purpose: Purpose, tag: object) -> CommMethod:
         method = self._settings.comm_method(tag) if isinstance(tag, str) else None
         if method is None or method.tag not in purpose.allowed_comm:
-            raise MethodNotAllowedForPurposeError("This comm method is not offered for this purpose")
+            raise MethodNotAllowedForPurposeError(
+                "This comm method is not offered for this purpose"
+            )
         return method
 
     def _url(self, kind: Kind, method: Method) -> str:
@@ -166,13 +172,17 @@ class Core:
 
         auth = [m for m in self._settings.auth_methods if m.tag in purpose.allowed_auth]
         comm = [m for m in self._settings.comm_methods if m.tag in purpose.allowed_comm]
-        return SessionOptions(auth_methods=[props(m) for m in auth], comm_methods=[props(m) for m in comm])
+        return SessionOptions(
+            auth_methods=[props(m) for m in auth], comm_methods=[props(m) for m in comm]
+        )
 
     # -- plugin calls ---------------------------------------------------------------------
 
     async def _call(self, url: str, body: Mapping[str, object]) -> dict[str, Any]:
         try:
-            response = await self._http.post(url, json=dict(body), timeout=self._settings.plugin_timeout)
+            response = await self._http.post(
+                url, json=dict(body), timeout=self._settings.plugin_timeout
+            )
         except httpx.TimeoutException:
             raise PluginTimeoutError() from None
         except httpx.HTTPError:
@@ -237,7 +247,10 @@ class Core:
             )
             continuation = f"{self._settings.public_url}/auth_attr_shim/{state}"
             attr_url = None
-        body: dict[str, object] = {"attributes": list(purpose.attributes), "continuation": continuation}
+        body: dict[str, object] = {
+            "attributes": list(purpose.attributes),
+            "continuation": continuation,
+        }
         if attr_url is not None:
             body["attr_url"] = attr_url
         data = await self._call(f"{self._url('auth', auth)}/start_authentication", body)
@@ -286,7 +299,9 @@ class Core:
         auth = self._auth(purpose, request.get("auth_method"))
         comm_url = request.get("comm_url")
         attr_url = request.get("attr_url")
-        if not isinstance(comm_url, str) or (attr_url is not None and not isinstance(attr_url, str)):
+        if not isinstance(comm_url, str) or (
+            attr_url is not None and not isinstance(attr_url, str)
+        ):
             raise InvalidStartRequestError("comm_url and attr_url must be strings")
         return await self.start_authentication(purpose, auth, comm_url, attr_url)
 
@@ -344,19 +359,26 @@ class Core:
             raw = await request.body()
             if media == "application/json":
                 body = _json_object(raw)
-                if all(isinstance(body.get(k), str) for k in ("purpose", "auth_method", "comm_method")):
+                if all(
+                    isinstance(body.get(k), str) for k in ("purpose", "auth_method", "comm_method")
+                ):
                     client_url = await self.start_full(body)
-                elif all(isinstance(body.get(k), str) for k in ("purpose", "auth_result", "comm_method")):
+                elif all(
+                    isinstance(body.get(k), str) for k in ("purpose", "auth_result", "comm_method")
+                ):
                     client_url = await self.start_comm_only(body)
                 else:
                     raise InvalidStartRequestError(
-                        "Send purpose, auth_method and comm_method, or purpose, auth_result and comm_method"
+                        "Send purpose, auth_method and comm_method, "
+                        "or purpose, auth_result and comm_method"
                     )
             elif media == "application/jwt":
                 try:
                     token = raw.decode("ascii").strip()
                 except UnicodeDecodeError:
-                    raise InvalidStartRequestError("The signed request is not a compact JWS") from None
+                    raise InvalidStartRequestError(
+                        "The signed request is not a compact JWS"
+                    ) from None
                 client_url = await self.start_auth_only(token)
             elif media == "application/x-www-form-urlencoded":
                 form = _form(raw)

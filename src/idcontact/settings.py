@@ -31,8 +31,8 @@ from idcontact.errors import ConfigError
 from idcontact.keys import KeyConfig
 
 TAG_PATTERN = r"^[a-z][a-z0-9_]*$"
-ROLES = ("core", "auth", "comm")
 Role = Literal["core", "auth", "comm"]
+ROLES: tuple[Role, ...] = ("core", "auth", "comm")
 
 
 class Assurance(IntEnum):
@@ -78,7 +78,7 @@ class EligibilityRule(_Model):
 
 
 class Method(_Model):
-    """An auth or comm method, served in-process (``plugin``) and/or reached remotely (``start``)."""
+    """An auth or comm method: served in-process (``plugin``) and/or remote (``start``)."""
 
     tag: str = Field(pattern=TAG_PATTERN)
     name: str
@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
     keystore: Literal["auto", "sqlite", "postgres", "redis"] = "auto"
-    """Where data keys live: ``auto`` = a key file beside SQLite, an UNLOGGED table on PostgreSQL."""
+    """Where data keys live; ``auto``: a key file beside SQLite, UNLOGGED table on PostgreSQL."""
     redis_url: str | None = None
     internal_secret: SecretStr | None = None
     """HMAC secret for URL state (≥ 32 characters); generated into the data dir if absent."""
@@ -215,7 +215,9 @@ class Settings(BaseSettings):
             minimum = Assurance[p.min_assurance]
             if "*" in p.allowed_auth:
                 # The wildcard means "every method good enough for this purpose".
-                allowed_auth = tuple(t for t, m in auth.items() if Assurance[m.assurance] >= minimum)
+                allowed_auth = tuple(
+                    t for t, m in auth.items() if Assurance[m.assurance] >= minimum
+                )
             else:
                 for tag in p.allowed_auth:
                     if tag not in auth:

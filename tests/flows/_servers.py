@@ -75,8 +75,6 @@ class Server:
 
     def log_text(self) -> str:
         """Everything the process wrote to stdout and stderr so far."""
-        if self._log_file is not None:
-            self._log_file.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:

@@ -10,7 +10,15 @@ import httpx
 import pytest
 
 from idcontact.tokens import AuthResult, TokenIssuer, sign_jwt
-from tests.conftest import CANARY_BSN, CANARY_NAME, PUBLIC, AppFactory, Instance, demo_settings, path_of
+from tests.conftest import (
+    CANARY_BSN,
+    CANARY_NAME,
+    PUBLIC,
+    AppFactory,
+    Instance,
+    demo_settings,
+    path_of,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -18,7 +26,9 @@ START = {"purpose": "report_move", "auth_method": "demo", "comm_method": "demo"}
 JSON = {"Accept": "application/json"}
 
 
-async def consent(client: httpx.AsyncClient, client_url: str, action: str = "share") -> httpx.Response:
+async def consent(
+    client: httpx.AsyncClient, client_url: str, action: str = "share"
+) -> httpx.Response:
     """Open the demo auth page and press a button; returns the redirect."""
     page = await client.get(path_of(client_url))
     assert page.status_code == 200
@@ -104,11 +114,14 @@ async def count(instance: Instance, table: str) -> int:
 
     assert instance.services.engine is not None
     async with instance.services.engine.connect() as conn:
-        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+        query = text(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed table names
+        return int((await conn.execute(query)).scalar_one())
 
 
 async def test_extra_attributes_are_dropped(instance: Instance) -> None:
-    token = issue(instance, {"fullname": CANARY_NAME, "bsn": CANARY_BSN, "email": "extra@example.org"})
+    token = issue(
+        instance, {"fullname": CANARY_NAME, "bsn": CANARY_BSN, "email": "extra@example.org"}
+    )
     body = {"purpose": "report_move", "auth_result": token, "comm_method": "demo"}
     response = await instance.client.post("/start", json=body, headers=JSON)
     conversation_id = response.json()["client_url"].rsplit("/", 1)[1]
@@ -127,8 +140,13 @@ async def test_ineligible_resident_gets_explanation(make_app: AppFactory, tmp_pa
     assert await count(inst, "vault_entries") == 0
 
 
-def with_methods(tmp_path: Any, *, auth: dict[str, Any] | None = None, comm: dict[str, Any] | None = None,
-                 **extra: Any) -> Any:
+def with_methods(
+    tmp_path: Any,
+    *,
+    auth: dict[str, Any] | None = None,
+    comm: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Any:
     settings = demo_settings(tmp_path)
     auth_methods = [m.model_dump() for m in settings.auth_methods]
     comm_methods = [m.model_dump() for m in settings.comm_methods]
@@ -146,7 +164,9 @@ def with_methods(tmp_path: Any, *, auth: dict[str, Any] | None = None, comm: dic
 async def test_comm_only_with_attributes_disabled_at_start_uses_attr_url(
     make_app: AppFactory, tmp_path: Any
 ) -> None:
-    inst: Instance = await make_app(with_methods(tmp_path, comm={"disable_attributes_at_start": True}))
+    inst: Instance = await make_app(
+        with_methods(tmp_path, comm={"disable_attributes_at_start": True})
+    )
     body = {"purpose": "report_move", "auth_result": issue(inst), "comm_method": "demo"}
     response = await inst.client.post("/start", json=body, headers=JSON)
     url = response.json()["client_url"]
@@ -158,8 +178,10 @@ async def test_comm_only_in_band_fallback(make_app: AppFactory, tmp_path: Any) -
     settings = with_methods(
         tmp_path,
         comm={"disable_attributes_at_start": True},
-        plugins={"comm": {"demo": {"use_attr_url": False}},
-                 "auth": demo_settings(tmp_path).plugins["auth"]},
+        plugins={
+            "comm": {"demo": {"use_attr_url": False}},
+            "auth": demo_settings(tmp_path).plugins["auth"],
+        },
     )
     inst: Instance = await make_app(settings)
     body = {"purpose": "report_move", "auth_result": issue(inst), "comm_method": "demo"}
@@ -174,8 +196,10 @@ async def test_comm_only_in_band_fallback(make_app: AppFactory, tmp_path: Any) -
 async def test_in_band_delivery_from_auth_plugin(make_app: AppFactory, tmp_path: Any) -> None:
     settings = with_methods(
         tmp_path,
-        plugins={"comm": {"demo": {"use_attr_url": False}},
-                 "auth": demo_settings(tmp_path).plugins["auth"]},
+        plugins={
+            "comm": {"demo": {"use_attr_url": False}},
+            "auth": demo_settings(tmp_path).plugins["auth"],
+        },
     )
     inst: Instance = await make_app(settings)
     response = await inst.client.post("/start", json=START, headers=JSON)
@@ -199,7 +223,9 @@ async def test_attr_url_shim(make_app: AppFactory, tmp_path: Any) -> None:
 
 
 async def test_attr_url_shim_refuses_forged_state(instance: Instance) -> None:
-    response = await instance.client.get("/auth_attr_shim/eyJhbGciOiJIUzI1NiJ9.e30.AAAA?result=x.y.z.a.b")
+    response = await instance.client.get(
+        "/auth_attr_shim/eyJhbGciOiJIUzI1NiJ9.e30.AAAA?result=x.y.z.a.b"
+    )
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -220,7 +246,10 @@ class TelCommPlugin:
         async def start(body: dict[str, Any]) -> dict[str, str]:
             purpose = ctx.settings.purpose(body["purpose"])
             _, slot = await conversations.create(purpose, "demo", with_slot=True)
-            return {"client_url": "tel:+31201234567,1234567890", "attr_url": f"{ctx.internal_base}/attr/{slot}"}
+            return {
+                "client_url": "tel:+31201234567,1234567890",
+                "attr_url": f"{ctx.internal_base}/attr/{slot}",
+            }
 
 
 async def test_tel_shim_shows_number_and_code(make_app: AppFactory, tmp_path: Any) -> None:
@@ -247,8 +276,9 @@ async def test_tel_shim_shows_number_and_code(make_app: AppFactory, tmp_path: An
 
 
 async def test_tel_page_refuses_unsigned_token(instance: Instance) -> None:
-    forged = sign_jwt({"continuation": "tel:+3190000,666", "exp": 9999999999},
-                      instance.services.keys.signing)  # signed, but by the wrong key
+    forged = sign_jwt(
+        {"continuation": "tel:+3190000,666", "exp": 9999999999}, instance.services.keys.signing
+    )  # signed, but by the wrong key
     response = await instance.client.get(f"/tel/{forged}")
     assert response.status_code == 400
     assert "666" not in response.text
@@ -270,7 +300,9 @@ async def test_auth_only_start_signed_by_requestor(make_app: AppFactory, tmp_pat
     inst: Instance = await make_app(settings)
     assert inst.services.conversations is not None
     purpose = settings.purpose("report_move")
-    conversation_id, slot = await inst.services.conversations.create(purpose, "demo", with_slot=True)
+    conversation_id, slot = await inst.services.conversations.create(
+        purpose, "demo", with_slot=True
+    )
     import time
 
     now = int(time.time())
@@ -294,7 +326,9 @@ async def test_auth_only_start_signed_by_requestor(make_app: AppFactory, tmp_pat
     expired = sign_jwt({"request": request, "iat": now - 900, "exp": now - 600}, key, kid="chat")
     from joserfc.jwk import ECKey
 
-    forged = sign_jwt({"request": request, "iat": now, "exp": now + 300}, ECKey.generate_key("P-256"), kid="chat")
+    forged = sign_jwt(
+        {"request": request, "iat": now, "exp": now + 300}, ECKey.generate_key("P-256"), kid="chat"
+    )
     for bad in (other, expired, forged, "not-a-jwt", token + "x"):
         refused = await inst.client.post(
             "/start", content=bad, headers={"Content-Type": "application/jwt", **JSON}
@@ -313,7 +347,9 @@ async def test_plugin_timeout_is_a_clear_502(make_app: AppFactory, tmp_path: Any
     port = server.getsockname()[1]
     try:
         settings = with_methods(
-            tmp_path, comm={"plugin": None, "start": f"http://127.0.0.1:{port}/comm/x"}, plugin_timeout=0.5
+            tmp_path,
+            comm={"plugin": None, "start": f"http://127.0.0.1:{port}/comm/x"},
+            plugin_timeout=0.5,
         )
         inst: Instance = await make_app(settings, roles=("core", "auth"))
         response = await inst.client.post("/start", json=START, headers=JSON)
@@ -330,7 +366,9 @@ async def new_slot(instance: Instance) -> tuple[str, str]:
     assert instance.services.conversations is not None
     purpose = instance.settings.purpose("report_move")
     assert purpose is not None
-    conversation_id, slot = await instance.services.conversations.create(purpose, "demo", with_slot=True)
+    conversation_id, slot = await instance.services.conversations.create(
+        purpose, "demo", with_slot=True
+    )
     assert slot is not None
     return conversation_id, slot
 
@@ -338,11 +376,17 @@ async def new_slot(instance: Instance) -> tuple[str, str]:
 async def test_attr_slot_is_single_use(instance: Instance) -> None:
     _, slot = await new_slot(instance)
     jwt = {"Content-Type": "application/jwt"}
-    first = await instance.client.post(f"/comm/demo/attr/{slot}", content=issue(instance), headers=jwt)
+    first = await instance.client.post(
+        f"/comm/demo/attr/{slot}", content=issue(instance), headers=jwt
+    )
     assert first.status_code == 200
-    second = await instance.client.post(f"/comm/demo/attr/{slot}", content=issue(instance), headers=jwt)
+    second = await instance.client.post(
+        f"/comm/demo/attr/{slot}", content=issue(instance), headers=jwt
+    )
     assert second.status_code == 409
-    unknown = await instance.client.post("/comm/demo/attr/nope", content=issue(instance), headers=jwt)
+    unknown = await instance.client.post(
+        "/comm/demo/attr/nope", content=issue(instance), headers=jwt
+    )
     assert unknown.status_code == 404
 
 

@@ -61,6 +61,8 @@ def load_plugin_class(kind: Kind, name: str) -> type[Plugin]:
     group = f"idcontact.{kind}"
     matches = entry_points(group=group, name=name)
     if not matches:
-        raise ConfigError(f"no {kind} plugin named {name!r} is installed (entry point group {group})")
+        raise ConfigError(
+            f"no {kind} plugin named {name!r} is installed (entry point group {group})"
+        )
     cls: type[Plugin] = next(iter(matches)).load()
     return cls

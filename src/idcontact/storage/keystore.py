@@ -77,7 +77,7 @@ class SqliteKeyStore:
             "SELECT key FROM data_keys WHERE conversation_id = ? AND expires_at > ?",
             (conversation_id, time.time()),
         )
-        return bytes(rows[0][0]) if rows else None  # type: ignore[arg-type]
+        return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     async def delete(self, conversation_id: str) -> None:
         async with self._lock:
@@ -111,7 +111,9 @@ class PostgresKeyStore:
     async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                text("INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (:c, :k, :e)"),
+                text(
+                    "INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (:c, :k, :e)"
+                ),
                 {"c": conversation_id, "k": key, "e": time.time() + ttl_seconds},
             )
 
@@ -119,7 +121,9 @@ class PostgresKeyStore:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
-                    text("SELECT key FROM data_keys WHERE conversation_id = :c AND expires_at > :n"),
+                    text(
+                        "SELECT key FROM data_keys WHERE conversation_id = :c AND expires_at > :n"
+                    ),
                     {"c": conversation_id, "n": time.time()},
                 )
             ).first()
@@ -136,7 +140,7 @@ class PostgresKeyStore:
             result = await conn.execute(
                 text("DELETE FROM data_keys WHERE expires_at <= :n"), {"n": time.time()}
             )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(result.rowcount)
 
     async def close(self) -> None:
         return None
@@ -155,7 +159,9 @@ class RedisKeyStore:
 
     async def get(self, conversation_id: str) -> bytes | None:
         value = await self._redis.get(self.PREFIX + conversation_id)
-        return bytes(value) if value is not None else None
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else str(value).encode()
 
     async def delete(self, conversation_id: str) -> None:
         await self._redis.delete(self.PREFIX + conversation_id)

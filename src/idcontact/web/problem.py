@@ -45,29 +45,34 @@ _HTTP_SLUGS = {
 
 
 def install(app: FastAPI) -> None:
+    async def on_other(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+        return problem(500, "internal-error", "Internal error")
+
     async def on_ours(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, IdContactError)
+        if not isinstance(exc, IdContactError):  # pragma: no cover - registered for this class
+            return await on_other(_request, exc)
         if exc.status >= 500:
             log.warning("request failed", extra={"error": exc.slug})
         return problem(exc.status, exc.slug, exc.title, exc.detail)
 
     async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+        if not isinstance(exc, RequestValidationError):  # pragma: no cover
+            return await on_other(_request, exc)
         # Name the fields that are wrong, never the values that were sent.
         fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
-        return problem(400, "invalid-request", "The request is not valid", "Check: " + ", ".join(fields))
+        return problem(
+            400, "invalid-request", "The request is not valid", "Check: " + ", ".join(fields)
+        )
 
     async def on_http(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+        if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
+            return await on_other(_request, exc)
         slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "Request failed"))
         response = problem(exc.status_code, slug, title)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
-
-    async def on_other(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
-        return problem(500, "internal-error", "Internal error")
 
     app.add_exception_handler(IdContactError, on_ours)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -71,7 +71,9 @@ class DemoAuthPlugin:
             """Start a demo disclosure of ``attributes``; answer where to send the browser."""
             unknown = [a for a in body.attributes if a not in self._values]
             if unknown:
-                raise UnknownAttributeError("Unknown attributes: " + ", ".join(sorted(unknown)[:10]))
+                raise UnknownAttributeError(
+                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
+                )
             if not body.continuation.startswith(("http://", "https://", "tel:")):
                 raise BadRequestError("continuation must be an http(s) or tel: URL")
             if body.attr_url is not None and not body.attr_url.startswith(("http://", "https://")):
@@ -106,8 +108,7 @@ class DemoAuthPlugin:
                 )
             else:
                 result = AuthResult(status="failed", attributes=None)
-            assert ctx.issuer is not None and ctx.encrypt_to is not None
-            token = ctx.issuer.issue(result, ctx.encrypt_to)
+            token = self._issue(result)
             target = pending.continuation
             if pending.attr_url is not None:
                 await self._deliver(pending.attr_url, token)
@@ -116,6 +117,12 @@ class DemoAuthPlugin:
             return RedirectResponse(target, status_code=303, headers=TOKEN_PAGE_HEADERS)
 
         return router
+
+    def _issue(self, result: AuthResult) -> str:
+        issuer, recipient = self._ctx.issuer, self._ctx.encrypt_to
+        if issuer is None or recipient is None:  # pragma: no cover - checked in __init__
+            raise ConfigError("auth plugin 'demo': needs a signing key and an encryption key")
+        return issuer.issue(result, recipient)
 
     async def _deliver(self, attr_url: str, token: str) -> None:
         try:

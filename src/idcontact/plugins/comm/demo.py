@@ -14,7 +14,12 @@ from pydantic import BaseModel, Field
 
 from idcontact.conversations import Conversations
 from idcontact.core import TOKEN_PAGE_HEADERS
-from idcontact.errors import ConfigError, NotFoundError, UnknownPurposeError, UnsupportedMediaTypeError
+from idcontact.errors import (
+    ConfigError,
+    NotFoundError,
+    UnknownPurposeError,
+    UnsupportedMediaTypeError,
+)
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.settings import Purpose
 
@@ -54,12 +59,18 @@ class DemoCommPlugin:
         ctx, conversations = self._ctx, self._conversations
         tag = ctx.method.tag
 
-        @router.post("/start_communication", response_model=StartCommResponse, response_model_exclude_none=True)
+        @router.post(
+            "/start_communication",
+            response_model=StartCommResponse,
+            response_model_exclude_none=True,
+        )
         async def start_communication(body: StartCommRequest) -> StartCommResponse:
             """Create a conversation; with ``auth_result`` its attributes arrive at once."""
             purpose = self._purpose(body.purpose)
             if body.auth_result is not None:
-                conversation_id = await conversations.create_with_token(purpose, tag, body.auth_result)
+                conversation_id = await conversations.create_with_token(
+                    purpose, tag, body.auth_result
+                )
                 return StartCommResponse(client_url=f"{ctx.public_base}/c/{conversation_id}")
             conversation_id, slot = await conversations.create(
                 purpose, tag, with_slot=self._use_attr_url
@@ -88,26 +99,38 @@ class DemoCommPlugin:
             token = (await request.body()).decode("ascii", errors="replace").strip()
             conversation_id = await conversations.find_by_slot(slot)
             conversation = await conversations.get(conversation_id)
-            state = await conversations.deliver(conversation_id, token, self._purpose(conversation.purpose))
+            state = await conversations.deliver(
+                conversation_id, token, self._purpose(conversation.purpose)
+            )
             return {"state": state}
 
         @router.get("/c/{conversation_id}", response_class=HTMLResponse, response_model=None)
-        async def landing(request: Request, conversation_id: str, result: str | None = None) -> Response:
-            """The resident's page; an in-band ``?result=`` is taken in and then dropped from the URL."""
+        async def landing(
+            request: Request, conversation_id: str, result: str | None = None
+        ) -> Response:
+            """The resident's page; an in-band ``?result=`` is stored, then dropped from the URL."""
             conversation = await conversations.get(conversation_id)
             if result is not None:
                 if conversation.state == "created":
-                    await conversations.deliver(conversation_id, result, self._purpose(conversation.purpose))
-                return RedirectResponse(f"{ctx.public_base}/c/{conversation_id}", status_code=303,
-                                        headers=TOKEN_PAGE_HEADERS)
+                    await conversations.deliver(
+                        conversation_id, result, self._purpose(conversation.purpose)
+                    )
+                return RedirectResponse(
+                    f"{ctx.public_base}/c/{conversation_id}",
+                    status_code=303,
+                    headers=TOKEN_PAGE_HEADERS,
+                )
             lang = request.query_params.get("lang", ctx.settings.default_language)
             purpose = self._purpose(conversation.purpose)
             rows: list[tuple[str, str]] = []
             if conversation.state == "authenticated":
                 data = await conversations.attributes(conversation_id, actor=f"comm:{tag}:landing")
-                attrs = data.get("attributes", {}) if data else {}
-                assert isinstance(attrs, dict)
-                rows = [(ctx.settings.attribute_label(k, lang), str(v)) for k, v in sorted(attrs.items())]
+                attrs = data.get("attributes") if data else None
+                attrs = attrs if isinstance(attrs, dict) else {}
+                rows = [
+                    (ctx.settings.attribute_label(k, lang), str(v))
+                    for k, v in sorted(attrs.items())
+                ]
             return ctx.templates.TemplateResponse(
                 request,
                 "demo_comm.html",
