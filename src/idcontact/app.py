@@ -28,6 +28,7 @@ from idcontact.conversations import Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
 from idcontact.keyring import KeyRing, load_keyring
+from idcontact.logs import quiet_libraries
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.sealing import Sealer
 from idcontact.settings import ROLES, Role, Settings
@@ -111,6 +112,7 @@ def create_app(
     for role in roles:
         if role not in ROLES:
             raise ConfigError(f"role: unknown role {role!r}")
+    quiet_libraries()
     keys = load_keyring(settings)
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
     sealer = Sealer(keys.internal_secret, clock=clock)

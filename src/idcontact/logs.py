@@ -42,6 +42,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Libraries that log URLs or SQL parameters at INFO/DEBUG: URLs carry attr_url slots and
+# ?result= tokens, SQL parameters carry ciphertexts and hashes. They speak at WARNING only.
+CHATTY_LOGGERS = ("httpx", "httpcore", "aiosqlite", "sqlalchemy.engine", "asyncpg", "alembic")
+
+
+def quiet_libraries() -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -50,9 +60,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # uvicorn's access log prints query strings (tokens); ours does not, so silence theirs.
     logging.getLogger("uvicorn.access").disabled = True
-    # httpx logs every URL it calls; ours carry attr_url slots and ?result= tokens.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    quiet_libraries()
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

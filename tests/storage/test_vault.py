@@ -69,7 +69,9 @@ async def test_postgres_keys_live_in_an_unlogged_table(make_app: AppFactory) -> 
 
     async with instance.services.engine.connect() as conn:
         persistence = (
-            await conn.execute(text("SELECT relpersistence FROM pg_class WHERE relname = 'data_keys'"))
+            await conn.execute(
+                text("SELECT relpersistence FROM pg_class WHERE relname = 'data_keys'")
+            )
         ).scalar_one()
     assert persistence in ("u", b"u")  # UNLOGGED: not in WAL, replicas or WAL-based backups
     conversation_id = await start_conversation(instance)
@@ -85,7 +87,9 @@ async def test_postgres_keys_live_in_an_unlogged_table(make_app: AppFactory) -> 
 
 
 @pytest.mark.redis
-async def test_redis_key_store_holds_nothing_after_destroy(make_app: AppFactory, tmp_path: Any) -> None:
+async def test_redis_key_store_holds_nothing_after_destroy(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
     url = redis_url()
     redis = Redis.from_url(url)
     await redis.flushdb()

@@ -1,0 +1,1150 @@
+"""Full-flow benchmark of idcontact: flows/s and latency at 32 concurrent clients.
+
+One flow is what a resident does, end to end:
+
+1. ``POST /start`` (JSON, ``Accept: application/json``): the core calls the comm plugin's
+   ``start_communication`` (a conversation and an attr_url slot are created) and then the auth
+   plugin's ``start_authentication``; the answer is the auth confirm page URL.
+2. ``POST <confirm URL>`` with ``action=share``: the demo auth plugin signs and encrypts the
+   attribute token and POSTs it server-side to the comm attr_url, which decrypts, verifies,
+   checks replay and stores the attributes in the vault; the answer is a 303 to the landing page.
+3. ``GET <landing page>``: the comm plugin reads the vault (audited) and shows the attributes.
+
+Each scenario runs a real uvicorn server (``idcontact serve``) as a subprocess on 127.0.0.1 with
+a fresh data directory; the load generator (httpx) runs in this process, on the same machine, so
+it competes with the server for the CPUs. Besides the HTTP scenarios the benchmark measures the
+*crypto floor*: the per-flow cost of the token and vault cryptography alone, in-process.
+
+    .venv/bin/python bench/flows.py            # full run (20 s per scenario)
+    .venv/bin/python bench/flows.py --quick    # 5 s per scenario
+    .venv/bin/python bench/flows.py --help
+
+See bench/README.md for what the numbers mean. The exit status is 1 when any flow failed or a
+scenario could not run; missed targets never fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+POSTGRES_SCRIPT = REPO / "scripts" / "services" / "postgres"
+POSTGRES_ENV = "IDCONTACT_TEST_POSTGRES_URL"
+
+TARGET_FLOWS_PER_S = {"EC": 400.0, "RSA": 250.0}
+TARGET_P99_MS = 50.0
+
+PURPOSE = "report_move"
+START_BODY = {"purpose": PURPOSE, "auth_method": "demo", "comm_method": "demo"}
+# The demo auth plugin's BSN: seen on the landing page only when the vault was read back.
+EXPECTED_ON_LANDING = "999990019"
+
+KeyType = Literal["EC", "RSA"]
+Database = Literal["sqlite", "postgres"]
+Topology = Literal["embedded", "split"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    id: str
+    keys: KeyType
+    database: Database
+    topology: Topology
+
+    @property
+    def title(self) -> str:
+        db = "SQLite" if self.database == "sqlite" else "PostgreSQL"
+        keys = "EC P-256" if self.keys == "EC" else "RSA-2048"
+        return f"{self.topology}, {keys}, {db}"
+
+
+SCENARIOS = (
+    Scenario(1, "embedded-ec-sqlite", "EC", "sqlite", "embedded"),
+    Scenario(2, "embedded-rsa-sqlite", "RSA", "sqlite", "embedded"),
+    Scenario(3, "embedded-ec-postgres", "EC", "postgres", "embedded"),
+    Scenario(4, "embedded-rsa-postgres", "RSA", "postgres", "embedded"),
+    Scenario(5, "split-ec-sqlite", "EC", "sqlite", "split"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (``q`` in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``); NaN when unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def system_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from ``/proc/stat``; (0, 0) when unavailable."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return 0, 0
+    values = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    total = sum(values)
+    return total - idle, total
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for servers: ours, minus any IDCONTACT_* setting that could leak in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("IDCONTACT_")}
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and server processes
+
+
+def config_toml(auth_start: str | None = None, comm_start: str | None = None) -> str:
+    """The benchmark configuration: one purpose, the demo auth and comm plugins."""
+    auth_extra = f'start = "{auth_start}"\n' if auth_start else ""
+    comm_extra = f'start = "{comm_start}"\n' if comm_start else ""
+    return (
+        "# Written by bench/flows.py\n"
+        "[attribute_labels]\n"
+        'fullname = { nl = "Naam", en = "Full name" }\n'
+        'bsn = { nl = "Burgerservicenummer (BSN)", en = "Citizen service number (BSN)" }\n\n'
+        "[[auth_methods]]\n"
+        'tag = "demo"\nname = "Demo-identificatie"\nplugin = "demo"\n'
+        f'assurance = "substantial"\n{auth_extra}\n'
+        "[[comm_methods]]\n"
+        f'tag = "demo"\nname = "Demokanaal"\nplugin = "demo"\n{comm_extra}\n'
+        "[[purposes]]\n"
+        f'tag = "{PURPOSE}"\n'
+        'label = { nl = "Verhuizing doorgeven", en = "Report a move" }\n'
+        'attributes = ["fullname", "bsn"]\n'
+        'allowed_auth = ["*"]\nallowed_comm = ["*"]\nmin_assurance = "substantial"\n'
+    )
+
+
+@dataclass
+class Server:
+    roles: tuple[str, ...]
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.roles) if self.roles else "embedded"
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_server(
+    *,
+    config: Path,
+    data_dir: Path,
+    port: int,
+    roles: tuple[str, ...],
+    env: dict[str, str],
+    log_path: Path,
+    profile_to: Path | None = None,
+) -> Server:
+    """Start ``idcontact serve`` and wait until ``/healthz`` answers."""
+    serve = ["serve", "--config", str(config), "--data-dir", str(data_dir)]
+    serve += ["--host", "127.0.0.1", "--port", str(port)]
+    for role in roles:
+        serve += ["--role", role]
+    if profile_to is None:
+        cmd = [sys.executable, "-m", "idcontact", *serve]
+    else:
+        cmd = [sys.executable, "-m", "pyinstrument", "-r", "pyisession"]
+        cmd += ["-o", str(profile_to), "-m", "idcontact", *serve]
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=data_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C on the bench does not hit the server directly
+        )
+    server = Server(roles, port, proc, log_path)
+    deadline = time.monotonic() + 90
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"server {server.name} exited with {proc.returncode} before it was healthy:\n"
+                    + log_tail(log_path)
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{server.url}/healthz").status_code == 200:
+                    return server
+            if time.monotonic() > deadline:
+                stop_server(server)
+                raise RuntimeError(f"server {server.name} not healthy after 90 s")
+            time.sleep(0.1)
+
+
+def stop_server(server: Server) -> None:
+    """Stop one server by its PID: SIGTERM (graceful), SIGKILL after 30 s."""
+    proc = server.proc
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: one fresh database per scenario
+
+
+@dataclass
+class Postgres:
+    admin_url: str  # SQLAlchemy URL (postgresql+asyncpg://...)
+    started_by_us: bool
+    note: str = ""
+
+
+def find_postgres() -> tuple[Postgres | None, str]:
+    """The PostgreSQL server to use, or None and the reason why there is none."""
+    url = os.environ.get(POSTGRES_ENV, "").strip()
+    if url:
+        return Postgres(url, started_by_us=False, note=f"from ${POSTGRES_ENV}"), ""
+    if not POSTGRES_SCRIPT.exists():
+        return None, f"${POSTGRES_ENV} is not set and {POSTGRES_SCRIPT} does not exist"
+    status = subprocess.run(["bash", str(POSTGRES_SCRIPT), "status"], capture_output=True)
+    was_running = status.returncode == 0
+    if not was_running:
+        log("starting PostgreSQL with scripts/services/postgres start ...")
+        started = subprocess.run(
+            ["bash", str(POSTGRES_SCRIPT), "start"], capture_output=True, text=True
+        )
+        if started.returncode != 0:
+            reason = (started.stderr or started.stdout).strip().splitlines()[-1:]
+            return None, "scripts/services/postgres start failed: " + " ".join(reason)
+    got = subprocess.run(["bash", str(POSTGRES_SCRIPT), "url"], capture_output=True, text=True)
+    if got.returncode != 0 or not got.stdout.strip():
+        return None, "scripts/services/postgres url printed nothing"
+    note = "started by the bench" if not was_running else "already running (scripts/services)"
+    return Postgres(got.stdout.strip(), started_by_us=not was_running, note=note), ""
+
+
+def _asyncpg_params(sa_url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(sa_url)
+    return {
+        "user": u.username,
+        "password": u.password,
+        "host": u.host or "127.0.0.1",
+        "port": u.port or 5432,
+        "database": u.database or "postgres",
+    }
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """CREATE DATABASE ``name``; return its SQLAlchemy URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    conn = await asyncpg.connect(**_asyncpg_params(admin_url), timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(**_asyncpg_params(admin_url), timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def other_postgres_clients(admin_url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(**_asyncpg_params(admin_url), timeout=10)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return int(count)
+
+
+# --------------------------------------------------------------------------------------------
+# The load generator
+
+
+class FlowError(Exception):
+    pass
+
+
+@dataclass
+class FlowRecord:
+    started: float
+    ended: float
+    steps: tuple[float, float, float]  # start, confirm, landing (seconds)
+
+
+@dataclass
+class LoadResult:
+    records: list[FlowRecord] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+async def one_flow(client: httpx.AsyncClient, core_url: str) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    r = await client.post(
+        f"{core_url}/start", json=START_BODY, headers={"Accept": "application/json"}
+    )
+    if r.status_code != 200:
+        raise FlowError(f"start: HTTP {r.status_code}")
+    confirm_url = r.json()["client_url"]
+    t1 = time.perf_counter()
+    r = await client.post(confirm_url, data={"action": "share"})
+    if r.status_code != 303 or "location" not in r.headers:
+        raise FlowError(f"confirm: HTTP {r.status_code}")
+    landing_url = r.headers["location"]
+    t2 = time.perf_counter()
+    r = await client.get(landing_url)
+    if r.status_code != 200:
+        raise FlowError(f"landing: HTTP {r.status_code}")
+    if EXPECTED_ON_LANDING not in r.text:
+        raise FlowError("landing: attributes not shown (delivery or vault read failed)")
+    t3 = time.perf_counter()
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+async def run_load(
+    core_url: str, *, concurrency: int, duration: float, max_errors: int = 500
+) -> tuple[LoadResult, float, float]:
+    """Run ``concurrency`` flow loops for ``duration`` s; return the records, t0 and t_end."""
+    result = LoadResult()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        limits=limits, timeout=httpx.Timeout(60.0), follow_redirects=False
+    ) as client:
+        t0 = time.perf_counter()
+        t_end = t0 + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < t_end:
+                begun = time.perf_counter()
+                try:
+                    steps = await one_flow(client, core_url)
+                except Exception as exc:
+                    kind = str(exc) if isinstance(exc, FlowError) else type(exc).__name__
+                    result.errors[kind] += 1
+                    if sum(result.errors.values()) >= max_errors:
+                        return
+                    continue
+                result.records.append(FlowRecord(begun, time.perf_counter(), steps))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return result, t0, t_end
+
+
+@dataclass
+class Sample:
+    """CPU counters at one moment: the bench process, the servers, the whole machine."""
+
+    wall: float
+    bench_cpu: float
+    server_cpu: float
+    sys_busy: int
+    sys_total: int
+
+    @classmethod
+    def take(cls, servers: list[Server]) -> Sample:
+        busy, total = system_cpu_ticks()
+        return cls(
+            wall=time.perf_counter(),
+            bench_cpu=time.process_time(),
+            server_cpu=sum(process_cpu_seconds(s.proc.pid) for s in servers),
+            sys_busy=busy,
+            sys_total=total,
+        )
+
+
+async def measured_load(
+    core_url: str, servers: list[Server], *, concurrency: int, duration: float
+) -> dict[str, Any]:
+    """One measurement window with CPU accounting; the in-flight tail is not counted."""
+    before = Sample.take(servers)
+    load_task = asyncio.ensure_future(
+        run_load(core_url, concurrency=concurrency, duration=duration)
+    )
+    # Sample the CPU counters when the window closes, not after the tail has drained.
+    done, _ = await asyncio.wait({load_task}, timeout=duration)
+    after = Sample.take(servers)
+    if not done:
+        await load_task
+    load, t0, t_end = load_task.result()
+    window = t_end - t0
+    in_window = [r for r in load.records if r.ended <= t_end]
+    flows = len(in_window)
+    latencies = sorted(r.ended - r.started for r in load.records)
+    step_names = ("start", "confirm", "landing")
+    steps = {name: sorted(r.steps[i] for r in load.records) for i, name in enumerate(step_names)}
+    cpu_window = after.wall - before.wall
+    server_cpu = after.server_cpu - before.server_cpu
+    bench_cpu = after.bench_cpu - before.bench_cpu
+    sys_total = after.sys_total - before.sys_total
+
+    def per_flow(seconds: float) -> float:
+        return seconds / flows * 1000 if flows else math.nan
+
+    def ms(values: list[float], q: float) -> float:
+        return round(percentile(values, q) * 1000, 2)
+
+    return {
+        "duration_s": round(window, 3),
+        "flows": flows,
+        "flows_per_s": round(flows / window, 1),
+        "requests_per_s": round(3 * flows / window, 1),
+        "flows_completed_incl_tail": len(load.records),
+        "latency_ms": {
+            "p50": ms(latencies, 50),
+            "p90": ms(latencies, 90),
+            "p99": ms(latencies, 99),
+            "max": ms(latencies, 100),
+            "mean": round(sum(latencies) / len(latencies) * 1000, 2) if latencies else None,
+        },
+        "step_latency_ms": {
+            name: {"p50": ms(v, 50), "p99": ms(v, 99)} for name, v in steps.items()
+        },
+        "errors": sum(load.errors.values()),
+        "error_kinds": dict(load.errors),
+        "cpu": {
+            "server_s": round(server_cpu, 2),
+            "server_ms_per_flow": round(per_flow(server_cpu), 2),
+            "server_cores": round(server_cpu / cpu_window, 2),
+            "loadgen_s": round(bench_cpu, 2),
+            "loadgen_ms_per_flow": round(per_flow(bench_cpu), 2),
+            "loadgen_cores": round(bench_cpu / cpu_window, 2),
+            "machine_busy_pct": (
+                round(100 * (after.sys_busy - before.sys_busy) / sys_total, 1)
+                if sys_total
+                else None
+            ),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass
+class Deployment:
+    core_url: str
+    servers: list[Server]
+
+
+def deploy(
+    scenario: Scenario,
+    data_dir: Path,
+    database_url: str | None,
+    extra_env: dict[str, str],
+    profile_to: Path | None,
+) -> Deployment:
+    base_env = clean_env()
+    base_env["IDCONTACT_KEYS__GENERATE"] = scenario.keys
+    if database_url is not None:
+        base_env["IDCONTACT_DATABASE_URL"] = database_url
+    base_env.update(extra_env)
+    logs = data_dir / "logs"
+    logs.mkdir()
+    servers: list[Server] = []
+    try:
+        if scenario.topology == "embedded":
+            port = free_port()
+            config = data_dir / "idcontact.toml"
+            config.write_text(config_toml())
+            env = {**base_env, "IDCONTACT_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+            servers.append(
+                start_server(
+                    config=config,
+                    data_dir=data_dir,
+                    port=port,
+                    roles=(),
+                    env=env,
+                    log_path=logs / "server.log",
+                    profile_to=profile_to,
+                )
+            )
+            return Deployment(servers[0].url, servers)
+        # Split roles, as the original was deployed: three processes sharing the data dir.
+        ports = {"core": free_port(), "auth": free_port(), "comm": free_port()}
+        config = data_dir / "idcontact.toml"
+        config.write_text(
+            config_toml(
+                auth_start=f"http://127.0.0.1:{ports['auth']}/auth/demo",
+                comm_start=f"http://127.0.0.1:{ports['comm']}/comm/demo",
+            )
+        )
+        for role in ("core", "auth", "comm"):  # one after another: keys are made by the first
+            url = f"http://127.0.0.1:{ports[role]}"
+            env = {**base_env, "IDCONTACT_PUBLIC_URL": url}
+            if role == "comm":
+                env["IDCONTACT_INTERNAL_URL"] = url
+            servers.append(
+                start_server(
+                    config=config,
+                    data_dir=data_dir,
+                    port=ports[role],
+                    roles=(role,),
+                    env=env,
+                    log_path=logs / f"{role}.log",
+                    profile_to=(
+                        profile_to.with_name(f"{profile_to.stem}-{role}{profile_to.suffix}")
+                        if profile_to
+                        else None
+                    ),
+                )
+            )
+        return Deployment(servers[0].url, servers)
+    except BaseException:
+        for server in reversed(servers):
+            stop_server(server)
+        raise
+
+
+def run_scenario(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    runner: asyncio.Runner,
+    postgres: Postgres | None,
+    profile_to: Path | None = None,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "number": scenario.number,
+        "id": scenario.id,
+        "title": scenario.title,
+        "keys": scenario.keys,
+        "database": scenario.database,
+        "topology": scenario.topology,
+        "processes": 3 if scenario.topology == "split" else 1,
+    }
+    database_url: str | None = None
+    db_name: str | None = None
+    with tempfile.TemporaryDirectory(prefix=f"idcontact-bench-{scenario.id}-") as tmp:
+        data_dir = Path(tmp)
+        try:
+            if scenario.database == "postgres":
+                assert postgres is not None
+                db_name = f"idcontact_bench_{os.getpid()}_{scenario.number}"
+                database_url = runner.run(create_database(postgres.admin_url, db_name))
+            t_boot = time.perf_counter()
+            deployment = deploy(scenario, data_dir, database_url, args.server_env, profile_to)
+            result["startup_s"] = round(time.perf_counter() - t_boot, 2)
+            try:
+                log(f"  warm-up {args.warmup:g} s ...")
+                warm, _, _ = runner.run(
+                    run_load(
+                        deployment.core_url, concurrency=args.concurrency, duration=args.warmup
+                    )
+                )
+                result["warmup"] = {
+                    "flows": len(warm.records),
+                    "errors": sum(warm.errors.values()),
+                    "error_kinds": dict(warm.errors),
+                }
+                log(f"  measuring {args.duration:g} s at {args.concurrency} clients ...")
+                result.update(
+                    runner.run(
+                        measured_load(
+                            deployment.core_url,
+                            deployment.servers,
+                            concurrency=args.concurrency,
+                            duration=args.duration,
+                        )
+                    )
+                )
+                alive = [s.name for s in deployment.servers if s.proc.poll() is None]
+                if len(alive) != len(deployment.servers):
+                    result["error"] = "a server process died during the run"
+            finally:
+                for server in reversed(deployment.servers):
+                    stop_server(server)
+                for server in deployment.servers:
+                    warnings = [
+                        line
+                        for line in log_tail(server.log_path, 100_000).splitlines()
+                        if '"level": "ERROR"' in line or '"level": "WARNING"' in line
+                    ]
+                    if warnings:
+                        result.setdefault("server_log_warnings", {})[server.name] = {
+                            "count": len(warnings),
+                            "last": warnings[-3:],
+                        }
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            if db_name is not None and postgres is not None:
+                try:
+                    runner.run(drop_database(postgres.admin_url, db_name))
+                except Exception as exc:
+                    log(f"  could not drop database {db_name}: {exc}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# The crypto floor
+
+
+def _time_per_call(fn: Callable[[], object], *, seconds: float, min_calls: int) -> dict[str, Any]:
+    """Mean µs per call of ``fn``, over at least ``seconds`` and ``min_calls`` calls."""
+    fn()  # warm caches
+    calls = 0
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    while True:
+        for _ in range(10):
+            fn()
+        calls += 10
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and calls >= min_calls:
+            break
+    cpu = time.process_time() - cpu_started
+    return {
+        "us_per_call": round(elapsed / calls * 1e6, 1),
+        "cpu_us_per_call": round(cpu / calls * 1e6, 1),
+        "calls": calls,
+    }
+
+
+def crypto_floor(seconds: float) -> dict[str, Any]:
+    """Per-flow cost of the cryptography alone, measured in-process without HTTP.
+
+    Per flow: ``TokenIssuer.issue`` (ES256/RS256 sign + ECDH-ES/RSA-OAEP encrypt) and
+    ``TokenReader.read`` (decrypt + verify + parse), plus the vault's AES-256-GCM encryption and
+    decryption of the attribute payload with a fresh data key. Sealing of the auth plugin's
+    pending state (AES-GCM) is measured too but is not part of the floor.
+    """
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="idcontact-bench-keys-") as tmp:
+        for kind in ("EC", "RSA"):
+            keydir = Path(tmp) / kind
+            keydir.mkdir()
+            out[kind] = _crypto_floor_for(kind, keydir, seconds)
+    return out
+
+
+def _crypto_floor_for(kind: KeyType, keydir: Path, seconds: float) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from idcontact.keys import KeyConfig, generate_keypair, kid_for
+    from idcontact.plugins.auth.demo import DEFAULT_ATTRIBUTES
+    from idcontact.sealing import Sealer
+    from idcontact.tokens import AuthResult, TokenIssuer, TokenReader
+
+    attributes = {k: DEFAULT_ATTRIBUTES[k] for k in ("fullname", "bsn")}
+    result = AuthResult(status="success", attributes=attributes)
+    # The same files and loading code as the server's demo keys.
+    sign_priv, sign_pub = generate_keypair(kind, keydir, "sign")
+    enc_priv, enc_pub = generate_keypair(kind, keydir, "enc")
+    signing = KeyConfig(type=kind, key_file=sign_priv).load()
+    verifying = KeyConfig(type=kind, key_file=sign_pub).load()
+    decryption = KeyConfig(type=kind, key_file=enc_priv).load()
+    encryption = KeyConfig(type=kind, key_file=enc_pub).load()
+    kid = kid_for(signing)
+    issuer = TokenIssuer(signing, kid=kid)
+    reader = TokenReader([decryption], {kid: verifying})
+    token = issuer.issue(result, encryption)
+    conversation = b"bench-conversation-id-0"
+
+    def issue() -> None:
+        issuer.issue(result, encryption)
+
+    def read() -> None:
+        reader.read(token)
+
+    def vault_roundtrip() -> None:
+        # What Vault.store and Vault.read do, without the database and key store.
+        payload = {"attributes": attributes, "session_url": None, "received_at": 0.0, "kid": kid}
+        plaintext = json.dumps(payload, separators=(",", ":")).encode()
+        key = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(12)
+        sealed = AESGCM(key).encrypt(nonce, plaintext, conversation)
+        json.loads(AESGCM(key).decrypt(nonce, sealed, conversation))
+
+    def flow() -> None:
+        reader.read(issuer.issue(result, encryption))
+        vault_roundtrip()
+
+    sealer = Sealer(os.urandom(48))
+    pending = {
+        "attributes": ["fullname", "bsn"],
+        "continuation": "http://127.0.0.1:8000/comm/demo/c/" + "x" * 22,
+        "attr_url": "http://inproc/comm/demo/attr/" + "y" * 43,
+    }
+
+    def seal_roundtrip() -> None:
+        sealer.unseal("auth-demo", sealer.seal("auth-demo", pending, max_age=900))
+
+    part = max(0.2, seconds / 3)
+    parts = {
+        "issue": _time_per_call(issue, seconds=part, min_calls=50),
+        "read": _time_per_call(read, seconds=part, min_calls=50),
+        "vault_encrypt_decrypt": _time_per_call(vault_roundtrip, seconds=part, min_calls=200),
+        "seal_unseal_not_in_floor": _time_per_call(seal_roundtrip, seconds=part, min_calls=200),
+    }
+    total = _time_per_call(flow, seconds=seconds, min_calls=100)
+    return {
+        "us_per_flow": total["us_per_call"],
+        "cpu_us_per_flow": total["cpu_us_per_call"],
+        "max_flows_per_s_one_core": round(1e6 / total["us_per_call"], 1),
+        "iterations": total["calls"],
+        "token_bytes": len(token),
+        "parts": parts,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "packages": {
+            name: package_version(name)
+            for name in (
+                "idcontact",
+                "fastapi",
+                "starlette",
+                "uvicorn",
+                "uvloop",
+                "httptools",
+                "httpx",
+                "joserfc",
+                "cryptography",
+                "sqlalchemy",
+                "aiosqlite",
+                "asyncpg",
+            )
+        },
+    }
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def render_tables(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    params = report["parameters"]
+    lines.append("")
+    lines.append(
+        f"idcontact full flows - {params['concurrency']} concurrent clients, "
+        f"{params['duration_s']:g} s per scenario after {params['warmup_s']:g} s warm-up"
+    )
+    m = report["machine"]
+    lines.append(
+        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}; "
+        "the load generator runs on the same machine and competes for the CPUs"
+    )
+    lines.append("")
+    head = (
+        f"{'#':<2} {'scenario':<32} {'flows/s':>8} {'target':>8}  {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'p99<=50':>7} {'errors':>6}  {'srv ms/flow':>11} {'srv cores':>9} "
+        f"{'gen ms/flow':>11} {'gen cores':>9} {'busy %':>6}"
+    )
+    lines.append(head)
+    lines.append("-" * len(head))
+    for r in report["scenarios"]:
+        label = f"{r['title']}"
+        if r.get("skipped"):
+            lines.append(f"{r['number']:<2} {label:<32} skipped: {r['skipped']}")
+            continue
+        if "flows_per_s" not in r:
+            lines.append(f"{r['number']:<2} {label:<32} FAILED: {r.get('error', '?')}")
+            continue
+        target = TARGET_FLOWS_PER_S[r["keys"]]
+        lat = r["latency_ms"]
+        cpu = r["cpu"]
+        lines.append(
+            f"{r['number']:<2} {label:<32} {r['flows_per_s']:>8.1f} "
+            f"{'>=' + format(target, '.0f'):>5} {_mark(r['flows_per_s'] >= target):<2}  "
+            f"{lat['p50']:>7.1f} {lat['p99']:>7.1f} {_mark(lat['p99'] <= TARGET_P99_MS):>7} "
+            f"{r['errors']:>6}  {cpu['server_ms_per_flow']:>11.2f} {cpu['server_cores']:>9.2f} "
+            f"{cpu['loadgen_ms_per_flow']:>11.2f} {cpu['loadgen_cores']:>9.2f} "
+            f"{cpu['machine_busy_pct'] if cpu['machine_busy_pct'] is not None else '?':>6}"
+        )
+        if r.get("error"):
+            lines.append(f"   !! {r['error']}")
+        if r["errors"]:
+            lines.append(f"   !! errors: {r['error_kinds']}")
+    lines.append("")
+    lines.append("per-step latency, p50 / p99 ms (start = POST /start, confirm = share + delivery,")
+    lines.append("landing = vault read + page):")
+    for r in report["scenarios"]:
+        if "step_latency_ms" not in r:
+            continue
+        s = r["step_latency_ms"]
+        lines.append(
+            f"  {r['number']} {r['title']:<32} "
+            + "  ".join(
+                f"{name} {s[name]['p50']:>6.1f} / {s[name]['p99']:>6.1f}"
+                for name in ("start", "confirm", "landing")
+            )
+        )
+    floor = report.get("crypto_floor")
+    if floor:
+        lines.append("")
+        lines.append(
+            "crypto floor (in-process, no HTTP): issue (sign+encrypt) + read (decrypt+verify) "
+            "+ vault AES-GCM encrypt/decrypt"
+        )
+        lines.append(
+            f"  {'keys':<9} {'us/flow':>9} {'max flows/s/core':>17}   "
+            f"{'issue':>8} {'read':>8} {'vault':>7}   (sealing, not in floor)"
+        )
+        for kind, f in floor.items():
+            p = f["parts"]
+            lines.append(
+                f"  {'EC P-256' if kind == 'EC' else 'RSA-2048':<9} {f['us_per_flow']:>9.1f} "
+                f"{f['max_flows_per_s_one_core']:>17.1f}   "
+                f"{p['issue']['us_per_call']:>8.1f} {p['read']['us_per_call']:>8.1f} "
+                f"{p['vault_encrypt_decrypt']['us_per_call']:>7.1f}   "
+                f"({p['seal_unseal_not_in_floor']['us_per_call']:.1f} us)"
+            )
+    lines.append("")
+    lines.append(
+        f"targets (informational): >= {TARGET_FLOWS_PER_S['EC']:.0f} flows/s EC, "
+        f">= {TARGET_FLOWS_PER_S['RSA']:.0f} flows/s RSA-2048, p99 <= {TARGET_P99_MS:.0f} ms; "
+        "errors must be 0"
+    )
+    lines.append(
+        "srv = CPU of the server process(es), gen = CPU of this load generator, "
+        "busy % = whole machine"
+    )
+    for note in report.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def write_results(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2, sort_keys=False) + "\n"
+    stamped = RESULTS_DIR / f"flows-{stamp}.json"
+    latest = RESULTS_DIR / "flows-latest.json"
+    stamped.write_text(text)
+    latest.write_text(text)
+    return stamped, latest
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Full-flow benchmark of idcontact (see bench/README.md)."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="5 s per scenario, 2 s warm-up, short crypto floor"
+    )
+    parser.add_argument("--duration", type=float, help="measurement seconds per scenario")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[s.id for s in SCENARIOS] + [str(s.number) for s in SCENARIOS],
+        help="run only this scenario (repeatable; number or id)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL scenarios")
+    parser.add_argument("--no-crypto", action="store_true", help="skip the crypto floor")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the servers, e.g. IDCONTACT_LOG_LEVEL=WARNING (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the servers under pyinstrument (needs `pip install pyinstrument`); writes "
+        "bench/results/profile-<scenario>-<stamp>[-role].pyisession and .txt; numbers are "
+        "slower than normal, so results are not written to flows-latest.json",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; do not write bench/results/*.json"
+    )
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (5.0 if args.quick else 20.0)
+    args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 5.0)
+    env: dict[str, str] = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--server-env: expected NAME=VALUE, got {item!r}")
+        env[name] = value
+    args.server_env = env
+    return args
+
+
+def selected_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    if not args.scenario:
+        return list(SCENARIOS)
+    wanted = set(args.scenario)
+    return [s for s in SCENARIOS if s.id in wanted or str(s.number) in wanted]
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+@contextlib.contextmanager
+def postgres_for(
+    scenarios: list[Scenario], args: argparse.Namespace, runner: asyncio.Runner
+) -> Iterator[tuple[Postgres | None, str]]:
+    """Find (or start) PostgreSQL when a scenario needs it; stop it afterwards if we started it
+    and nobody else is connected."""
+    if args.no_postgres:
+        yield None, "--no-postgres given"
+        return
+    if not any(s.database == "postgres" for s in scenarios):
+        yield None, "not selected"
+        return
+    postgres, reason = find_postgres()
+    if postgres is not None:
+        try:
+            runner.run(other_postgres_clients(postgres.admin_url))
+        except Exception as exc:
+            postgres, reason = None, f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
+    try:
+        yield postgres, reason
+    finally:
+        if postgres is not None and postgres.started_by_us:
+            try:
+                others = runner.run(other_postgres_clients(postgres.admin_url))
+            except Exception:
+                others = 0
+            if others:
+                log(f"PostgreSQL left running: {others} other client(s) connected")
+            else:
+                subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop"], capture_output=True)
+                log("PostgreSQL stopped again (the bench had started it)")
+
+
+def render_profiles(paths: list[Path]) -> None:
+    for session in paths:
+        if not session.exists():
+            log(f"  profile {session.name}: not written (did the server exit cleanly?)")
+            continue
+        text = session.with_suffix(".txt")
+        with text.open("w") as out:
+            subprocess.run(
+                [
+                    *(sys.executable, "-m", "pyinstrument", "--load", str(session)),
+                    *("-r", "text", "--no-color", "--unicode"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        log(f"  profile: {text.relative_to(REPO)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    scenarios = selected_scenarios(args)
+    report: dict[str, Any] = {
+        "benchmark": "idcontact full flows",
+        "started_utc": stamp,
+        "machine": machine_info(),
+        "parameters": {
+            "quick": args.quick,
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "purpose": PURPOSE,
+            "flow": [
+                "POST /start (JSON, Accept: application/json)",
+                "POST auth confirm form action=share (token delivered to comm attr_url)",
+                "GET comm landing page (vault read, audited)",
+            ],
+            "server_env": args.server_env,
+            "profiled": args.profile,
+            "load_generator": "httpx.AsyncClient in the bench process"
+            + (" on uvloop" if loop_factory() else ""),
+        },
+        "targets": {
+            "flows_per_s": TARGET_FLOWS_PER_S,
+            "p99_ms": TARGET_P99_MS,
+            "errors": 0,
+        },
+        "scenarios": [],
+        "notes": [
+            f"the load generator runs in the bench process on the same {os.cpu_count()} CPUs "
+            "as the server(s); its CPU use is reported as gen ms/flow and gen cores",
+        ],
+    }
+    log(f"idcontact flow benchmark ({'quick' if args.quick else 'full'}), {stamp}")
+
+    if not args.no_crypto:
+        seconds = 0.6 if args.quick else 3.0
+        log(f"crypto floor ({seconds:g} s per key type) ...")
+        report["crypto_floor"] = crypto_floor(seconds)
+
+    failed = False
+    profiles: list[Path] = []
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        with postgres_for(scenarios, args, runner) as (postgres, pg_reason):
+            if postgres is not None:
+                report["postgres"] = {"note": postgres.note}
+            elif any(s.database == "postgres" for s in scenarios):
+                report["notes"].append(f"PostgreSQL scenarios skipped: {pg_reason}")
+            for scenario in scenarios:
+                log(f"[{scenario.number}] {scenario.title} ...")
+                if scenario.database == "postgres" and postgres is None:
+                    report["scenarios"].append(
+                        {
+                            "number": scenario.number,
+                            "id": scenario.id,
+                            "title": scenario.title,
+                            "keys": scenario.keys,
+                            "skipped": f"PostgreSQL unavailable ({pg_reason})",
+                        }
+                    )
+                    log(f"  skipped: {pg_reason}")
+                    continue
+                profile_to = (
+                    RESULTS_DIR / f"profile-{scenario.id}-{stamp}.pyisession"
+                    if args.profile
+                    else None
+                )
+                result = run_scenario(scenario, args, runner, postgres, profile_to)
+                report["scenarios"].append(result)
+                if profile_to is not None:
+                    if scenario.topology == "split":
+                        profiles += [
+                            profile_to.with_name(f"{profile_to.stem}-{role}{profile_to.suffix}")
+                            for role in ("core", "auth", "comm")
+                        ]
+                    else:
+                        profiles.append(profile_to)
+                if (
+                    result.get("error")
+                    or result.get("errors")
+                    or result.get("warmup", {}).get("errors")
+                ):
+                    failed = True
+                if "flows_per_s" in result:
+                    log(
+                        f"  {result['flows_per_s']} flows/s, p50 {result['latency_ms']['p50']} ms,"
+                        f" p99 {result['latency_ms']['p99']} ms, errors {result['errors']}"
+                    )
+                else:
+                    log(f"  FAILED: {result.get('error')}")
+
+    report["finished_utc"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    print(render_tables(report), flush=True)
+    if profiles:
+        render_profiles(profiles)
+    if not args.no_write and not args.profile:
+        stamped, latest = write_results(report, stamp)
+        log(f"\nwrote {stamped.relative_to(REPO)} and {latest.relative_to(REPO)}")
+    if failed:
+        log("\nFAILED: some flows failed or a scenario could not run (see above)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
