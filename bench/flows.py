@@ -185,6 +185,41 @@ def config_toml(auth_start: str | None = None, comm_start: str | None = None) ->
     )
 
 
+# Runs ``idcontact serve`` under pyinstrument. uvicorn re-raises SIGTERM after its graceful
+# shutdown with the previous handler restored; ours turns it into SystemExit, so the profile is
+# written (``python -m pyinstrument`` would die with the signal and write nothing).
+PROFILE_WRAPPER = """
+import pstats, signal, sys
+from pathlib import Path
+from pyinstrument import Profiler
+from pyinstrument.renderers import PstatsRenderer
+
+def _term(signum, frame):
+    raise SystemExit(0)
+
+signal.signal(signal.SIGTERM, _term)
+out = Path(sys.argv[1])
+profiler = Profiler(interval=0.0005, async_mode="disabled")
+profiler.start()
+try:
+    from idcontact.cli import main
+    main(sys.argv[2:], prog_name="idcontact", standalone_mode=False)
+except SystemExit:
+    pass
+finally:
+    session = profiler.stop()
+    session.save(str(out.with_suffix(".pyisession")))
+    out.with_suffix(".pstats").write_bytes(PstatsRenderer().render(session).encode("utf-8", "surrogateescape"))
+    with out.with_suffix(".txt").open("w") as fh:
+        fh.write(profiler.output_text(unicode=True, color=False))
+        fh.write("\\n\\nTop functions by self time (pyinstrument samples, main thread):\\n")
+        stats = pstats.Stats(str(out.with_suffix(".pstats")), stream=fh)
+        stats.sort_stats("tottime").print_stats(40)
+        fh.write("\\nTop functions by cumulative time:\\n")
+        stats.sort_stats("cumulative").print_stats(60)
+"""
+
+
 @dataclass
 class Server:
     roles: tuple[str, ...]
@@ -226,8 +261,7 @@ def start_server(
     if profile_to is None:
         cmd = [sys.executable, "-m", "idcontact", *serve]
     else:
-        cmd = [sys.executable, "-m", "pyinstrument", "-r", "pyisession"]
-        cmd += ["-o", str(profile_to), "-m", "idcontact", *serve]
+        cmd = [sys.executable, "-c", PROFILE_WRAPPER, str(profile_to), *serve]
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
             cmd,
@@ -1025,20 +1059,11 @@ def postgres_for(
 
 def render_profiles(paths: list[Path]) -> None:
     for session in paths:
-        if not session.exists():
-            log(f"  profile {session.name}: not written (did the server exit cleanly?)")
-            continue
         text = session.with_suffix(".txt")
-        with text.open("w") as out:
-            subprocess.run(
-                [
-                    *(sys.executable, "-m", "pyinstrument", "--load", str(session)),
-                    *("-r", "text", "--no-color", "--unicode"),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        log(f"  profile: {text.relative_to(REPO)}")
+        if text.exists():
+            log(f"  profile: {text.relative_to(REPO)} (and .pyisession, .pstats)")
+        else:
+            log(f"  profile {text.name}: not written (did the server exit cleanly?)")
 
 
 def main(argv: list[str] | None = None) -> int:

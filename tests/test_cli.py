@@ -256,3 +256,20 @@ def test_serve_config_from_environment(
     assert result.exit_code == 2
     assert "invalid configuration" in result.stderr
     assert_no_secrets(result)
+
+
+def test_flag_wins_over_environment(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IDCONTACT_DATA_DIR", str(tmp_path / "from-env"))
+    result = runner.invoke(main, ["db", "upgrade", "--data-dir", str(tmp_path / "from-flag")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "from-flag" / "idcontact.sqlite3").exists()
+    assert not (tmp_path / "from-env").exists()
+
+
+def test_keys_generate_refuses_a_path_as_name(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["keys", "generate", "--dir", str(tmp_path), "--name", "../x"])
+    assert result.exit_code == 2
+    assert "plain file name" in result.output
+    assert not (tmp_path.parent / "x.key.pem").exists()

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from idcontact.errors import ConfigError
+from idcontact.keys import KeyConfig
 from idcontact.settings import ROLES, Role, Settings, load_settings
 
 DEMO_CONFIG = Path(__file__).parent / "demo.toml"
@@ -101,13 +102,28 @@ def check_config(file: Path) -> None:
     """Validate FILE; exit non-zero with the reason when it is invalid."""
     try:
         settings = load_settings(file)
-        for name in ("signing", "encryption_public", "fallback_signer", "ui_signing", "requestor"):
-            key = getattr(settings.keys, name)
+        k = settings.keys
+        configured: list[tuple[str, KeyConfig | None]] = [
+            (f"keys.{name}", getattr(k, name))
+            for name in (
+                "signing",
+                "encryption_public",
+                "fallback_signer",
+                "ui_signing",
+                "requestor",
+            )
+        ]
+        configured += [(f"keys.decryption[{i}]", c) for i, c in enumerate(k.decryption)]
+        configured += [(f"keys.trusted_signers.{kid}", c) for kid, c in k.trusted_signers.items()]
+        configured += [
+            (f"keys.authonly_request_keys.{kid}", c) for kid, c in k.authonly_request_keys.items()
+        ]
+        for where, key in configured:
             if key is not None:
                 try:
                     key.load()
                 except ConfigError as exc:
-                    raise ConfigError(f"keys.{name}: {exc.detail}") from None
+                    raise ConfigError(f"{where}: {exc.detail}") from None
     except ConfigError as exc:
         _fail(exc)
         return
@@ -136,6 +152,9 @@ def keys_generate(kind: str, directory: Path, name: str) -> None:
     except FileExistsError:
         click.echo(f"error: {directory / name}.*.pem exists already; not overwritten", err=True)
         sys.exit(2)
+    except ConfigError as exc:
+        _fail(exc)
+        return
     kid = kid_for(load_pem(kind, pub.read_bytes(), source=str(pub)))  # type: ignore[arg-type]
     click.echo(f"wrote {priv} (0600) and {pub}; kid {kid}")
 

@@ -25,6 +25,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from idcontact.errors import ConfigError
@@ -257,8 +258,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init data; the environment wins over it.
-        return (env_settings, init_settings)
+        # Explicit arguments (command-line flags) win over the environment, which wins over
+        # the TOML file (added by ``load_settings``).
+        return (init_settings, env_settings)
 
     # -- derived values -------------------------------------------------------------------
 
@@ -307,10 +309,27 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed TOML file as the lowest-priority settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
 def load_settings(
     config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
-    """Load and validate the configuration; raise :class:`ConfigError` on any problem."""
+    """Load and validate the configuration; raise :class:`ConfigError` on any problem.
+
+    Priority: ``overrides`` (command-line flags), then ``IDCONTACT_*`` variables, then the file.
+    """
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
@@ -320,8 +339,25 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             # The decoder names a line and column, never a value.
             raise ConfigError(f"{config_file}: not valid TOML ({exc})") from None
-    data.update(overrides or {})
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_file}: cannot be read ({type(exc).__name__})") from None
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, data))
+
     try:
-        return Settings(**data)
+        return _Loaded(**dict(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+    except SettingsError as exc:
+        # Names the field and the source ("from source EnvSettingsSource"), not the value.
+        raise ConfigError(f"invalid configuration: {exc}") from None
