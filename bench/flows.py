@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -113,6 +114,7 @@ def free_port() -> int:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = len(os.sched_getaffinity(0))
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -135,6 +137,14 @@ def system_cpu_ticks() -> tuple[int, int]:
     idle = values[3] + values[4]
     total = sum(values)
     return total - idle, total
+
+
+def background_busy_pct(seconds: float = 1.0) -> float | None:
+    """How busy the machine is while we do nothing (other workloads), in percent."""
+    busy0, total0 = system_cpu_ticks()
+    time.sleep(seconds)
+    busy1, total1 = system_cpu_ticks()
+    return round(100 * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else None
 
 
 def package_version(name: str) -> str | None:
@@ -208,8 +218,8 @@ except SystemExit:
     pass
 finally:
     session = profiler.stop()
-    session.save(str(out.with_suffix(".pyisession")))
-    out.with_suffix(".pstats").write_bytes(PstatsRenderer().render(session).encode("utf-8", "surrogateescape"))
+    stats_bytes = PstatsRenderer().render(session).encode("utf-8", "surrogateescape")
+    out.with_suffix(".pstats").write_bytes(stats_bytes)
     with out.with_suffix(".txt").open("w") as fh:
         fh.write(profiler.output_text(unicode=True, color=False))
         fh.write("\\n\\nTop functions by self time (pyinstrument samples, main thread):\\n")
@@ -435,16 +445,23 @@ async def one_flow(client: httpx.AsyncClient, core_url: str) -> tuple[float, flo
 async def run_load(
     core_url: str, *, concurrency: int, duration: float, max_errors: int = 500
 ) -> tuple[LoadResult, float, float]:
-    """Run ``concurrency`` flow loops for ``duration`` s; return the records, t0 and t_end."""
+    """Run ``concurrency`` flow loops for ``duration`` s; return the records, t0 and t_end.
+
+    Every worker has its own client (one keep-alive connection per server): httpcore scans its
+    whole pool for every request, which costs O(connections²) CPU with one shared pool of 32.
+    """
     result = LoadResult()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        limits=limits, timeout=httpx.Timeout(60.0), follow_redirects=False
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(timeout=httpx.Timeout(60.0), follow_redirects=False)
+            )
+            for _ in range(concurrency)
+        ]
         t0 = time.perf_counter()
         t_end = t0 + duration
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             while time.perf_counter() < t_end:
                 begun = time.perf_counter()
                 try:
@@ -457,8 +474,20 @@ async def run_load(
                     continue
                 result.records.append(FlowRecord(begun, time.perf_counter(), steps))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(client) for client in clients))
     return result, t0, t_end
+
+
+def make_loadgen_cheap() -> list[str]:
+    """Trim avoidable CPU from the load generator (it shares the CPUs with the server)."""
+    tweaks = []
+    if importlib.util.find_spec("sniffio") is None:
+        # httpcore 1.0.x runs `import sniffio` for every request it sends. Without sniffio
+        # installed each attempt searches sys.path (~0.3 ms of CPU); None in sys.modules makes
+        # the import fail at once, and httpcore falls back to asyncio, which is what we run.
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+        tweaks.append("sniffio not installed: import short-circuited in the load generator")
+    return tweaks
 
 
 @dataclass
@@ -507,6 +536,7 @@ async def measured_load(
     server_cpu = after.server_cpu - before.server_cpu
     bench_cpu = after.bench_cpu - before.bench_cpu
     sys_total = after.sys_total - before.sys_total
+    busy = (after.sys_busy - before.sys_busy) / sys_total if sys_total else None
 
     def per_flow(seconds: float) -> float:
         return seconds / flows * 1000 if flows else math.nan
@@ -539,9 +569,11 @@ async def measured_load(
             "loadgen_s": round(bench_cpu, 2),
             "loadgen_ms_per_flow": round(per_flow(bench_cpu), 2),
             "loadgen_cores": round(bench_cpu / cpu_window, 2),
-            "machine_busy_pct": (
-                round(100 * (after.sys_busy - before.sys_busy) / sys_total, 1)
-                if sys_total
+            "machine_busy_pct": round(100 * busy, 1) if busy is not None else None,
+            # CPU used by everything else on the machine (other workloads) in the window.
+            "other_cores": (
+                round(busy * NCPU - (server_cpu + bench_cpu) / cpu_window, 2)
+                if busy is not None
                 else None
             ),
         },
@@ -652,6 +684,7 @@ def run_scenario(
                 assert postgres is not None
                 db_name = f"idcontact_bench_{os.getpid()}_{scenario.number}"
                 database_url = runner.run(create_database(postgres.admin_url, db_name))
+            result["background_busy_pct_before"] = background_busy_pct()
             t_boot = time.perf_counter()
             deployment = deploy(scenario, data_dir, database_url, args.server_env, profile_to)
             result["startup_s"] = round(time.perf_counter() - t_boot, 2)
@@ -850,6 +883,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -871,7 +908,7 @@ def render_tables(report: dict[str, Any]) -> str:
     head = (
         f"{'#':<2} {'scenario':<32} {'flows/s':>8} {'target':>8}  {'p50 ms':>7} {'p99 ms':>7} "
         f"{'p99<=50':>7} {'errors':>6}  {'srv ms/flow':>11} {'srv cores':>9} "
-        f"{'gen ms/flow':>11} {'gen cores':>9} {'busy %':>6}"
+        f"{'gen ms/flow':>11} {'gen cores':>9} {'busy %':>6} {'other':>5}"
     )
     lines.append(head)
     lines.append("-" * len(head))
@@ -892,8 +929,13 @@ def render_tables(report: dict[str, Any]) -> str:
             f"{lat['p50']:>7.1f} {lat['p99']:>7.1f} {_mark(lat['p99'] <= TARGET_P99_MS):>7} "
             f"{r['errors']:>6}  {cpu['server_ms_per_flow']:>11.2f} {cpu['server_cores']:>9.2f} "
             f"{cpu['loadgen_ms_per_flow']:>11.2f} {cpu['loadgen_cores']:>9.2f} "
-            f"{cpu['machine_busy_pct'] if cpu['machine_busy_pct'] is not None else '?':>6}"
+            f"{_num(cpu['machine_busy_pct']):>6} {_num(cpu['other_cores']):>5}"
         )
+        if (cpu["other_cores"] or 0) > 0.25 or (r.get("background_busy_pct_before") or 0) > 15:
+            lines.append(
+                f"   !! other workloads on the machine: {cpu['other_cores']} cores during the "
+                f"run, {r.get('background_busy_pct_before')} % busy before it: numbers are low"
+            )
         if r.get("error"):
             lines.append(f"   !! {r['error']}")
         if r["errors"]:
@@ -940,7 +982,7 @@ def render_tables(report: dict[str, Any]) -> str:
     )
     lines.append(
         "srv = CPU of the server process(es), gen = CPU of this load generator, "
-        "busy % = whole machine"
+        "busy % = whole machine, other = cores used by other processes"
     )
     for note in report.get("notes", []):
         lines.append(f"note: {note}")
@@ -990,7 +1032,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="run the servers under pyinstrument (needs `pip install pyinstrument`); writes "
-        "bench/results/profile-<scenario>-<stamp>[-role].pyisession and .txt; numbers are "
+        "bench/results/profile-<scenario>-<stamp>[-role].txt and .pstats; numbers are "
         "slower than normal, so results are not written to flows-latest.json",
     )
     parser.add_argument(
@@ -1061,7 +1103,7 @@ def render_profiles(paths: list[Path]) -> None:
     for session in paths:
         text = session.with_suffix(".txt")
         if text.exists():
-            log(f"  profile: {text.relative_to(REPO)} (and .pyisession, .pstats)")
+            log(f"  profile: {text.relative_to(REPO)} (and .pstats)")
         else:
             log(f"  profile {text.name}: not written (did the server exit cleanly?)")
 
@@ -1087,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "server_env": args.server_env,
             "profiled": args.profile,
-            "load_generator": "httpx.AsyncClient in the bench process"
+            "load_generator": "one httpx.AsyncClient per client, in the bench process"
             + (" on uvloop" if loop_factory() else ""),
         },
         "targets": {
@@ -1102,6 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }
     log(f"idcontact flow benchmark ({'quick' if args.quick else 'full'}), {stamp}")
+    report["parameters"]["loadgen_tweaks"] = make_loadgen_cheap()
 
     if not args.no_crypto:
         seconds = 0.6 if args.quick else 3.0
@@ -1131,9 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  skipped: {pg_reason}")
                     continue
                 profile_to = (
-                    RESULTS_DIR / f"profile-{scenario.id}-{stamp}.pyisession"
-                    if args.profile
-                    else None
+                    RESULTS_DIR / f"profile-{scenario.id}-{stamp}.txt" if args.profile else None
                 )
                 result = run_scenario(scenario, args, runner, postgres, profile_to)
                 report["scenarios"].append(result)

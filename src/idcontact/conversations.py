@@ -183,7 +183,9 @@ class Conversations:
                 try:
                     await conn.execute(
                         insert(used_tokens).values(
-                            replay_key=received.replay_key, expires_at=received.expires_at + 60
+                            replay_key=received.replay_key,
+                            # Kept past exp + any configurable leeway (≤ 120 s).
+                            expires_at=received.expires_at + 180,
                         )
                     )
                 except IntegrityError:

@@ -52,10 +52,6 @@ class SessionOptions(BaseModel):
     comm_methods: list[MethodProperties]
 
 
-class ClientUrlResponse(BaseModel):
-    client_url: str
-
-
 _START_BODY = {
     "requestBody": {
         "required": True,
@@ -104,7 +100,14 @@ _START_BODY = {
         "200": {
             "description": "Where to send the browser (with Accept: application/json)",
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ClientUrlResponse"}}
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "title": "ClientUrlResponse",
+                        "required": ["client_url"],
+                        "properties": {"client_url": {"type": "string"}},
+                    }
+                }
             },
         },
         "303": {"description": "Redirect to the client URL"},

@@ -305,7 +305,8 @@ def _describe(exc: ValidationError) -> str:
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        lines.append(f"{loc or 'config'}: {msg}")
+        # Cross-field checks raise with the location already in the message.
+        lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
 
 

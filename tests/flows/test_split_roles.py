@@ -105,6 +105,15 @@ def _confirm_and_decide(
     return Landing(url=landing_url, page=landing.text)
 
 
+def _mint_token(roles: SplitRoles) -> str:
+    """An attribute token as the demo auth role would make it, from the shared demo keys."""
+    settings = load_settings(roles.config, {"data_dir": roles.data_dir})
+    keys = load_keyring(settings)
+    issuer = TokenIssuer(keys.signing, kid=keys.signing_kid)
+    result = AuthResult(status="success", attributes={"fullname": CANARY_NAME, "bsn": CANARY_BSN})
+    return issuer.issue(result, keys.encryption_public)
+
+
 def _share_flow(client: httpx.Client, roles: SplitRoles) -> Landing:
     landing = _confirm_and_decide(client, roles, _start_json(client, roles), "share")
     assert AUTHENTICATED_TEXT in landing.page
@@ -210,14 +219,48 @@ def test_core_refuses_unknown_purpose(
     assert options.headers["content-type"].startswith(PROBLEM_JSON)
 
 
+def test_comm_only_flow_with_auth_result(roles: SplitRoles, client: httpx.Client) -> None:
+    """Comm-only start (§4.2): the attributes arrive with the start request itself."""
+    body = {"purpose": PURPOSE, "auth_result": _mint_token(roles), "comm_method": "demo"}
+    response = client.post(f"{roles.core.url}/start", json=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    client_url = response.json()["client_url"]
+    assert client_url.startswith(f"{roles.comm.url}/comm/demo/c/"), client_url
+    assert "result=" not in client_url
+    landing = client.get(client_url)
+    assert landing.status_code == 200, landing.text
+    assert AUTHENTICATED_TEXT in landing.text
+    assert CANARY_NAME in landing.text
+
+
+@pytest.mark.parametrize("token", ["replayed", "garbage"])
+def test_comm_only_start_with_a_bad_auth_result_is_a_client_error(
+    roles: SplitRoles, client: httpx.Client, token: str
+) -> None:
+    """A token the comm role refuses is the caller's fault: 4xx, not a 5xx plugin error."""
+    if token == "replayed":
+        auth_result = _mint_token(roles)
+        body = {"purpose": PURPOSE, "auth_result": auth_result, "comm_method": "demo"}
+        first = client.post(f"{roles.core.url}/start", json=body, headers=JSON)
+        assert first.status_code == 200, first.text
+    else:
+        auth_result = "not-a-token"
+    body = {"purpose": PURPOSE, "auth_result": auth_result, "comm_method": "demo"}
+    # The comm role itself refuses it as a bad request...
+    direct = client.post(
+        f"{roles.comm.url}/comm/demo/start_communication",
+        json={"purpose": PURPOSE, "auth_result": auth_result},
+    )
+    assert direct.status_code == 400, direct.text
+    # ...and so must the core that forwarded it.
+    response = client.post(f"{roles.core.url}/start", json=body, headers=JSON)
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    assert 400 <= response.status_code < 500, response.text
+
+
 def test_jwe_pattern_matches_a_real_attribute_token(roles: SplitRoles) -> None:
     """The log check below looks for this pattern; make sure it finds a real token."""
-    settings = load_settings(roles.config, {"data_dir": roles.data_dir})
-    keys = load_keyring(settings)
-    issuer = TokenIssuer(keys.signing, kid=keys.signing_kid)
-    token = issuer.issue(
-        AuthResult(status="success", attributes={"fullname": CANARY_NAME}), keys.encryption_public
-    )
+    token = _mint_token(roles)
     match = JWE_PATTERN.search(f'{{"msg": "x", "value": "{token}"}}')
     assert match is not None and match.group(0) == token
 

@@ -37,7 +37,7 @@ def problem(status: int, slug: str, title: str, detail: str | None = None) -> JS
 _HTTP_SLUGS = {
     400: ("bad-request", "Bad request"),
     404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
+    405: ("http-method-not-allowed", "HTTP method not allowed"),
     406: ("not-acceptable", "Not acceptable"),
     413: ("payload-too-large", "The request body is too large"),
     415: ("unsupported-media-type", "Unsupported content type"),
