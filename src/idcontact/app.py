@@ -188,6 +188,7 @@ def create_app(
                 http=http,
                 templates=templates,
                 sealer=sealer,
+                mount_path=f"/{kind}/{method.tag}",
                 public_base=f"{settings.public_url}/{kind}/{method.tag}",
                 internal_base=f"{settings.internal_url or INPROC_BASE}/{kind}/{method.tag}",
                 issuer=issuer if kind == "auth" else None,
@@ -195,7 +196,13 @@ def create_app(
                 conversations=conversations if kind == "comm" else None,
             )
             plugin = cls(ctx, settings.plugins.get(kind, {}).get(method.tag, {}))
-            app.include_router(plugin.router, prefix=f"/{kind}/{method.tag}")
+            router = plugin.router
+            if router.prefix != ctx.mount_path:
+                raise ConfigError(
+                    f"{kind} plugin {method.plugin!r}: its router must use the prefix "
+                    f"{ctx.mount_path!r} (ctx.mount_path)"
+                )
+            app.include_router(router)
             served.add((key[0], method.tag))
 
     if "core" in roles:

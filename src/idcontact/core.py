@@ -181,7 +181,9 @@ class Core:
 
     # -- plugin calls ---------------------------------------------------------------------
 
-    async def _call(self, url: str, body: Mapping[str, object]) -> dict[str, Any]:
+    async def _call(
+        self, url: str, body: Mapping[str, object], *, client_token: bool = False
+    ) -> dict[str, Any]:
         try:
             response = await self._http.post(
                 url, json=dict(body), timeout=self._settings.plugin_timeout
@@ -192,6 +194,9 @@ class Core:
             raise PluginError("A plugin could not be reached") from None
         if response.status_code != 200:
             log.warning("plugin refused", extra={"plugin_status": response.status_code})
+            if client_token and response.status_code == 400:
+                # The caller's auth_result was refused: the caller's fault, not the plugin's.
+                raise TokenError("The comm method did not accept the auth_result")
             raise PluginError(f"A plugin answered with status {response.status_code}")
         try:
             data = response.json()
@@ -223,7 +228,11 @@ class Core:
         body: dict[str, object] = {"purpose": purpose.tag}
         if auth_result is not None:
             body["auth_result"] = auth_result
-        return await self._call(f"{self._url('comm', comm)}/start_communication", body)
+        return await self._call(
+            f"{self._url('comm', comm)}/start_communication",
+            body,
+            client_token=auth_result is not None,
+        )
 
     async def start_authentication(
         self, purpose: Purpose, auth: AuthMethod, continuation: str, attr_url: str | None

@@ -105,7 +105,8 @@ async def test_replayed_token_is_refused_and_changes_nothing(instance: Instance)
     assert (await instance.client.post("/start", json=body, headers=JSON)).status_code == 200
     before = await count(instance, "conversations")
     again = await instance.client.post("/start", json=body, headers=JSON)
-    assert again.status_code == 502  # the comm plugin refused the replay
+    assert again.status_code == 400  # the comm plugin refused the replayed auth_result
+    assert again.json()["type"].endswith("/invalid-token")
     assert await count(instance, "conversations") == before
 
 
@@ -238,7 +239,7 @@ class TelCommPlugin:
     def __init__(self, ctx: Any, config: dict[str, Any]) -> None:
         from fastapi import APIRouter
 
-        self.router = APIRouter()
+        self.router = APIRouter(prefix=ctx.mount_path)
         assert ctx.conversations is not None
         conversations = ctx.conversations
 

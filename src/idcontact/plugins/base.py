@@ -3,9 +3,9 @@
 A plugin is a class registered under the entry-point group ``idcontact.auth`` or
 ``idcontact.comm`` and enabled by naming it in a method's ``plugin`` setting; installed but
 unnamed plugins are never imported. Each plugin serves the original ID Contact HTTP contract
-(``POST /start_authentication`` or ``POST /start_communication``) on its own router, mounted
-at ``/auth/<tag>`` or ``/comm/<tag>``. The core always calls plugins through that HTTP
-contract; in the embedded mode the call stays in-process (no network hop).
+(``POST /start_authentication`` or ``POST /start_communication``) on its own router, built
+with the prefix ``ctx.mount_path`` (``/auth/<tag>`` or ``/comm/<tag>``). The core always calls
+plugins through that HTTP contract; in the embedded mode the call stays in-process.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class PluginContext:
     http: httpx.AsyncClient
     templates: Jinja2Templates
     sealer: Sealer
+    mount_path: str
+    """The path prefix of this plugin's routes, ``/<kind>/<tag>``: build the router with it."""
     public_base: str
     """Where browsers reach this plugin, e.g. ``https://host/auth/demo``."""
     internal_base: str

@@ -63,7 +63,7 @@ class DemoAuthPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(tags=["auth plugin: demo"])
+        router = APIRouter(prefix=self._ctx.mount_path, tags=["auth plugin: demo"])
         ctx = self._ctx
 
         @router.post("/start_authentication", response_model=ClientUrl)

@@ -55,7 +55,7 @@ class DemoCommPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(tags=["comm plugin: demo"])
+        router = APIRouter(prefix=self._ctx.mount_path, tags=["comm plugin: demo"])
         ctx, conversations = self._ctx, self._conversations
         tag = ctx.method.tag
 
