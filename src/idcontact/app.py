@@ -126,7 +126,7 @@ def create_app(
         reader = TokenReader(
             keys.decryption,
             keys.trusted_signers,
-            fallback_key=keys.fallback_signer,
+            fallback_key=keys.fallback_signers,
             leeway=settings.token_leeway,
             clock=clock,
         )

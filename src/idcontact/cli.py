@@ -114,6 +114,10 @@ def check_config(file: Path) -> None:
             )
         ]
         configured += [(f"keys.decryption[{i}]", c) for i, c in enumerate(k.decryption)]
+        configured += [
+            (f"auth_methods[{i}].signature_key", m.signature_key)
+            for i, m in enumerate(settings.auth_methods)
+        ]
         configured += [(f"keys.trusted_signers.{kid}", c) for kid, c in k.trusted_signers.items()]
         configured += [
             (f"keys.authonly_request_keys.{kid}", c) for kid, c in k.authonly_request_keys.items()

@@ -23,7 +23,7 @@ class KeyRing:
     encryption_public: JoseKey
     decryption: tuple[JoseKey, ...]
     trusted_signers: dict[str, JoseKey]
-    fallback_signer: JoseKey | None
+    fallback_signers: tuple[JoseKey, ...]
     ui_signing: JoseKey
     ui_kid: str
     authonly_request_keys: dict[str, JoseKey] = field(default_factory=dict)
@@ -85,7 +85,10 @@ def load_keyring(settings: Settings) -> KeyRing:
     if not trusted:
         # Embedded default: trust our own auth plugins' signing key.
         trusted = {signing_kid: _public(signing)}
-    fallback = k.fallback_signer.load() if k.fallback_signer else None
+    # Original tokens carry no kid: try the global fallback and each remote plugin's own key.
+    fallback = ([k.fallback_signer.load()] if k.fallback_signer else []) + [
+        m.signature_key.load() for m in settings.auth_methods if m.signature_key is not None
+    ]
     ui = (k.ui_signing or _demo_pair(settings, "ui-signing")[0]).load()
     return KeyRing(
         signing=signing,
@@ -93,7 +96,7 @@ def load_keyring(settings: Settings) -> KeyRing:
         encryption_public=encryption_public,
         decryption=decryption,
         trusted_signers=trusted,
-        fallback_signer=fallback,
+        fallback_signers=tuple(fallback),
         ui_signing=ui,
         ui_kid=kid_for(ui),
         authonly_request_keys={kid: c.load() for kid, c in k.authonly_request_keys.items()},

@@ -102,6 +102,8 @@ class Method(_Model):
 
 class AuthMethod(Method):
     assurance: AssuranceName = "low"
+    signature_key: KeyConfig | None = None
+    """Public key of a remote auth plugin; used for its tokens that carry no ``kid``."""
     shim_tel_url: bool = False
     disable_attr_url: bool = False
 

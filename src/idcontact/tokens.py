@@ -310,11 +310,15 @@ def sign_jwt(
 def _verify_jws(
     token: str,
     keys: Mapping[str, SigningKey],
-    fallback_key: SigningKey | None,
+    fallback_keys: Sequence[SigningKey],
     allowed_algs: Sequence[str],
 ) -> tuple[str | None, dict[str, Any]]:
-    """Verify a compact JWS; return the ``kid`` of the key used (``None`` for the fallback key)
-    and the claims. No time checks here."""
+    """Verify a compact JWS; return the ``kid`` of the key used (``None`` for a fallback key)
+    and the claims. No time checks here.
+
+    Without a known ``kid`` each fallback key that fits the algorithm is tried: original
+    plugins sign without ``kid``, one fallback key per remote plugin.
+    """
     parts = token.split(".")
     if len(parts) != 3:
         raise MalformedTokenError()
@@ -337,20 +341,22 @@ def _verify_jws(
 
     key = keys.get(kid) if kid is not None else None
     used_kid = kid if key is not None else None
-    if key is None:
-        key = fallback_key
-    if key is None:
+    candidates = [key] if key is not None else list(fallback_keys)
+    if not candidates:
         raise UnknownKeyError()
-    if not _jws_key_fits(key, alg):
+    candidates = [k for k in candidates if _jws_key_fits(k, alg)]
+    if not candidates:
         raise TokenSignatureError()
-    try:
-        jws.deserialize_compact(token, key, registry=_JWS_REGISTRIES[alg])
-    except ExceededSizeError:
-        raise MalformedTokenError() from None
-    except Exception:
-        # BadSignatureError, but also anything a hostile input makes the library raise.
-        raise TokenSignatureError() from None
-    return used_kid, _json_object(payload)
+    for candidate in candidates:
+        try:
+            jws.deserialize_compact(token, candidate, registry=_JWS_REGISTRIES[alg])
+        except ExceededSizeError:
+            raise MalformedTokenError() from None
+        except Exception:  # noqa: S112 - try the next fallback key
+            # BadSignatureError, but also anything a hostile input makes the library raise.
+            continue
+        return used_kid, _json_object(payload)
+    raise TokenSignatureError()
 
 
 def verify_jwt(
@@ -370,7 +376,8 @@ def verify_jwt(
     are checked with ``leeway`` seconds. HS256 is only accepted when listed in ``allowed_algs``.
     """
     token = _prepare(token)
-    _, claims = _verify_jws(token, keys, fallback_key, allowed_algs)
+    fallbacks = () if fallback_key is None else (fallback_key,)
+    _, claims = _verify_jws(token, keys, fallbacks, allowed_algs)
     _check_times(claims, now=clock(), leeway=leeway, require_exp=require_exp)
     return claims
 
@@ -458,7 +465,7 @@ class TokenReader:
         decryption_keys: Sequence[JoseKey],
         verification_keys: Mapping[str, JoseKey],
         *,
-        fallback_key: JoseKey | None = None,
+        fallback_key: JoseKey | Sequence[JoseKey] | None = None,
         leeway: int = 5,
         clock: Clock = time.time,
     ) -> None:
@@ -474,8 +481,14 @@ class TokenReader:
                 for kid, k in verification_keys.items()
             }
         )
-        self._fallback_key = (
-            None if fallback_key is None else _check_asymmetric(fallback_key, "fallback key")
+        if fallback_key is None:
+            fallbacks: Sequence[JoseKey] = ()
+        elif isinstance(fallback_key, RSAKey | ECKey):
+            fallbacks = (fallback_key,)
+        else:
+            fallbacks = tuple(fallback_key)
+        self._fallback_keys: tuple[SigningKey, ...] = tuple(
+            _check_asymmetric(k, "fallback key") for k in fallbacks
         )
         if leeway < 0:
             raise ConfigError("leeway: must not be negative")
@@ -486,7 +499,7 @@ class TokenReader:
         return (
             f"TokenReader(decryption_keys={len(self._decryption_keys)}, "
             f"kids={sorted(self._verification_keys)!r}, "
-            f"fallback={self._fallback_key is not None})"
+            f"fallbacks={len(self._fallback_keys)})"
         )
 
     def read(self, token: str) -> ReceivedToken:
@@ -523,7 +536,7 @@ class TokenReader:
         if not isinstance(inner, str):
             raise MalformedTokenError("The token holds no signed attribute token")
         kid, claims = _verify_jws(
-            inner, self._verification_keys, self._fallback_key, _ATTRIBUTE_TOKEN_ALGS
+            inner, self._verification_keys, self._fallback_keys, _ATTRIBUTE_TOKEN_ALGS
         )
         iat, exp = _check_times(claims, now=self._clock(), leeway=self._leeway, require_exp=True)
         if iat is None or exp is None:

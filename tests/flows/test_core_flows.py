@@ -405,3 +405,38 @@ async def test_end_destroys_attributes(instance: Instance) -> None:
 def test_query_helper() -> None:
     # Guard for the helpers above: parse a landing URL the way a browser would.
     assert parse_qs(urlsplit("http://x/c/1?result=a.b").query)["result"] == ["a.b"]
+
+
+async def test_original_tokens_without_kid_use_each_remote_plugins_key(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """Two remote auth plugins sign without kid; each has its own key in the config."""
+    from joserfc.jwk import ECKey, RSAKey
+
+    plugin_a, plugin_b, stranger = (
+        RSAKey.generate_key(2048),
+        ECKey.generate_key("P-256"),
+        ECKey.generate_key("P-256"),
+    )
+    settings = demo_settings(tmp_path)
+    auth_methods = [m.model_dump() for m in settings.auth_methods]
+    for tag, key, kind in (("irma_a", plugin_a, "RSA"), ("digid_b", plugin_b, "EC")):
+        auth_methods.append(
+            {
+                "tag": tag,
+                "name": tag,
+                "start": f"http://127.0.0.1:9/{tag}",
+                "assurance": "substantial",
+                "signature_key": {"type": kind, "key": key.as_pem(private=False).decode()},
+            }
+        )
+    inst: Instance = await make_app(demo_settings(tmp_path, auth_methods=auth_methods))
+    keys = inst.services.keys
+    for signer, accepted in ((plugin_a, True), (plugin_b, True), (stranger, False)):
+        token = TokenIssuer(signer, kid=None).issue(  # no kid, like the original
+            AuthResult(status="success", attributes={"fullname": CANARY_NAME, "bsn": CANARY_BSN}),
+            keys.encryption_public,
+        )
+        body = {"purpose": "report_move", "auth_result": token, "comm_method": "demo"}
+        response = await inst.client.post("/start", json=body, headers=JSON)
+        assert response.status_code == (200 if accepted else 400), response.text
