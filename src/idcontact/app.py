@@ -130,7 +130,9 @@ def create_app(
             leeway=settings.token_leeway,
             clock=clock,
         )
-        conversations = Conversations(engine, Vault(engine, keystore, clock), reader, clock)
+        conversations = Conversations(
+            engine, Vault(engine, keystore, clock), reader, settings.purpose, clock
+        )
     issuer = TokenIssuer(
         keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
     )

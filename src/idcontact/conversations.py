@@ -8,12 +8,14 @@ transaction, so a refused or failed delivery changes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -55,68 +57,99 @@ class Conversations:
         engine: AsyncEngine,
         vault: Vault,
         reader: TokenReader,
+        purposes: Callable[[str], Purpose | None],
         clock: Clock = time.time,
     ) -> None:
         self._engine = engine
         self._vault = vault
         self._reader = reader
+        self._purposes = purposes
         self._clock = clock
+        # SQLite has one writer; queue writers here instead of in SQLite's busy loop, and
+        # never let a read transaction fail to upgrade to a write.
+        self._write_lock: asyncio.Lock | None = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        )
 
     @property
     def vault(self) -> Vault:
         return self._vault
 
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._engine.begin() as conn:
+            yield conn
+
+    def _purpose(self, tag: str) -> Purpose:
+        purpose = self._purposes(tag)
+        if purpose is None:  # the purpose was removed from the configuration
+            raise NotFoundError("This conversation's purpose is no longer offered")
+        return purpose
+
+    def _row(self, purpose: Purpose, comm_method: str, tenant: str, slot: str | None) -> _NewRow:
+        now = self._clock()
+        return _NewRow(
+            values=dict(
+                id=new_id(),
+                tenant=tenant,
+                purpose=purpose.tag,
+                comm_method=comm_method,
+                state="created",
+                slot_hash=slot_hash(slot) if slot else None,
+                created_at=now,
+                last_activity=now,
+                delivered_at=None,
+                purge_at=now + purpose.retention_minutes * 60,
+                idle_seconds=purpose.idle_minutes * 60,
+            ),
+        )
+
     async def create(
         self, purpose: Purpose, comm_method: str, *, with_slot: bool, tenant: str = "default"
     ) -> tuple[str, str | None]:
         """Create a conversation; return its id and, if asked, a fresh attr_url slot secret."""
-        now = self._clock()
-        conversation_id = new_id()
         slot = secrets.token_urlsafe(32) if with_slot else None
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(conversations).values(
-                    id=conversation_id,
-                    tenant=tenant,
-                    purpose=purpose.tag,
-                    comm_method=comm_method,
-                    state="created",
-                    slot_hash=slot_hash(slot) if slot else None,
-                    created_at=now,
-                    last_activity=now,
-                    delivered_at=None,
-                    purge_at=now + purpose.retention_minutes * 60,
-                    idle_seconds=purpose.idle_minutes * 60,
-                )
-            )
+        row = self._row(purpose, comm_method, tenant, slot)
+        async with self._write() as conn:
+            await conn.execute(insert(conversations).values(**row.values))
             await audit(
                 conn,
-                now,
+                row.created_at,
                 "system",
                 "conversation.created",
-                conversation_id,
+                row.id,
                 {"purpose": purpose.tag, "comm": comm_method},
             )
-        return conversation_id, slot
+        return row.id, slot
 
     async def create_with_token(
         self, purpose: Purpose, comm_method: str, token: str, *, tenant: str = "default"
     ) -> str:
         """Create a conversation whose attributes arrive with it (``auth_result`` at start).
 
-        The token is verified before anything is written, so a bad token changes nothing.
+        The token is verified before anything is written; creation and receipt are one
+        transaction, so a bad or replayed token changes nothing.
         """
         received = self._reader.read(token)
-        conversation_id, _ = await self.create(purpose, comm_method, with_slot=False, tenant=tenant)
-        try:
-            await self._accept(conversation_id, received, purpose)
-        except BaseException:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    delete(conversations).where(conversations.c.id == conversation_id)
-                )
-            raise
-        return conversation_id
+        row = self._row(purpose, comm_method, tenant, None)
+
+        async def create(conn: AsyncConnection) -> None:
+            await conn.execute(insert(conversations).values(**row.values))
+            await audit(
+                conn,
+                row.created_at,
+                "system",
+                "conversation.created",
+                row.id,
+                {"purpose": purpose.tag, "comm": comm_method},
+            )
+
+        await self._accept(row.id, row.purge_at, received, purpose, before=create)
+        return row.id
 
     async def get(self, conversation_id: str) -> Conversation:
         async with self._engine.connect() as conn:
@@ -127,37 +160,44 @@ class Conversations:
             ).first()
         if row is None:
             raise NotFoundError("No such conversation")
-        return Conversation(
-            id=row.id,
-            purpose=row.purpose,
-            comm_method=row.comm_method,
-            state=row.state,
-            created_at=row.created_at,
-            delivered_at=row.delivered_at,
-        )
+        return _conversation(row)
 
-    async def find_by_slot(self, slot: str) -> str:
+    async def deliver_to_slot(self, slot: str, token: str) -> State:
+        """Out-of-band receipt at an attr_url slot: verify ``token`` and store, exactly once."""
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(conversations.c.id, conversations.c.delivered_at).where(
-                        conversations.c.slot_hash == slot_hash(slot)
-                    )
+                    select(conversations).where(conversations.c.slot_hash == slot_hash(slot))
                 )
             ).first()
         if row is None:
             raise NotFoundError("No such attribute slot")
         if row.delivered_at is not None:
             raise SlotUsedError()
-        return str(row.id)
-
-    async def deliver(self, conversation_id: str, token: str, purpose: Purpose) -> State:
-        """Verify ``token`` and store its attributes for the conversation, exactly once."""
         received = self._reader.read(token)
-        return await self._accept(conversation_id, received, purpose)
+        return await self._accept(row.id, row.purge_at, received, self._purpose(row.purpose))
+
+    async def deliver(self, conversation_id: str, token: str) -> State:
+        """In-band receipt (``?result=``) for a known conversation, exactly once."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(conversations).where(conversations.c.id == conversation_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError("No such conversation")
+        received = self._reader.read(token)
+        return await self._accept(row.id, row.purge_at, received, self._purpose(row.purpose))
 
     async def _accept(
-        self, conversation_id: str, received: ReceivedToken, purpose: Purpose
+        self,
+        conversation_id: str,
+        purge_at: float,
+        received: ReceivedToken,
+        purpose: Purpose,
+        *,
+        before: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> State:
         now = self._clock()
         result = received.result
@@ -178,8 +218,14 @@ class Conversations:
                     "issued_at": received.issued_at,
                     "kid": received.kid,
                 }
+        sealed = None
+        if payload is not None:
+            # The data key goes to the key store before the transaction; removed on failure.
+            sealed = await self._vault.seal(conversation_id, payload, int(max(60, purge_at - now)))
         try:
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
+                if before is not None:
+                    await before(conn)
                 try:
                     await conn.execute(
                         insert(used_tokens).values(
@@ -203,9 +249,8 @@ class Conversations:
                 )
                 if claimed.rowcount != 1:
                     raise SlotUsedError()
-                if payload is not None:
-                    ttl = int(max(60.0, await self._remaining(conn, conversation_id, now)))
-                    await self._vault.store(conn, conversation_id, payload, ttl)
+                if sealed is not None:
+                    await self._vault.insert(conn, sealed)
                 await audit(
                     conn,
                     now,
@@ -215,36 +260,43 @@ class Conversations:
                     {"attribute_names": sorted(purpose.attributes)},
                 )
         except BaseException:
-            if payload is not None:
+            if sealed is not None:
                 await self._vault.forget(conversation_id)
             raise
         return state
 
-    async def _remaining(self, conn: AsyncConnection, conversation_id: str, now: float) -> float:
-        row = (
-            await conn.execute(
-                select(conversations.c.purge_at).where(conversations.c.id == conversation_id)
-            )
-        ).first()
-        return float(row.purge_at) - now if row else 60.0
+    async def view(
+        self, conversation_id: str, *, actor: str
+    ) -> tuple[Conversation, dict[str, object] | None]:
+        """The conversation and, while it has them, its attributes; one audited transaction."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    select(conversations).where(conversations.c.id == conversation_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFoundError("No such conversation")
+            conversation = _conversation(row)
+            data = None
+            if conversation.state == "authenticated":
+                now = self._clock()
+                data = await self._vault.read(conn, conversation_id, actor=actor, at=now)
+                await conn.execute(
+                    update(conversations)
+                    .where(conversations.c.id == conversation_id)
+                    .values(last_activity=now)
+                )
+        return conversation, data
 
     async def attributes(self, conversation_id: str, *, actor: str) -> dict[str, object] | None:
         """The stored attributes and their provenance (audited); ``None`` when gone."""
-        await self.touch(conversation_id)
-        return await self._vault.read(conversation_id, actor=actor)
-
-    async def touch(self, conversation_id: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(conversations)
-                .where(conversations.c.id == conversation_id)
-                .values(last_activity=self._clock())
-            )
+        return (await self.view(conversation_id, actor=actor))[1]
 
     async def end(self, conversation_id: str, *, actor: str) -> None:
         """End the conversation and destroy its attributes now."""
         await self._vault.destroy(conversation_id)
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 update(conversations)
                 .where(conversations.c.id == conversation_id)
@@ -264,7 +316,7 @@ class Conversations:
                             or_(
                                 conversations.c.purge_at <= now,
                                 conversations.c.last_activity + conversations.c.idle_seconds <= now,
-                                conversations.c.state.in_(("ended", "failed", "ineligible")),
+                                conversations.c.state == "ended",
                             ),
                         )
                     )
@@ -272,14 +324,42 @@ class Conversations:
             ).all()
         for (conversation_id,) in rows:
             await self._vault.destroy(conversation_id)
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 await conn.execute(
                     update(conversations)
                     .where(conversations.c.id == conversation_id)
                     .values(state="purged", slot_hash=None)
                 )
                 await audit(conn, now, "sweeper", "conversation.purged", conversation_id)
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))
         await self._vault.keys.purge_expired()
         return len(rows)
+
+
+@dataclass(frozen=True)
+class _NewRow:
+    values: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.values["id"])
+
+    @property
+    def created_at(self) -> float:
+        return float(self.values["created_at"])
+
+    @property
+    def purge_at(self) -> float:
+        return float(self.values["purge_at"])
+
+
+def _conversation(row: Any) -> Conversation:
+    return Conversation(
+        id=row.id,
+        purpose=row.purpose,
+        comm_method=row.comm_method,
+        state=row.state,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
+    )

@@ -99,7 +99,9 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout); recycle instead, and let a dead connection
+    # fail one request cleanly.
+    return create_async_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -44,6 +44,10 @@ class SqliteKeyStore:
         if fresh:
             path.chmod(0o600)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: durable at checkpoints, no fsync per key. A key lost in a power cut only
+        # means the resident identifies again.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS data_keys ("

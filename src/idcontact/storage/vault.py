@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,6 +25,15 @@ from idcontact.storage.keystore import KeyStore
 Clock = Callable[[], float]
 
 
+@dataclass(frozen=True, repr=False)
+class Sealed:
+    """Encrypted attributes of one conversation, ready to be inserted."""
+
+    conversation_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+
 class Vault:
     def __init__(self, engine: AsyncEngine, keys: KeyStore, clock: Clock = time.time) -> None:
         self._engine = engine
@@ -34,27 +44,27 @@ class Vault:
     def keys(self) -> KeyStore:
         return self._keys
 
-    async def store(
-        self,
-        conn: AsyncConnection,
-        conversation_id: str,
-        payload: Mapping[str, object],
-        ttl_seconds: int,
-    ) -> None:
-        """Encrypt ``payload`` under a fresh data key; the row joins the caller's transaction.
+    async def seal(
+        self, conversation_id: str, payload: Mapping[str, object], ttl_seconds: int
+    ) -> Sealed:
+        """Encrypt ``payload`` under a fresh data key and put the key in the key store.
 
-        If that transaction fails the caller must call :meth:`forget` so no key is left over.
+        The caller inserts the result within its transaction (:meth:`insert`) and calls
+        :meth:`forget` if that transaction fails, so no key is left over.
         """
         key = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(12)
         plaintext = json.dumps(payload, separators=(",", ":")).encode()
         ciphertext = AESGCM(key).encrypt(nonce, plaintext, conversation_id.encode())
         await self._keys.put(conversation_id, key, ttl_seconds)
+        return Sealed(conversation_id, nonce, ciphertext)
+
+    async def insert(self, conn: AsyncConnection, sealed: Sealed) -> None:
         await conn.execute(
             insert(vault_entries).values(
-                conversation_id=conversation_id,
-                nonce=nonce,
-                ciphertext=ciphertext,
+                conversation_id=sealed.conversation_id,
+                nonce=sealed.nonce,
+                ciphertext=sealed.ciphertext,
                 created_at=self._clock(),
             )
         )
@@ -63,25 +73,25 @@ class Vault:
         await self._keys.delete(conversation_id)
 
     async def read(
-        self, conversation_id: str, *, actor: str, reason: str = "view"
+        self, conn: AsyncConnection, conversation_id: str, *, actor: str, at: float
     ) -> dict[str, object] | None:
-        """Open a conversation's attributes; ``None`` once they were destroyed. Audited."""
-        async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(vault_entries.c.nonce, vault_entries.c.ciphertext).where(
-                        vault_entries.c.conversation_id == conversation_id
-                    )
+        """Open a conversation's attributes in the caller's transaction; ``None`` once they
+        were destroyed. The read is audited in the same transaction."""
+        row = (
+            await conn.execute(
+                select(vault_entries.c.nonce, vault_entries.c.ciphertext).where(
+                    vault_entries.c.conversation_id == conversation_id
                 )
-            ).first()
-            key = await self._keys.get(conversation_id) if row else None
-            if row is None or key is None:
-                return None
-            try:
-                plaintext = AESGCM(key).decrypt(row.nonce, row.ciphertext, conversation_id.encode())
-            except InvalidTag:
-                raise VaultError() from None
-            await audit(conn, self._clock(), actor, f"attributes.{reason}", conversation_id)
+            )
+        ).first()
+        key = await self._keys.get(conversation_id) if row else None
+        if row is None or key is None:
+            return None
+        try:
+            plaintext = AESGCM(key).decrypt(row.nonce, row.ciphertext, conversation_id.encode())
+        except InvalidTag:
+            raise VaultError() from None
+        await audit(conn, at, actor, "attributes.view", conversation_id)
         data: dict[str, object] = json.loads(plaintext)
         return data
 

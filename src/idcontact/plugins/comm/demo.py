@@ -97,11 +97,7 @@ class DemoCommPlugin:
             if media != "application/jwt":
                 raise UnsupportedMediaTypeError("Send the token as application/jwt")
             token = (await request.body()).decode("ascii", errors="replace").strip()
-            conversation_id = await conversations.find_by_slot(slot)
-            conversation = await conversations.get(conversation_id)
-            state = await conversations.deliver(
-                conversation_id, token, self._purpose(conversation.purpose)
-            )
+            state = await conversations.deliver_to_slot(slot, token)
             return {"state": state}
 
         @router.get("/c/{conversation_id}", response_class=HTMLResponse, response_model=None)
@@ -109,28 +105,25 @@ class DemoCommPlugin:
             request: Request, conversation_id: str, result: str | None = None
         ) -> Response:
             """The resident's page; an in-band ``?result=`` is stored, then dropped from the URL."""
-            conversation = await conversations.get(conversation_id)
             if result is not None:
+                conversation = await conversations.get(conversation_id)
                 if conversation.state == "created":
-                    await conversations.deliver(
-                        conversation_id, result, self._purpose(conversation.purpose)
-                    )
+                    await conversations.deliver(conversation_id, result)
                 return RedirectResponse(
                     f"{ctx.public_base}/c/{conversation_id}",
                     status_code=303,
                     headers=TOKEN_PAGE_HEADERS,
                 )
             lang = request.query_params.get("lang", ctx.settings.default_language)
+            conversation, data = await conversations.view(
+                conversation_id, actor=f"comm:{tag}:landing"
+            )
             purpose = self._purpose(conversation.purpose)
-            rows: list[tuple[str, str]] = []
-            if conversation.state == "authenticated":
-                data = await conversations.attributes(conversation_id, actor=f"comm:{tag}:landing")
-                attrs = data.get("attributes") if data else None
-                attrs = attrs if isinstance(attrs, dict) else {}
-                rows = [
-                    (ctx.settings.attribute_label(k, lang), str(v))
-                    for k, v in sorted(attrs.items())
-                ]
+            attrs = data.get("attributes") if data else None
+            attrs = attrs if isinstance(attrs, dict) else {}
+            rows = [
+                (ctx.settings.attribute_label(k, lang), str(v)) for k, v in sorted(attrs.items())
+            ]
             return ctx.templates.TemplateResponse(
                 request,
                 "demo_comm.html",
