@@ -76,12 +76,14 @@ class Scenario:
     keys: KeyType
     database: Database
     topology: Topology
+    workers: int = 1
 
     @property
     def title(self) -> str:
         db = "SQLite" if self.database == "sqlite" else "PostgreSQL"
         keys = "EC P-256" if self.keys == "EC" else "RSA-2048"
-        return f"{self.topology}, {keys}, {db}"
+        topology = self.topology if self.workers == 1 else f"{self.topology} x{self.workers}"
+        return f"{topology}, {keys}, {db}"
 
 
 SCENARIOS = (
@@ -90,6 +92,9 @@ SCENARIOS = (
     Scenario(3, "embedded-ec-postgres", "EC", "postgres", "embedded"),
     Scenario(4, "embedded-rsa-postgres", "RSA", "postgres", "embedded"),
     Scenario(5, "split-ec-sqlite", "EC", "sqlite", "split"),
+    # serve --workers 2: one process per core.
+    Scenario(6, "embedded2-ec-sqlite", "EC", "sqlite", "embedded", workers=2),
+    Scenario(7, "embedded2-ec-postgres", "EC", "postgres", "embedded", workers=2),
 )
 
 
@@ -119,14 +124,35 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = len(os.sched_getaffinity(0))
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux ``/proc``); NaN when unavailable."""
+def _stat_fields(pid: int) -> list[str] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants (``serve --workers``
+    forks workers); NaN when unavailable."""
+    fields = _stat_fields(pid)
+    if fields is None:
         return math.nan
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    parents = {pid}
+    for _ in range(3):  # workers, and what they spawn
+        children = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            child = _stat_fields(int(entry.name))
+            if child is not None and int(child[1]) in parents:
+                children.add(int(entry.name))
+                total += (int(child[11]) + int(child[12])) / _CLK_TCK
+        if not children:
+            break
+        parents = children
+    return total
 
 
 def system_cpu_ticks() -> tuple[int, int]:
@@ -264,10 +290,11 @@ def start_server(
     env: dict[str, str],
     log_path: Path,
     profile_to: Path | None = None,
+    workers: int = 1,
 ) -> Server:
     """Start ``idcontact serve`` and wait until ``/healthz`` answers."""
     serve = ["serve", "--config", str(config), "--data-dir", str(data_dir)]
-    serve += ["--host", "127.0.0.1", "--port", str(port)]
+    serve += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     for role in roles:
         serve += ["--role", role]
     if profile_to is None:
@@ -735,6 +762,7 @@ def deploy(
                     env=env,
                     log_path=logs / "server.log",
                     profile_to=profile_to,
+                    workers=scenario.workers,
                 )
             )
             return Deployment(servers[0].url, servers)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -61,39 +63,88 @@ def main(ctx: click.Context) -> None:
     type=click.Choice(ROLES),
     help="Serve only these roles (repeatable); default: all, in one process.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes sharing the port (use about one per core).",
+)
 def serve(
     config: Path | None = None,
     data_dir: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     roles: tuple[Role, ...] = (),
+    workers: int = 1,
 ) -> None:
     """Run the web service."""
-    import os
-
     import uvicorn
 
     from idcontact.app import create_app
     from idcontact.logs import setup_logging
 
     os.umask(0o077)  # data files, keys and databases: owner only
+    roles = roles or ROLES
     try:
         overrides: dict[str, Any] = {}
         if data_dir is not None:
-            overrides["data_dir"] = data_dir
+            overrides["data_dir"] = str(data_dir)
         settings = load_settings(config or DEMO_CONFIG, overrides)
         if "public_url" not in settings.model_fields_set:
             # Nothing configured: browsers reach us where we listen.
-            settings = load_settings(
-                config or DEMO_CONFIG, {**overrides, "public_url": f"http://{host}:{port}"}
-            )
+            overrides["public_url"] = f"http://{host}:{port}"
+            settings = load_settings(config or DEMO_CONFIG, overrides)
         setup_logging(settings.log_level)
-        app = create_app(settings, roles=roles or ROLES)
+        # Built here even with workers: it validates everything and makes the demo keys once.
+        app = create_app(settings, roles=roles)
     except ConfigError as exc:
         _fail(exc)
         return
-    click.echo(f"ID Contact ({', '.join(roles or ROLES)}) — open {settings.public_url}/")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, server_header=False)
+    click.echo(f"ID Contact ({', '.join(roles)}) — open {settings.public_url}/")
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    if "comm" in roles and settings.auto_migrate:
+        _migrate(settings)  # once, before the workers start
+    os.environ[_WORKER_ENV] = json.dumps(
+        {"config": str(config or DEMO_CONFIG), "overrides": overrides, "roles": list(roles)}
+    )
+    uvicorn.run("idcontact.cli:worker_app", factory=True, workers=workers, **options)
+
+
+_WORKER_ENV = "IDCONTACT_SERVE_WORKER"
+
+
+def worker_app() -> Any:
+    """App factory for each ``serve --workers`` process (uvicorn imports it by name)."""
+    from idcontact.app import create_app
+    from idcontact.logs import setup_logging
+
+    spec = json.loads(os.environ[_WORKER_ENV])
+    settings = load_settings(Path(spec["config"]), {**spec["overrides"], "auto_migrate": False})
+    setup_logging(settings.log_level)
+    return create_app(settings, roles=tuple(spec["roles"]))
+
+
+def _migrate(settings: Settings) -> None:
+    from idcontact.storage.db import create_engine, upgrade
+
+    async def run() -> None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 @main.command("check-config")

@@ -67,9 +67,9 @@ class Conversations:
         self._clock = clock
         # SQLite has one writer; queue writers here instead of in SQLite's busy loop, and
         # never let a read transaction fail to upgrade to a write.
-        self._write_lock: asyncio.Lock | None = (
-            asyncio.Lock() if engine.dialect.name == "sqlite" else None
-        )
+        sqlite = engine.dialect.name == "sqlite"
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if sqlite else None
+        self._writer = engine.execution_options(sqlite_immediate=True) if sqlite else engine
 
     @property
     def vault(self) -> Vault:
@@ -81,7 +81,7 @@ class Conversations:
             async with self._engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self._engine.begin() as conn:
+        async with self._write_lock, self._writer.begin() as conn:
             yield conn
 
     def _purpose(self, tag: str) -> Purpose:
