@@ -147,6 +147,7 @@ def start_server(
     roles: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     deadline_s: float = START_DEADLINE_S,
+    workers: int = 1,
 ) -> Server:
     """Start ``idcontact serve`` and return once it is healthy (stopped again if it is not)."""
     port = free_port() if port is None else port
@@ -163,6 +164,8 @@ def start_server(
         HOST,
         "--port",
         str(port),
+        "--workers",
+        str(workers),
     ]
     for role in roles:
         args += ["--role", role]
