@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ PUBLIC = "http://testserver"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep an outer ``IDCONTACT_*`` environment (IDCONTACT_CONFIG, say) out of a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("IDCONTACT_"):
+            monkeypatch.delenv(name, raising=False)
 
 
 @dataclass

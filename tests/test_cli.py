@@ -28,13 +28,7 @@ signing = {{ type = "EC", key = "-----BEGIN PRIVATE KEY-----\\n{CANARY_PEM_BODY}
 """  # noqa: E501
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Keep an outer ``IDCONTACT_*`` environment (including IDCONTACT_CONFIG) out."""
-    for name in list(os.environ):
-        if name.upper().startswith("IDCONTACT_"):
-            monkeypatch.delenv(name, raising=False)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

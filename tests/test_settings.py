@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,13 +45,7 @@ start = "https://comm.example/phone"
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Keep an outer ``IDCONTACT_*`` environment from leaking into these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("IDCONTACT_"):
-            monkeypatch.delenv(name, raising=False)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:

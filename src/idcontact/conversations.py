@@ -115,15 +115,7 @@ class Conversations:
         slot = secrets.token_urlsafe(32) if with_slot else None
         row = self._row(purpose, comm_method, tenant, slot)
         async with self._write() as conn:
-            await conn.execute(insert(conversations).values(**row.values))
-            await audit(
-                conn,
-                row.created_at,
-                "system",
-                "conversation.created",
-                row.id,
-                {"purpose": purpose.tag, "comm": comm_method},
-            )
+            await row.insert(conn)
         return row.id, slot
 
     async def create_with_token(
@@ -137,18 +129,7 @@ class Conversations:
         received = self._reader.read(token)
         row = self._row(purpose, comm_method, tenant, None)
 
-        async def create(conn: AsyncConnection) -> None:
-            await conn.execute(insert(conversations).values(**row.values))
-            await audit(
-                conn,
-                row.created_at,
-                "system",
-                "conversation.created",
-                row.id,
-                {"purpose": purpose.tag, "comm": comm_method},
-            )
-
-        await self._accept(row.id, row.purge_at, received, purpose, before=create)
+        await self._accept(row.id, row.purge_at, received, purpose, before=row.insert)
         return row.id
 
     async def get(self, conversation_id: str) -> Conversation:
@@ -340,6 +321,17 @@ class Conversations:
 @dataclass(frozen=True)
 class _NewRow:
     values: dict[str, Any]
+
+    async def insert(self, conn: AsyncConnection) -> None:
+        await conn.execute(insert(conversations).values(**self.values))
+        await audit(
+            conn,
+            self.created_at,
+            "system",
+            "conversation.created",
+            self.id,
+            {"purpose": self.values["purpose"], "comm": self.values["comm_method"]},
+        )
 
     @property
     def id(self) -> str:

@@ -251,19 +251,6 @@ class Settings(BaseSettings):
         object.__setattr__(self, "purposes", tuple(expanded))
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Explicit arguments (command-line flags) win over the environment, which wins over
-        # the TOML file (added by ``load_settings``).
-        return (init_settings, env_settings)
-
     # -- derived values -------------------------------------------------------------------
 
     @property
