@@ -32,7 +32,7 @@ from idcontact.logs import quiet_libraries
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.sealing import Sealer
 from idcontact.settings import ROLES, Role, Settings
-from idcontact.storage.db import create_engine, is_sqlite, upgrade
+from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
@@ -77,9 +77,14 @@ class Services:
     settings: Settings
     keys: KeyRing
     http: httpx.AsyncClient
-    engine: AsyncEngine | None
+    db: Database | None
     keystore: KeyStore | None
     conversations: Conversations | None
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The async engine (migrations, tools and tests)."""
+        return self.db.engine if self.db is not None else None
 
 
 def keystore_for(settings: Settings, engine: AsyncEngine) -> KeyStore:
@@ -117,12 +122,12 @@ def create_app(
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
     sealer = Sealer(keys.internal_secret, clock=clock)
 
-    engine: AsyncEngine | None = None
+    db: Database | None = None
     keystore: KeyStore | None = None
     conversations: Conversations | None = None
     if "comm" in roles:
-        engine = create_engine(settings.resolved_database_url)
-        keystore = keystore_for(settings, engine)
+        db = Database(settings.resolved_database_url)
+        keystore = keystore_for(settings, db.engine)
         reader = TokenReader(
             keys.decryption,
             keys.trusted_signers,
@@ -131,7 +136,7 @@ def create_app(
             clock=clock,
         )
         conversations = Conversations(
-            engine, Vault(engine, keystore, clock), reader, settings.purpose, clock
+            db, Vault(db, keystore, clock), reader, settings.purpose, clock
         )
     issuer = TokenIssuer(
         keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
@@ -140,8 +145,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sweeper: asyncio.Task[None] | None = None
-        if engine is not None and settings.auto_migrate:
-            await upgrade(engine)
+        if db is not None and settings.auto_migrate:
+            await upgrade(db.engine)
         if conversations is not None:
             sweeper = asyncio.create_task(_sweep(conversations))
         try:
@@ -154,8 +159,8 @@ def create_app(
             await http.aclose()
             if keystore is not None:
                 await keystore.close()
-            if engine is not None:
-                await engine.dispose()
+            if db is not None:
+                await db.dispose()
 
     app = FastAPI(
         title="ID Contact",
@@ -170,7 +175,7 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
-    app.state.services = Services(settings, keys, http, engine, keystore, conversations)
+    app.state.services = Services(settings, keys, http, db, keystore, conversations)
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 

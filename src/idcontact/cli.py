@@ -261,16 +261,16 @@ def purge(config: Path | None, data_dir: Path | None) -> None:
     async def run() -> int:
         from idcontact.storage.db import upgrade
 
-        conversations, engine = services.conversations, services.engine
-        if conversations is None or engine is None:  # pragma: no cover - the comm role has both
+        conversations, db = services.conversations, services.db
+        if conversations is None or db is None:  # pragma: no cover - the comm role has both
             raise RuntimeError("comm role without storage")
         try:
-            await upgrade(engine)
+            await upgrade(db.engine)
             return await conversations.purge_expired()
         finally:
             if services.keystore is not None:
                 await services.keystore.close()
-            await engine.dispose()
+            await db.dispose()
             await services.http.aclose()
 
     click.echo(f"purged {asyncio.run(run())} conversations")

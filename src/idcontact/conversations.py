@@ -8,23 +8,20 @@ transaction, so a refused or failed delivery changes nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
 from idcontact.settings import Purpose
-from idcontact.storage.db import conversations, used_tokens
-from idcontact.storage.vault import Vault, audit
+from idcontact.storage.db import Database, conversations, used_tokens
+from idcontact.storage.vault import Sealed, Vault, audit
 from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
@@ -52,37 +49,26 @@ class Conversation:
 
 
 class Conversations:
+    """The conversation store. Every method is one unit of work on the database (plus the key
+    store for data keys), so it behaves the same on SQLite and PostgreSQL."""
+
     def __init__(
         self,
-        engine: AsyncEngine,
+        db: Database,
         vault: Vault,
         reader: TokenReader,
         purposes: Callable[[str], Purpose | None],
         clock: Clock = time.time,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._vault = vault
         self._reader = reader
         self._purposes = purposes
         self._clock = clock
-        # SQLite has one writer; queue writers here instead of in SQLite's busy loop, and
-        # never let a read transaction fail to upgrade to a write.
-        sqlite = engine.dialect.name == "sqlite"
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if sqlite else None
-        self._writer = engine.execution_options(sqlite_immediate=True) if sqlite else engine
 
     @property
     def vault(self) -> Vault:
         return self._vault
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self._engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self._writer.begin() as conn:
-            yield conn
 
     def _purpose(self, tag: str) -> Purpose:
         purpose = self._purposes(tag)
@@ -114,8 +100,7 @@ class Conversations:
         """Create a conversation; return its id and, if asked, a fresh attr_url slot secret."""
         slot = secrets.token_urlsafe(32) if with_slot else None
         row = self._row(purpose, comm_method, tenant, slot)
-        async with self._write() as conn:
-            await row.insert(conn)
+        await self._db.run(row.insert, write=True)
         return row.id, slot
 
     async def create_with_token(
@@ -128,29 +113,24 @@ class Conversations:
         """
         received = self._reader.read(token)
         row = self._row(purpose, comm_method, tenant, None)
-
         await self._accept(row.id, row.purge_at, received, purpose, before=row.insert)
         return row.id
 
+    async def _find(self, *where: Any) -> Any:
+        def work(conn: Connection) -> Any:
+            return conn.execute(select(conversations).where(*where)).first()
+
+        return await self._db.run(work)
+
     async def get(self, conversation_id: str) -> Conversation:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(conversations).where(conversations.c.id == conversation_id)
-                )
-            ).first()
+        row = await self._find(conversations.c.id == conversation_id)
         if row is None:
             raise NotFoundError("No such conversation")
         return _conversation(row)
 
     async def deliver_to_slot(self, slot: str, token: str) -> State:
         """Out-of-band receipt at an attr_url slot: verify ``token`` and store, exactly once."""
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(conversations).where(conversations.c.slot_hash == slot_hash(slot))
-                )
-            ).first()
+        row = await self._find(conversations.c.slot_hash == slot_hash(slot))
         if row is None:
             raise NotFoundError("No such attribute slot")
         if row.delivered_at is not None:
@@ -160,12 +140,7 @@ class Conversations:
 
     async def deliver(self, conversation_id: str, token: str) -> State:
         """In-band receipt (``?result=``) for a known conversation, exactly once."""
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(conversations).where(conversations.c.id == conversation_id)
-                )
-            ).first()
+        row = await self._find(conversations.c.id == conversation_id)
         if row is None:
             raise NotFoundError("No such conversation")
         received = self._reader.read(token)
@@ -178,7 +153,7 @@ class Conversations:
         received: ReceivedToken,
         purpose: Purpose,
         *,
-        before: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        before: Callable[[Connection], None] | None = None,
     ) -> State:
         now = self._clock()
         result = received.result
@@ -199,47 +174,50 @@ class Conversations:
                     "issued_at": received.issued_at,
                     "kid": received.kid,
                 }
-        sealed = None
+        sealed: Sealed | None = None
         if payload is not None:
             # The data key goes to the key store before the transaction; removed on failure.
             sealed = await self._vault.seal(conversation_id, payload, int(max(60, purge_at - now)))
+
+        def work(conn: Connection) -> None:
+            if before is not None:
+                before(conn)
+            try:
+                conn.execute(
+                    insert(used_tokens).values(
+                        replay_key=received.replay_key,
+                        # Kept past exp + any configurable leeway (≤ 120 s).
+                        expires_at=received.expires_at + 180,
+                    )
+                )
+            except IntegrityError:  # the whole unit of work rolls back
+                raise TokenReplayError() from None
+            claimed = conn.execute(
+                update(conversations)
+                .where(
+                    and_(
+                        conversations.c.id == conversation_id,
+                        conversations.c.delivered_at.is_(None),
+                        conversations.c.state == "created",
+                    )
+                )
+                .values(state=state, delivered_at=now, last_activity=now)
+            )
+            if claimed.rowcount != 1:
+                raise SlotUsedError()
+            if sealed is not None:
+                self._vault.insert(conn, sealed)
+            audit(
+                conn,
+                now,
+                "system",
+                f"conversation.{state}",
+                conversation_id,
+                {"attribute_names": sorted(purpose.attributes)},
+            )
+
         try:
-            async with self._write() as conn:
-                if before is not None:
-                    await before(conn)
-                try:
-                    await conn.execute(
-                        insert(used_tokens).values(
-                            replay_key=received.replay_key,
-                            # Kept past exp + any configurable leeway (≤ 120 s).
-                            expires_at=received.expires_at + 180,
-                        )
-                    )
-                except IntegrityError:
-                    raise TokenReplayError() from None
-                claimed = await conn.execute(
-                    update(conversations)
-                    .where(
-                        and_(
-                            conversations.c.id == conversation_id,
-                            conversations.c.delivered_at.is_(None),
-                            conversations.c.state == "created",
-                        )
-                    )
-                    .values(state=state, delivered_at=now, last_activity=now)
-                )
-                if claimed.rowcount != 1:
-                    raise SlotUsedError()
-                if sealed is not None:
-                    await self._vault.insert(conn, sealed)
-                await audit(
-                    conn,
-                    now,
-                    "system",
-                    f"conversation.{state}",
-                    conversation_id,
-                    {"attribute_names": sorted(purpose.attributes)},
-                )
+            await self._db.run(work, write=True)
         except BaseException:
             if sealed is not None:
                 await self._vault.forget(conversation_id)
@@ -250,25 +228,25 @@ class Conversations:
         self, conversation_id: str, *, actor: str
     ) -> tuple[Conversation, dict[str, object] | None]:
         """The conversation and, while it has them, its attributes; one audited transaction."""
-        async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    select(conversations).where(conversations.c.id == conversation_id)
-                )
+        now = self._clock()
+
+        def work(conn: Connection) -> tuple[Any, Sealed | None]:
+            row = conn.execute(
+                select(conversations).where(conversations.c.id == conversation_id)
             ).first()
-            if row is None:
-                raise NotFoundError("No such conversation")
-            conversation = _conversation(row)
-            data = None
-            if conversation.state == "authenticated":
-                now = self._clock()
-                data = await self._vault.read(conn, conversation_id, actor=actor, at=now)
-                await conn.execute(
-                    update(conversations)
-                    .where(conversations.c.id == conversation_id)
-                    .values(last_activity=now)
-                )
-        return conversation, data
+            if row is None or row.state != "authenticated":
+                return row, None
+            conn.execute(
+                update(conversations)
+                .where(conversations.c.id == conversation_id)
+                .values(last_activity=now)
+            )
+            return row, self._vault.fetch(conn, conversation_id, actor=actor, at=now)
+
+        row, sealed = await self._db.run(work, write=True)
+        if row is None:
+            raise NotFoundError("No such conversation")
+        return _conversation(row), (await self._vault.open(sealed) if sealed else None)
 
     async def attributes(self, conversation_id: str, *, actor: str) -> dict[str, object] | None:
         """The stored attributes and their provenance (audited); ``None`` when gone."""
@@ -277,54 +255,66 @@ class Conversations:
     async def end(self, conversation_id: str, *, actor: str) -> None:
         """End the conversation and destroy its attributes now."""
         await self._vault.destroy(conversation_id)
-        async with self._write() as conn:
-            await conn.execute(
+        now = self._clock()
+
+        def work(conn: Connection) -> None:
+            conn.execute(
                 update(conversations)
                 .where(conversations.c.id == conversation_id)
-                .values(state="ended", last_activity=self._clock())
+                .values(state="ended", last_activity=now)
             )
-            await audit(conn, self._clock(), actor, "conversation.ended", conversation_id)
+            audit(conn, now, actor, "conversation.ended", conversation_id)
+
+        await self._db.run(work, write=True)
 
     async def purge_expired(self) -> int:
         """Destroy attributes past retention or idle too long; safe to run on every instance."""
         now = self._clock()
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(conversations.c.id).where(
-                        and_(
-                            conversations.c.state != "purged",
-                            or_(
-                                conversations.c.purge_at <= now,
-                                conversations.c.last_activity + conversations.c.idle_seconds <= now,
-                                conversations.c.state == "ended",
-                            ),
-                        )
+
+        def due(conn: Connection) -> list[str]:
+            rows = conn.execute(
+                select(conversations.c.id).where(
+                    and_(
+                        conversations.c.state != "purged",
+                        or_(
+                            conversations.c.purge_at <= now,
+                            conversations.c.last_activity + conversations.c.idle_seconds <= now,
+                            conversations.c.state == "ended",
+                        ),
                     )
                 )
             ).all()
-        for (conversation_id,) in rows:
+            return [str(r.id) for r in rows]
+
+        ids = await self._db.run(due)
+        for conversation_id in ids:
             await self._vault.destroy(conversation_id)
-            async with self._write() as conn:
-                await conn.execute(
+
+            def mark(conn: Connection, conversation_id: str = conversation_id) -> None:
+                conn.execute(
                     update(conversations)
                     .where(conversations.c.id == conversation_id)
                     .values(state="purged", slot_hash=None)
                 )
-                await audit(conn, now, "sweeper", "conversation.purged", conversation_id)
-        async with self._write() as conn:
-            await conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))
+                audit(conn, now, "sweeper", "conversation.purged", conversation_id)
+
+            await self._db.run(mark, write=True)
+
+        def forget_tokens(conn: Connection) -> None:
+            conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))
+
+        await self._db.run(forget_tokens, write=True)
         await self._vault.keys.purge_expired()
-        return len(rows)
+        return len(ids)
 
 
 @dataclass(frozen=True)
 class _NewRow:
     values: dict[str, Any]
 
-    async def insert(self, conn: AsyncConnection) -> None:
-        await conn.execute(insert(conversations).values(**self.values))
-        await audit(
+    def insert(self, conn: Connection) -> None:
+        conn.execute(insert(conversations).values(**self.values))
+        audit(
             conn,
             self.created_at,
             "system",

@@ -5,13 +5,17 @@ Timestamps are stored as epoch seconds (floats) so both dialects compare them th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     Column,
+    Engine,
     Float,
     Integer,
     LargeBinary,
@@ -19,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine as create_sync_engine,
     event,
 )
 from sqlalchemy.engine import Connection
@@ -78,39 +83,101 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _sqlite_path(url: str) -> str:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not Path(path).exists():
+            Path(path).touch(mode=0o600)
+    return path
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, secure_delete and BEGIN IMMEDIATE for writers, on every connection of ``engine``."""
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # We emit BEGIN ourselves (below), so the driver must not.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        # Deleted vault rows are overwritten with zeros, not left in free pages.
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A write transaction takes the write lock at once: a deferred one that reads
+        # first could not upgrade after another process wrote (SQLITE_BUSY_SNAPSHOT).
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def create_engine(url: str) -> AsyncEngine:
-    """Create the engine; on SQLite turn on WAL and secure_delete for every connection."""
+    """Create the async engine (migrations, tools); SQLite gets the same pragmas as below."""
     if is_sqlite(url):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not Path(path).exists():
-                Path(path).touch(mode=0o600)
+        _sqlite_path(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-            # We emit BEGIN ourselves (below), so the driver must not.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            # Deleted vault rows are overwritten with zeros, not left in free pages.
-            cur.execute("PRAGMA secure_delete=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Connection) -> None:
-            # A write transaction takes the write lock at once: a deferred one that reads
-            # first could not upgrade after another process wrote (SQLITE_BUSY_SNAPSHOT).
-            immediate = conn.get_execution_options().get("sqlite_immediate", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
+        _sqlite_setup(engine.sync_engine)
         return engine
     # No pre-ping (a round trip per checkout); recycle instead, and let a dead connection
     # fail one request cleanly.
     return create_async_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
+
+
+T = TypeVar("T")
+
+
+class Database:
+    """Runs units of work, each in one transaction, on SQLite or PostgreSQL.
+
+    A unit of work is a plain function of a SQLAlchemy ``Connection``: the same code for both.
+    On PostgreSQL it runs on asyncpg through the async engine (``run_sync``). On SQLite it runs
+    on the standard driver in a worker thread, one thread hop per transaction (aiosqlite makes
+    one per cursor call, dozens per flow); writers take turns in one thread at a time, and
+    their transactions begin IMMEDIATE.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self._sync: Engine | None = None
+        if is_sqlite(url):
+            self._sync = create_sync_engine(
+                "sqlite:///" + _sqlite_path(url),
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=8,
+                max_overflow=8,
+            )
+            _sqlite_setup(self._sync)
+            self._writers = anyio.CapacityLimiter(1)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run ``work`` in one transaction and return its result; roll back on error."""
+        if self._sync is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(work)
+        return await anyio.to_thread.run_sync(
+            self._run_sqlite, work, write, limiter=self._writers if write else None
+        )
+
+    def _run_sqlite(self, work: Callable[[Connection], T], write: bool) -> T:
+        if self._sync is None:  # pragma: no cover - only called on SQLite
+            raise RuntimeError("not a SQLite database")
+        engine = self._sync.execution_options(sqlite_immediate=True) if write else self._sync
+        with engine.begin() as conn:
+            return work(conn)
+
+    async def dispose(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
+        await self.engine.dispose()
 
 
 def _alembic_config(connection: Connection) -> Config:

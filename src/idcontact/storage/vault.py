@@ -3,6 +3,9 @@
 The ciphertext lives in the database (and so in its backups); the data key lives in a
 :class:`~idcontact.storage.keystore.KeyStore` that backups never see. Destroying the key is
 what deletes the attributes, everywhere at once. Reading is explicit and audited.
+
+The database parts are plain functions of a ``Connection`` so they join the caller's unit of
+work (:class:`~idcontact.storage.db.Database`); the key store is reached outside it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, delete, insert, select
 
 from idcontact.errors import VaultError
-from idcontact.storage.db import audit_events, vault_entries
+from idcontact.storage.db import Database, audit_events, vault_entries
 from idcontact.storage.keystore import KeyStore
 
 Clock = Callable[[], float]
@@ -27,7 +29,7 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, repr=False)
 class Sealed:
-    """Encrypted attributes of one conversation, ready to be inserted."""
+    """Encrypted attributes of one conversation, as stored."""
 
     conversation_id: str
     nonce: bytes
@@ -35,8 +37,8 @@ class Sealed:
 
 
 class Vault:
-    def __init__(self, engine: AsyncEngine, keys: KeyStore, clock: Clock = time.time) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, keys: KeyStore, clock: Clock = time.time) -> None:
+        self._db = db
         self._keys = keys
         self._clock = clock
 
@@ -59,8 +61,8 @@ class Vault:
         await self._keys.put(conversation_id, key, ttl_seconds)
         return Sealed(conversation_id, nonce, ciphertext)
 
-    async def insert(self, conn: AsyncConnection, sealed: Sealed) -> None:
-        await conn.execute(
+    def insert(self, conn: Connection, sealed: Sealed) -> None:
+        conn.execute(
             insert(vault_entries).values(
                 conversation_id=sealed.conversation_id,
                 nonce=sealed.nonce,
@@ -72,40 +74,48 @@ class Vault:
     async def forget(self, conversation_id: str) -> None:
         await self._keys.delete(conversation_id)
 
-    async def read(
-        self, conn: AsyncConnection, conversation_id: str, *, actor: str, at: float
-    ) -> dict[str, object] | None:
-        """Open a conversation's attributes in the caller's transaction; ``None`` once they
-        were destroyed. The read is audited in the same transaction."""
-        row = (
-            await conn.execute(
-                select(vault_entries.c.nonce, vault_entries.c.ciphertext).where(
-                    vault_entries.c.conversation_id == conversation_id
-                )
+    def fetch(
+        self, conn: Connection, conversation_id: str, *, actor: str, at: float
+    ) -> Sealed | None:
+        """The stored ciphertext, in the caller's transaction; the read is audited there."""
+        row = conn.execute(
+            select(vault_entries.c.nonce, vault_entries.c.ciphertext).where(
+                vault_entries.c.conversation_id == conversation_id
             )
         ).first()
-        key = await self._keys.get(conversation_id) if row else None
-        if row is None or key is None:
+        if row is None:
+            return None
+        audit(conn, at, actor, "attributes.view", conversation_id)
+        return Sealed(conversation_id, row.nonce, row.ciphertext)
+
+    async def open(self, sealed: Sealed) -> dict[str, object] | None:
+        """Decrypt with the conversation's data key; ``None`` once the key is destroyed."""
+        key = await self._keys.get(sealed.conversation_id)
+        if key is None:
             return None
         try:
-            plaintext = AESGCM(key).decrypt(row.nonce, row.ciphertext, conversation_id.encode())
+            plaintext = AESGCM(key).decrypt(
+                sealed.nonce, sealed.ciphertext, sealed.conversation_id.encode()
+            )
         except InvalidTag:
             raise VaultError() from None
-        await audit(conn, at, actor, "attributes.view", conversation_id)
         data: dict[str, object] = json.loads(plaintext)
         return data
 
     async def destroy(self, conversation_id: str) -> None:
         """Delete the key first (that is the deletion), then the ciphertext."""
         await self._keys.delete(conversation_id)
-        async with self._engine.begin() as conn:
-            await conn.execute(
+
+        def work(conn: Connection) -> None:
+            conn.execute(
                 delete(vault_entries).where(vault_entries.c.conversation_id == conversation_id)
             )
 
+        await self._db.run(work, write=True)
 
-async def audit(
-    conn: AsyncConnection,
+
+def audit(
+    conn: Connection,
     at: float,
     actor: str,
     action: str,
@@ -113,7 +123,7 @@ async def audit(
     detail: Mapping[str, object] | None = None,
 ) -> None:
     """Append an audit event. ``detail`` holds names and numbers, never attribute values."""
-    await conn.execute(
+    conn.execute(
         insert(audit_events).values(
             at=at,
             actor=actor,
