@@ -60,6 +60,8 @@ async def test_full_json_flow_out_of_band(instance: Instance) -> None:
     assert "result=" not in landing  # delivered out of band, not through the browser
     text = await landing_text(instance.client, landing)
     assert CANARY_NAME in text and CANARY_BSN in text
+    # Shown in the purpose's order (fullname, then bsn), not alphabetically.
+    assert text.index(CANARY_NAME) < text.index(CANARY_BSN)
 
 
 async def test_start_redirects_without_json_accept(instance: Instance) -> None:

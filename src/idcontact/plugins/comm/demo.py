@@ -121,8 +121,11 @@ class DemoCommPlugin:
             purpose = self._purpose(conversation.purpose)
             attrs = data.get("attributes") if data else None
             attrs = attrs if isinstance(attrs, dict) else {}
+            # In the purpose's order, as configured (name before BSN, say).
             rows = [
-                (ctx.settings.attribute_label(k, lang), str(v)) for k, v in sorted(attrs.items())
+                (ctx.settings.attribute_label(k, lang), str(attrs[k]))
+                for k in purpose.attributes
+                if k in attrs
             ]
             return ctx.templates.TemplateResponse(
                 request,
