@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from redis.asyncio import Redis
@@ -37,37 +36,13 @@ from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
 from idcontact.web import problem
+from idcontact.web.citizen import citizen_router
 from idcontact.web.middleware import EdgeMiddleware
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 SWEEP_INTERVAL = 30.0
-
-_INDEX_TEXT = {
-    "nl": {
-        "title": "Contact met de gemeente",
-        "intro": "Kies uw onderwerp. U ziet welke gegevens we vragen, en u kiest hoe u zich "
-        "identificeert en hoe u met ons praat.",
-        "other_language": "English",
-        "asked": "Wij vragen",
-        "how_identify": "Hoe wilt u zich identificeren?",
-        "how_talk": "Hoe wilt u contact?",
-        "start": "Verder",
-        "no_purposes": "Er zijn nog geen onderwerpen ingesteld.",
-    },
-    "en": {
-        "title": "Contact the municipality",
-        "intro": "Choose your topic. You see which data we ask for, and you choose how to "
-        "identify and how to talk to us.",
-        "other_language": "Nederlands",
-        "asked": "We ask for",
-        "how_identify": "How do you want to identify?",
-        "how_talk": "How do you want to talk?",
-        "start": "Continue",
-        "no_purposes": "No topics have been configured yet.",
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -216,27 +191,7 @@ def create_app(
         core = Core(settings, keys, http, templates, served, clock)
         app.include_router(core.router())
 
-        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-        async def index(request: Request) -> HTMLResponse:
-            lang = request.query_params.get("lang", settings.default_language)
-            lang = lang if lang in _INDEX_TEXT else "nl"
-            purposes = []
-            for p in settings.purposes:
-                options = core.options(p)
-                if not options.auth_methods or not options.comm_methods:
-                    continue
-                purposes.append(
-                    {
-                        "tag": p.tag,
-                        "label": p.label.get(lang) if p.label else p.tag,
-                        "attributes": [settings.attribute_label(a, lang) for a in p.attributes],
-                        "auth": options.auth_methods,
-                        "comm": options.comm_methods,
-                    }
-                )
-            return templates.TemplateResponse(
-                request, "index.html", {"purposes": purposes, "t": _INDEX_TEXT[lang], "lang": lang}
-            )
+        app.include_router(citizen_router(settings, core, templates))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,199 @@
+"""Pages for residents: the topic list and the transparency page, both from configuration.
+
+Server-rendered, Dutch by default (``?lang=en`` for English), no JavaScript needed.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from idcontact.core import Core
+from idcontact.settings import Purpose, Settings
+
+TEXT: dict[str, dict[str, str]] = {
+    "nl": {
+        "title": "Contact met de gemeente",
+        "intro": "Kies uw onderwerp. U ziet welke gegevens we vragen, en u kiest hoe u zich "
+        "identificeert en hoe u met ons praat.",
+        "other_language": "English",
+        "asked": "Wij vragen",
+        "why": "Waarom",
+        "kept": "Hoe lang",
+        "how_identify": "Hoe wilt u zich identificeren?",
+        "how_talk": "Hoe wilt u contact?",
+        "start": "Verder",
+        "no_purposes": "Er zijn nog geen onderwerpen ingesteld.",
+        "privacy_link": "Hoe wij met uw gegevens omgaan",
+        "privacy_title": "Hoe wij met uw gegevens omgaan",
+        "privacy_intro": "Per onderwerp ziet u welke gegevens wij vragen, waarom wij dat mogen, "
+        "hoe lang wij ze bewaren en hoe u zich kunt identificeren. Deze pagina wordt gemaakt uit "
+        "de instellingen die de gemeente echt gebruikt.",
+        "attributes": "Gegevens",
+        "legal_basis": "Grondslag",
+        "law": "Wet",
+        "register": "Verwerkingsregister",
+        "retention": "Bewaartermijn",
+        "retention_text": "Uiterlijk {total} na de start van het gesprek, of {idle} nadat er niets "
+        "meer gebeurt. Als het gesprek eerder klaar is, wissen we de gegevens dan.",
+        "identify_with": "Identificeren met",
+        "talk_via": "Contact via",
+        "only_for": "Alleen voor",
+        "assurance": "betrouwbaarheid",
+        "how_deleted_title": "Hoe wij gegevens wissen",
+        "how_deleted": "Uw gegevens worden versleuteld opgeslagen met een sleutel die alleen voor "
+        "dit ene gesprek geldt. Die sleutel staat niet in back-ups. Aan het einde van het gesprek "
+        "vernietigen wij de sleutel; daarmee zijn de gegevens overal onleesbaar, ook in back-ups. "
+        "Wie uw gegevens bekijkt, wordt vastgelegd, zonder de gegevens zelf.",
+        "not_controlled_title": "Waar ID Contact niet over gaat",
+        "not_controlled": "Opnames of logboeken van het telefoon-, chat- of videosysteem van de "
+        "gemeente; wat de medewerker daarna zelf vastlegt in de systemen van de gemeente; wat uw "
+        "identiteitsapp (zoals Yivi) of DigiD zelf bijhoudt. Vraag de gemeente daarnaar.",
+        "minutes": "{n} minuten",
+        "hours": "{n} uur",
+        "days": "{n} dagen",
+        "back": "Terug naar de onderwerpen",
+    },
+    "en": {
+        "title": "Contact the municipality",
+        "intro": "Choose your topic. You see which data we ask for, and you choose how to "
+        "identify and how to talk to us.",
+        "other_language": "Nederlands",
+        "asked": "We ask for",
+        "why": "Why",
+        "kept": "How long",
+        "how_identify": "How do you want to identify?",
+        "how_talk": "How do you want to talk?",
+        "start": "Continue",
+        "no_purposes": "No topics have been configured yet.",
+        "privacy_link": "How we handle your data",
+        "privacy_title": "How we handle your data",
+        "privacy_intro": "For each topic you see which data we ask for, why we may, how long we "
+        "keep it and how you can identify. This page is made from the settings the municipality "
+        "actually uses.",
+        "attributes": "Data",
+        "legal_basis": "Legal basis",
+        "law": "Law",
+        "register": "Processing register",
+        "retention": "Retention",
+        "retention_text": "At most {total} after the conversation starts, or {idle} after nothing "
+        "happens any more. When the conversation ends earlier, we delete the data then.",
+        "identify_with": "Identify with",
+        "talk_via": "Talk via",
+        "only_for": "Only for",
+        "assurance": "assurance",
+        "how_deleted_title": "How we delete data",
+        "how_deleted": "Your data is stored encrypted with a key for this one conversation only. "
+        "That key is never in a backup. When the conversation ends we destroy the key, which "
+        "makes the data unreadable everywhere, backups included. Who views your data is logged, "
+        "without the data itself.",
+        "not_controlled_title": "What ID Contact does not control",
+        "not_controlled": "Recordings or logs of the municipality's phone, chat or video "
+        "system; what the agent records afterwards in the municipality's own systems; what your "
+        "identity app (such as Yivi) or DigiD keeps itself. Ask the municipality about those.",
+        "minutes": "{n} minutes",
+        "hours": "{n} hours",
+        "days": "{n} days",
+        "back": "Back to the topics",
+    },
+}
+
+GDPR_GROUNDS = {
+    "consent": ("Toestemming (AVG art. 6 lid 1 sub a)", "Consent (GDPR art. 6(1)(a))"),
+    "contract": ("Overeenkomst (AVG art. 6 lid 1 sub b)", "Contract (GDPR art. 6(1)(b))"),
+    "legal_obligation": (
+        "Wettelijke plicht (AVG art. 6 lid 1 sub c)",
+        "Legal obligation (GDPR art. 6(1)(c))",
+    ),
+    "vital_interest": (
+        "Vitaal belang (AVG art. 6 lid 1 sub d)",
+        "Vital interest (GDPR art. 6(1)(d))",
+    ),
+    "public_task": (
+        "Taak van algemeen belang (AVG art. 6 lid 1 sub e)",
+        "Public task (GDPR art. 6(1)(e))",
+    ),
+    "legitimate": (
+        "Gerechtvaardigd belang (AVG art. 6 lid 1 sub f)",
+        "Legitimate interest (GDPR art. 6(1)(f))",
+    ),
+}
+ASSURANCE = {
+    "low": ("laag", "low"),
+    "substantial": ("substantieel", "substantial"),
+    "high": ("hoog", "high"),
+}
+
+
+def language(request: Request, settings: Settings) -> str:
+    lang = request.query_params.get("lang", settings.default_language)
+    return lang if lang in TEXT else "nl"
+
+
+def duration(minutes: int, lang: str) -> str:
+    t = TEXT[lang]
+    if minutes % (24 * 60) == 0:
+        return t["days"].format(n=minutes // (24 * 60))
+    if minutes % 60 == 0:
+        return t["hours"].format(n=minutes // 60)
+    return t["minutes"].format(n=minutes)
+
+
+def citizen_router(settings: Settings, core: Core, templates: Jinja2Templates) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    def describe(p: Purpose, lang: str) -> dict[str, object]:
+        options = core.options(p)
+        i = 0 if lang == "nl" else 1
+        auth = [settings.auth_method(m.tag) for m in options.auth_methods]
+        return {
+            "tag": p.tag,
+            "label": p.label.get(lang) if p.label else p.tag,
+            "attributes": [settings.attribute_label(a, lang) for a in p.attributes],
+            "ground": GDPR_GROUNDS[p.legal_basis.gdpr_ground][i],
+            "law": p.legal_basis.law,
+            "register_id": p.legal_basis.register_id,
+            "retention": TEXT[lang]["retention_text"].format(
+                total=duration(p.retention_minutes, lang), idle=duration(p.idle_minutes, lang)
+            ),
+            "retention_short": duration(p.retention_minutes, lang),
+            "auth": options.auth_methods,
+            "auth_described": [
+                f"{m.name} ({TEXT[lang]['assurance']} {ASSURANCE[m.assurance][i]})"
+                for m in auth
+                if m is not None
+            ],
+            "comm": options.comm_methods,
+            "eligibility": [
+                (settings.attribute_label(r.attribute, lang), ", ".join(r.one_of))
+                for r in p.eligibility
+            ],
+            "available": bool(options.auth_methods and options.comm_methods),
+        }
+
+    @router.get("/", response_class=HTMLResponse)
+    async def index(request: Request) -> HTMLResponse:
+        lang = language(request, settings)
+        purposes = [describe(p, lang) for p in settings.purposes]
+        return templates.TemplateResponse(
+            request,
+            "index.html",
+            {"purposes": [p for p in purposes if p["available"]], "t": TEXT[lang], "lang": lang},
+        )
+
+    @router.get("/privacy", response_class=HTMLResponse)
+    async def transparency(request: Request) -> HTMLResponse:
+        """Every purpose: data, legal basis, retention, methods; generated from configuration."""
+        lang = language(request, settings)
+        return templates.TemplateResponse(
+            request,
+            "transparency.html",
+            {
+                "purposes": [describe(p, lang) for p in settings.purposes],
+                "t": TEXT[lang],
+                "lang": lang,
+            },
+        )
+
+    return router
