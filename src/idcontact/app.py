@@ -95,6 +95,7 @@ def create_app(
     quiet_libraries()
     keys = load_keyring(settings)
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
+    templates.env.globals["version"] = __version__  # cache-busts static files per release
     sealer = Sealer(keys.internal_secret, clock=clock)
 
     db: Database | None = None
