@@ -1,0 +1,64 @@
+"""Docs that cannot drift: every setting and every CLI command is documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from pydantic import BaseModel
+
+from idcontact.cli import main
+from idcontact.keys import KeyConfig
+from idcontact.settings import (
+    AuthMethod,
+    CommMethod,
+    EligibilityRule,
+    Keys,
+    Labels,
+    LegalBasis,
+    Purpose,
+    Settings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DOC = (ROOT / "docs" / "configuration.md").read_text()
+README = (ROOT / "README.md").read_text()
+
+MODELS: list[type[BaseModel]] = [
+    Settings,
+    AuthMethod,
+    CommMethod,
+    Purpose,
+    Keys,
+    KeyConfig,
+    LegalBasis,
+    EligibilityRule,
+    Labels,
+]
+
+
+@pytest.mark.parametrize(
+    "model_field",
+    [(m.__name__, f) for m in MODELS for f in m.model_fields],
+    ids=lambda mf: f"{mf[0]}.{mf[1]}",
+)
+def test_every_setting_is_in_the_configuration_guide(model_field: tuple[str, str]) -> None:
+    _, field = model_field
+    assert f"`{field}`" in CONFIG_DOC
+
+
+def commands(group: click.Group, prefix: str = "") -> list[str]:
+    found = []
+    for name, command in group.commands.items():
+        full = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            found += commands(command, full + " ")
+        else:
+            found.append(full)
+    return found
+
+
+@pytest.mark.parametrize("command", commands(main))
+def test_every_cli_command_is_in_the_readme(command: str) -> None:
+    assert f"idcontact {command}" in README
