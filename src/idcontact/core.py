@@ -206,8 +206,12 @@ class Core:
             raise PluginError("A plugin answered without a client_url")
         return data
 
-    async def _post_token(self, attr_url: str, token: str) -> None:
-        """Deliver a token to an attr_url server-side; the answer is ignored (original)."""
+    async def _post_token(self, attr_url: str, token: str, *, strict: bool = False) -> None:
+        """Deliver a token to an attr_url server-side.
+
+        The original ignores the answer; with ``strict`` (the caller's own ``auth_result``) a
+        refusal is the caller's error, so the caller hears of it instead of waiting forever.
+        """
         try:
             response = await self._http.post(
                 attr_url,
@@ -221,6 +225,8 @@ class Core:
             raise PluginError("The comm plugin could not be reached") from None
         if response.status_code >= 300:
             log.warning("attr_url refused a token", extra={"plugin_status": response.status_code})
+            if strict and response.status_code == 400:
+                raise TokenError("The comm method did not accept the auth_result")
 
     async def start_communication(
         self, purpose: Purpose, comm: CommMethod, auth_result: str | None = None
@@ -293,7 +299,7 @@ class Core:
         client_url = str(started["client_url"])
         attr_url = started.get("attr_url")
         if isinstance(attr_url, str):
-            await self._post_token(attr_url, auth_result)
+            await self._post_token(attr_url, auth_result, strict=True)
             return client_url
         return append_result(client_url, auth_result)
 

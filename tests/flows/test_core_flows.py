@@ -442,3 +442,15 @@ async def test_original_tokens_without_kid_use_each_remote_plugins_key(
         body = {"purpose": "report_move", "auth_result": token, "comm_method": "demo"}
         response = await inst.client.post("/start", json=body, headers=JSON)
         assert response.status_code == (200 if accepted else 400), response.text
+
+
+async def test_refused_auth_result_at_attr_url_is_the_callers_error(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    inst: Instance = await make_app(
+        with_methods(tmp_path, comm={"disable_attributes_at_start": True})
+    )
+    body = {"purpose": "report_move", "auth_result": "a.b.c.d.e", "comm_method": "demo"}
+    response = await inst.client.post("/start", json=body, headers=JSON)
+    assert response.status_code == 400
+    assert response.json()["type"].endswith("/invalid-token")
