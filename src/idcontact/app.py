@@ -24,19 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from idcontact import __version__
 from idcontact.conversations import Conversations
-from idcontact.core import Core
+from idcontact.core import Core, tenant_prefix
 from idcontact.errors import ConfigError
 from idcontact.keyring import KeyRing, load_keyring
 from idcontact.logs import quiet_libraries
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.sealing import Sealer
-from idcontact.settings import ROLES, Role, Settings
+from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
 from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
 from idcontact.web import problem
-from idcontact.web.citizen import citizen_router
+from idcontact.web.citizen import citizen_router, theme_router
 from idcontact.web.middleware import EdgeMiddleware
 
 log = logging.getLogger(__name__)
@@ -46,20 +46,38 @@ SWEEP_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
+class TenantServices:
+    """One tenant's configuration, keys and conversation store."""
+
+    tenant: Tenant
+    keys: KeyRing
+    conversations: Conversations | None
+
+
+@dataclass(frozen=True)
 class Services:
     """The long-lived collaborators of one instance (for the CLI, tests and benchmarks)."""
 
     settings: Settings
-    keys: KeyRing
     http: httpx.AsyncClient
     db: Database | None
     keystore: KeyStore | None
-    conversations: Conversations | None
+    tenants: dict[str, TenantServices]
 
     @property
     def engine(self) -> AsyncEngine | None:
         """The async engine (migrations, tools and tests)."""
         return self.db.engine if self.db is not None else None
+
+    @property
+    def keys(self) -> KeyRing:
+        """The default tenant's keys."""
+        return self.tenants[DEFAULT_TENANT].keys
+
+    @property
+    def conversations(self) -> Conversations | None:
+        """The default tenant's conversation store."""
+        return self.tenants[DEFAULT_TENANT].conversations
 
 
 def keystore_for(settings: Settings, engine: AsyncEngine) -> KeyStore:
@@ -93,38 +111,43 @@ def create_app(
         if role not in ROLES:
             raise ConfigError(f"role: unknown role {role!r}")
     quiet_libraries()
-    keys = load_keyring(settings)
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
     templates.env.globals["version"] = __version__  # cache-busts static files per release
-    sealer = Sealer(keys.internal_secret, clock=clock)
+    keyrings = {t.slug: load_keyring(settings, t) for t in settings.all_tenants}
+    sealer = Sealer(keyrings[DEFAULT_TENANT].internal_secret, clock=clock)
 
     db: Database | None = None
     keystore: KeyStore | None = None
-    conversations: Conversations | None = None
+    vault: Vault | None = None
     if "comm" in roles:
         db = Database(settings.resolved_database_url)
         keystore = keystore_for(settings, db.engine)
-        reader = TokenReader(
-            keys.decryption,
-            keys.trusted_signers,
-            fallback_key=keys.fallback_signers,
-            leeway=settings.token_leeway,
-            clock=clock,
-        )
-        conversations = Conversations(
-            db, Vault(db, keystore, clock), reader, settings.purpose, clock
-        )
-    issuer = TokenIssuer(
-        keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
-    )
+        vault = Vault(db, keystore, clock)
+    tenants: dict[str, TenantServices] = {}
+    for tenant in settings.all_tenants:
+        keys = keyrings[tenant.slug]
+        conversations = None
+        if db is not None and vault is not None:
+            reader = TokenReader(
+                keys.decryption,
+                keys.trusted_signers,
+                fallback_key=keys.fallback_signers,
+                leeway=settings.token_leeway,
+                clock=clock,
+            )
+            conversations = Conversations(
+                db, vault, reader, tenant.purpose, clock, tenant=tenant.slug
+            )
+        tenants[tenant.slug] = TenantServices(tenant, keys, conversations)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sweeper: asyncio.Task[None] | None = None
         if db is not None and settings.auto_migrate:
             await upgrade(db.engine)
-        if conversations is not None:
-            sweeper = asyncio.create_task(_sweep(conversations))
+        stores = [t.conversations for t in tenants.values() if t.conversations is not None]
+        if stores:
+            sweeper = asyncio.create_task(_sweep(stores))
         try:
             yield
         finally:
@@ -151,13 +174,52 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
-    app.state.services = Services(settings, keys, http, db, keystore, conversations)
+    app.state.services = Services(settings, http, db, keystore, tenants)
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
-    served: set[tuple[Kind, str]] = set()
     plugin_classes = dict(plugin_classes or {})
-    for kind, methods in (("auth", settings.auth_methods), ("comm", settings.comm_methods)):
+    for tenant_services in tenants.values():
+        _mount_tenant(
+            app,
+            settings,
+            tenant_services,
+            roles=roles,
+            http=http,
+            templates=templates,
+            sealer=sealer,
+            plugin_classes=plugin_classes,
+            clock=clock,
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    return app
+
+
+def _mount_tenant(
+    app: FastAPI,
+    settings: Settings,
+    services: TenantServices,
+    *,
+    roles: Sequence[Role],
+    http: httpx.AsyncClient,
+    templates: Jinja2Templates,
+    sealer: Sealer,
+    plugin_classes: Mapping[tuple[Kind, str], type[Plugin]],
+    clock: Callable[[], float],
+) -> None:
+    """Mount one tenant's plugins, core and pages under its prefix (none for the default)."""
+    tenant, keys = services.tenant, services.keys
+    prefix = tenant_prefix(tenant)
+    issuer = TokenIssuer(
+        keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
+    )
+    served: set[tuple[Kind, str]] = set()
+    for kind, methods in (("auth", tenant.auth_methods), ("comm", tenant.comm_methods)):
         if kind not in roles:
             continue
         for method in methods:
@@ -165,20 +227,22 @@ def create_app(
                 continue
             key: tuple[Kind, str] = (kind, method.plugin)  # type: ignore[assignment]
             cls = plugin_classes.get(key) or load_plugin_class(key[0], method.plugin)
+            path = f"{prefix}/{kind}/{method.tag}"
             ctx = PluginContext(
                 settings=settings,
+                tenant=tenant,
                 method=method,
                 http=http,
                 templates=templates,
                 sealer=sealer,
-                mount_path=f"/{kind}/{method.tag}",
-                public_base=f"{settings.public_url}/{kind}/{method.tag}",
-                internal_base=f"{settings.internal_url or INPROC_BASE}/{kind}/{method.tag}",
+                mount_path=path,
+                public_base=f"{settings.public_url}{path}",
+                internal_base=f"{settings.internal_url or INPROC_BASE}{path}",
                 issuer=issuer if kind == "auth" else None,
                 encrypt_to=keys.encryption_public if kind == "auth" else None,
-                conversations=conversations if kind == "comm" else None,
+                conversations=services.conversations if kind == "comm" else None,
             )
-            plugin = cls(ctx, settings.plugins.get(kind, {}).get(method.tag, {}))
+            plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
             router = plugin.router
             if router.prefix != ctx.mount_path:
                 raise ConfigError(
@@ -187,19 +251,11 @@ def create_app(
                 )
             app.include_router(router)
             served.add((key[0], method.tag))
-
+    app.include_router(theme_router(tenant, prefix))
     if "core" in roles:
-        core = Core(settings, keys, http, templates, served, clock)
+        core = Core(settings, tenant, keys, http, templates, served, clock)
         app.include_router(core.router())
-
-        app.include_router(citizen_router(settings, core, templates))
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
-    return app
+        app.include_router(citizen_router(settings, tenant, core, templates))
 
 
 def services_of(app: FastAPI) -> Services:
@@ -210,11 +266,13 @@ def services_of(app: FastAPI) -> Services:
     return services
 
 
-async def _sweep(conversations: Conversations) -> None:
+async def _sweep(stores: Sequence[Conversations]) -> None:
     """Purge by time, in-process, on every deployment size."""
     while True:
         try:
-            purged = await conversations.purge_expired()
+            purged = 0
+            for conversations in stores:
+                purged += await conversations.purge_expired()
             if purged:
                 log.info("purged conversations", extra={"count": purged})
         except Exception:

@@ -49,8 +49,9 @@ class Conversation:
 
 
 class Conversations:
-    """The conversation store. Every method is one unit of work on the database (plus the key
-    store for data keys), so it behaves the same on SQLite and PostgreSQL."""
+    """The conversation store of one tenant: every query is scoped to it. Every method is one
+    unit of work on the database (plus the key store for data keys), so it behaves the same on
+    SQLite and PostgreSQL."""
 
     def __init__(
         self,
@@ -59,7 +60,10 @@ class Conversations:
         reader: TokenReader,
         purposes: Callable[[str], Purpose | None],
         clock: Clock = time.time,
+        *,
+        tenant: str = "default",
     ) -> None:
+        self._tenant = tenant
         self._db = db
         self._vault = vault
         self._reader = reader
@@ -76,12 +80,16 @@ class Conversations:
             raise NotFoundError("This conversation's purpose is no longer offered")
         return purpose
 
-    def _row(self, purpose: Purpose, comm_method: str, tenant: str, slot: str | None) -> _NewRow:
+    def _mine(self, conversation_id: str) -> Any:
+        """The condition that selects one conversation of this tenant."""
+        return and_(conversations.c.id == conversation_id, conversations.c.tenant == self._tenant)
+
+    def _row(self, purpose: Purpose, comm_method: str, slot: str | None) -> _NewRow:
         now = self._clock()
         return _NewRow(
             values=dict(
                 id=new_id(),
-                tenant=tenant,
+                tenant=self._tenant,
                 purpose=purpose.tag,
                 comm_method=comm_method,
                 state="created",
@@ -95,30 +103,29 @@ class Conversations:
         )
 
     async def create(
-        self, purpose: Purpose, comm_method: str, *, with_slot: bool, tenant: str = "default"
+        self, purpose: Purpose, comm_method: str, *, with_slot: bool
     ) -> tuple[str, str | None]:
         """Create a conversation; return its id and, if asked, a fresh attr_url slot secret."""
         slot = secrets.token_urlsafe(32) if with_slot else None
-        row = self._row(purpose, comm_method, tenant, slot)
+        row = self._row(purpose, comm_method, slot)
         await self._db.run(row.insert, write=True)
         return row.id, slot
 
-    async def create_with_token(
-        self, purpose: Purpose, comm_method: str, token: str, *, tenant: str = "default"
-    ) -> str:
+    async def create_with_token(self, purpose: Purpose, comm_method: str, token: str) -> str:
         """Create a conversation whose attributes arrive with it (``auth_result`` at start).
 
         The token is verified before anything is written; creation and receipt are one
         transaction, so a bad or replayed token changes nothing.
         """
         received = self._reader.read(token)
-        row = self._row(purpose, comm_method, tenant, None)
+        row = self._row(purpose, comm_method, None)
         await self._accept(row.id, row.purge_at, received, purpose, before=row.insert)
         return row.id
 
     async def _find(self, *where: Any) -> Any:
         def work(conn: Connection) -> Any:
-            return conn.execute(select(conversations).where(*where)).first()
+            mine = conversations.c.tenant == self._tenant
+            return conn.execute(select(conversations).where(mine, *where)).first()
 
         return await self._db.run(work)
 
@@ -231,15 +238,11 @@ class Conversations:
         now = self._clock()
 
         def work(conn: Connection) -> tuple[Any, Sealed | None]:
-            row = conn.execute(
-                select(conversations).where(conversations.c.id == conversation_id)
-            ).first()
+            row = conn.execute(select(conversations).where(self._mine(conversation_id))).first()
             if row is None or row.state != "authenticated":
                 return row, None
             conn.execute(
-                update(conversations)
-                .where(conversations.c.id == conversation_id)
-                .values(last_activity=now)
+                update(conversations).where(self._mine(conversation_id)).values(last_activity=now)
             )
             return row, self._vault.fetch(conn, conversation_id, actor=actor, at=now)
 
@@ -254,13 +257,14 @@ class Conversations:
 
     async def end(self, conversation_id: str, *, actor: str) -> None:
         """End the conversation and destroy its attributes now."""
+        await self.get(conversation_id)  # this tenant's, or NotFoundError
         await self._vault.destroy(conversation_id)
         now = self._clock()
 
         def work(conn: Connection) -> None:
             conn.execute(
                 update(conversations)
-                .where(conversations.c.id == conversation_id)
+                .where(self._mine(conversation_id))
                 .values(state="ended", last_activity=now)
             )
             audit(conn, now, actor, "conversation.ended", conversation_id)
@@ -275,6 +279,7 @@ class Conversations:
             rows = conn.execute(
                 select(conversations.c.id).where(
                     and_(
+                        conversations.c.tenant == self._tenant,
                         conversations.c.state != "purged",
                         or_(
                             conversations.c.purge_at <= now,

@@ -31,7 +31,15 @@ from idcontact.errors import (
 )
 from idcontact.keyring import KeyRing
 from idcontact.plugins.base import INPROC_BASE, Kind
-from idcontact.settings import AuthMethod, CommMethod, Method, Purpose, Settings
+from idcontact.settings import (
+    DEFAULT_TENANT,
+    AuthMethod,
+    CommMethod,
+    Method,
+    Purpose,
+    Settings,
+    Tenant,
+)
 from idcontact.tokens import sign_jwt, verify_jwt
 
 log = logging.getLogger(__name__)
@@ -125,6 +133,7 @@ class Core:
     def __init__(
         self,
         settings: Settings,
+        tenant: Tenant,
         keys: KeyRing,
         http: httpx.AsyncClient,
         templates: Jinja2Templates,
@@ -132,6 +141,8 @@ class Core:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._tenant = tenant
+        self.prefix = tenant_prefix(tenant)
         self._keys = keys
         self._http = http
         self._templates = templates
@@ -141,13 +152,13 @@ class Core:
     # -- lookups --------------------------------------------------------------------------
 
     def _purpose(self, tag: object) -> Purpose:
-        purpose = self._settings.purpose(tag) if isinstance(tag, str) else None
+        purpose = self._tenant.purpose(tag) if isinstance(tag, str) else None
         if purpose is None:
             raise UnknownPurposeError()
         return purpose
 
     def _auth(self, purpose: Purpose, tag: object) -> AuthMethod:
-        method = self._settings.auth_method(tag) if isinstance(tag, str) else None
+        method = self._tenant.auth_method(tag) if isinstance(tag, str) else None
         if method is None or method.tag not in purpose.allowed_auth:
             raise MethodNotAllowedForPurposeError(
                 "This auth method is not offered for this purpose"
@@ -155,7 +166,7 @@ class Core:
         return method
 
     def _comm(self, purpose: Purpose, tag: object) -> CommMethod:
-        method = self._settings.comm_method(tag) if isinstance(tag, str) else None
+        method = self._tenant.comm_method(tag) if isinstance(tag, str) else None
         if method is None or method.tag not in purpose.allowed_comm:
             raise MethodNotAllowedForPurposeError(
                 "This comm method is not offered for this purpose"
@@ -164,7 +175,7 @@ class Core:
 
     def _url(self, kind: Kind, method: Method) -> str:
         if method.plugin is not None and (kind, method.tag) in self._served:
-            return f"{INPROC_BASE}/{kind}/{method.tag}"
+            return f"{INPROC_BASE}{self.prefix}/{kind}/{method.tag}"
         if method.start is None:
             raise PluginError(f"The {kind} method {method.tag!r} is not served here")
         return method.start
@@ -173,8 +184,8 @@ class Core:
         def props(m: Method) -> MethodProperties:
             return MethodProperties(tag=m.tag, name=m.name, image_path=m.image_path)
 
-        auth = [m for m in self._settings.auth_methods if m.tag in purpose.allowed_auth]
-        comm = [m for m in self._settings.comm_methods if m.tag in purpose.allowed_comm]
+        auth = [m for m in self._tenant.auth_methods if m.tag in purpose.allowed_auth]
+        comm = [m for m in self._tenant.comm_methods if m.tag in purpose.allowed_comm]
         return SessionOptions(
             auth_methods=[props(m) for m in auth], comm_methods=[props(m) for m in comm]
         )
@@ -251,7 +262,7 @@ class Core:
                 self._keys.ui_signing,
                 typ=None,
             )
-            continuation = f"{self._settings.public_url}/tel/{token}"
+            continuation = f"{self._settings.public_url}{self.prefix}/tel/{token}"
         if auth.disable_attr_url and attr_url is not None:
             now = int(self._clock())
             state = sign_jwt(
@@ -263,7 +274,7 @@ class Core:
                 },
                 self._keys.internal_key,
             )
-            continuation = f"{self._settings.public_url}/auth_attr_shim/{state}"
+            continuation = f"{self._settings.public_url}{self.prefix}/auth_attr_shim/{state}"
             attr_url = None
         body: dict[str, object] = {
             "attributes": list(purpose.attributes),
@@ -354,12 +365,12 @@ class Core:
     # -- routes ---------------------------------------------------------------------------
 
     def router(self) -> APIRouter:
-        router = APIRouter(tags=["core"])
+        router = APIRouter(prefix=self.prefix, tags=["core"])
 
         @router.get("/session_options", response_model=dict[str, SessionOptions])
         async def all_session_options() -> dict[str, SessionOptions]:
             """Methods per purpose, for every purpose."""
-            return {p.tag: self.options(p) for p in self._settings.purposes}
+            return {p.tag: self.options(p) for p in self._tenant.purposes}
 
         @router.get(
             "/session_options/{purpose}",
@@ -423,11 +434,22 @@ class Core:
             return self._templates.TemplateResponse(
                 request,
                 "tel.html",
-                {"number": number, "code": code, "tel_uri": continuation},
+                {
+                    "number": number,
+                    "code": code,
+                    "tel_uri": continuation,
+                    "tenant": self._tenant,
+                    "prefix": self.prefix,
+                },
                 headers=TOKEN_PAGE_HEADERS,
             )
 
         return router
+
+
+def tenant_prefix(tenant: Tenant) -> str:
+    """The URL prefix of a tenant: none for the default tenant (wire compatibility)."""
+    return "" if tenant.slug == DEFAULT_TENANT else f"/t/{tenant.slug}"
 
 
 def _json_object(raw: bytes) -> dict[str, object]:

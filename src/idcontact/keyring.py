@@ -13,7 +13,7 @@ from pathlib import Path
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
 from idcontact.keys import JoseKey, KeyConfig, generate_keypair, kid_for
-from idcontact.settings import Settings
+from idcontact.settings import DEFAULT_TENANT, Settings, Tenant
 
 
 @dataclass(frozen=True, repr=False)
@@ -38,12 +38,15 @@ class KeyRing:
         return f"KeyRing(signing_kid={self.signing_kid!r})"
 
 
-def _demo_pair(settings: Settings, name: str) -> tuple[KeyConfig, KeyConfig]:
+def _demo_pair(settings: Settings, tenant: Tenant, name: str) -> tuple[KeyConfig, KeyConfig]:
+    # Each tenant has its own trust material, demo keys included.
     directory = settings.data_dir / "keys"
+    if tenant.slug != DEFAULT_TENANT:
+        directory = directory / tenant.slug
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     priv, pub = directory / f"{name}.key.pem", directory / f"{name}.pub.pem"
-    kind = settings.keys.generate
+    kind = tenant.keys.generate
     if not priv.exists():
         generate_keypair(kind, directory, name)
     return KeyConfig(type=kind, key_file=priv), KeyConfig(type=kind, key_file=pub)
@@ -67,15 +70,17 @@ def _internal_secret(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def load_keyring(settings: Settings) -> KeyRing:
-    """Load the configured keys, generating demo keys for those that are missing."""
-    k = settings.keys
-    signing = (k.signing or _demo_pair(settings, "attr-signing")[0]).load()
+def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
+    """Load a tenant's keys (the default tenant's when not given), generating demo keys for
+    those that are missing."""
+    tenant = tenant or settings.default_tenant
+    k = tenant.keys
+    signing = (k.signing or _demo_pair(settings, tenant, "attr-signing")[0]).load()
     signing_kid = (k.signing.kid if k.signing else None) or kid_for(signing)
     if k.decryption:
         decryption = tuple(c.load() for c in k.decryption)
     elif k.encryption_public is None:
-        decryption = (_demo_pair(settings, "attr-encryption")[0].load(),)
+        decryption = (_demo_pair(settings, tenant, "attr-encryption")[0].load(),)
     else:
         decryption = ()
     encryption_public = (
@@ -87,9 +92,9 @@ def load_keyring(settings: Settings) -> KeyRing:
         trusted = {signing_kid: _public(signing)}
     # Original tokens carry no kid: try the global fallback and each remote plugin's own key.
     fallback = ([k.fallback_signer.load()] if k.fallback_signer else []) + [
-        m.signature_key.load() for m in settings.auth_methods if m.signature_key is not None
+        m.signature_key.load() for m in tenant.auth_methods if m.signature_key is not None
     ]
-    ui = (k.ui_signing or _demo_pair(settings, "ui-signing")[0]).load()
+    ui = (k.ui_signing or _demo_pair(settings, tenant, "ui-signing")[0]).load()
     return KeyRing(
         signing=signing,
         signing_kid=signing_kid,

@@ -151,63 +151,39 @@ class Keys(_Model):
     """Type of the demo keys generated on first run for keys not configured above."""
 
 
-class Settings(BaseSettings):
-    """The root of the configuration."""
+HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
 
-    model_config = SettingsConfigDict(
-        env_prefix="IDCONTACT_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-        hide_input_in_errors=True,
-    )
 
-    public_url: str = "http://127.0.0.1:8000"
-    """Base URL browsers use to reach this instance (no trailing slash)."""
-    internal_url: str | None = None
-    """Base URL other roles use to reach this instance; ``None`` means in-process."""
-    data_dir: Path = Path("data")
-    database_url: str | None = None
-    """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
-    keystore: Literal["auto", "sqlite", "postgres", "redis"] = "auto"
-    """Where data keys live; ``auto``: a key file beside SQLite, UNLOGGED table on PostgreSQL."""
-    redis_url: str | None = None
-    internal_secret: SecretStr | None = None
-    """HMAC secret for URL state (≥ 32 characters); generated into the data dir if absent."""
-    status_spelling: Literal["succes", "success"] = "succes"
-    plugin_timeout: float = Field(default=5.0, gt=0, le=60)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    token_leeway: int = Field(default=5, ge=0, le=120)
-    auto_migrate: bool = True
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    default_language: Literal["nl", "en"] = "nl"
+class Design(_Model):
+    """Design tokens of a tenant, in the spirit of NL Design System (validated: they reach CSS)."""
 
+    primary_color: str = Field(default="#154273", pattern=HEX_COLOUR)
+    text_color: str = Field(default="#1a1a1a", pattern=HEX_COLOUR)
+    background_color: str = Field(default="#ffffff", pattern=HEX_COLOUR)
+    font_family: str = Field(default="system-ui, sans-serif", pattern=r"^[A-Za-z0-9 ,'\"-]{1,200}$")
+
+
+class TenantFields(_Model):
+    """What each municipality configures for itself: name, look, purposes, methods and keys.
+
+    The root of the configuration holds the default tenant (served at ``/``); ``[[tenants]]``
+    holds the others (served at ``/t/<slug>/``).
+    """
+
+    name: str = "ID Contact"
+    logo: str = Field(default="", pattern=r"^(/[^\s\"'<>]*)?$")
+    """Path of the logo on this instance (``/static/…``); no third-party hosts."""
+    design: Design = Design()
     keys: Keys = Keys()
     attribute_labels: dict[str, Labels] = Field(default_factory=dict)
     auth_methods: tuple[AuthMethod, ...] = ()
     comm_methods: tuple[CommMethod, ...] = ()
     purposes: tuple[Purpose, ...] = ()
     plugins: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
-    """Per-plugin settings: ``[plugins.auth.demo]``, ``[plugins.comm.demo]``."""
-
-    @field_validator("public_url", "internal_url")
-    @classmethod
-    def _strip_slash(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
-
-    @field_validator("internal_secret")
-    @classmethod
-    def _secret_length(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 32:
-            raise ValueError("must be at least 32 characters")
-        return v
+    """Per-method plugin settings: ``[plugins.auth.<tag>]``, ``[plugins.comm.<tag>]``."""
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Settings:
+    def _cross_checks(self) -> TenantFields:
         auth = {m.tag: m for m in self.auth_methods}
         comm = {m.tag: m for m in self.comm_methods}
         _unique("auth_methods", [m.tag for m in self.auth_methods])
@@ -253,16 +229,6 @@ class Settings(BaseSettings):
 
     # -- derived values -------------------------------------------------------------------
 
-    @property
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'idcontact.sqlite3'}"
-
-    @property
-    def resolved_keystore(self) -> Literal["sqlite", "postgres", "redis"]:
-        if self.keystore != "auto":
-            return self.keystore
-        return "postgres" if self.resolved_database_url.startswith("postgresql") else "sqlite"
-
     def purpose(self, tag: str) -> Purpose | None:
         return next((p for p in self.purposes if p.tag == tag), None)
 
@@ -277,11 +243,102 @@ class Settings(BaseSettings):
         return label.get(lang) if label else tag
 
 
-def _unique(where: str, tags: list[str]) -> None:
+DEFAULT_TENANT = "default"
+
+
+class Tenant(TenantFields):
+    """One municipality of a shared deployment."""
+
+    slug: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class Settings(TenantFields, BaseSettings):
+    """The root of the configuration: the deployment, and the default tenant's own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IDCONTACT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    public_url: str = "http://127.0.0.1:8000"
+    """Base URL browsers use to reach this instance (no trailing slash)."""
+    internal_url: str | None = None
+    """Base URL other roles use to reach this instance; ``None`` means in-process."""
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
+    keystore: Literal["auto", "sqlite", "postgres", "redis"] = "auto"
+    """Where data keys live; ``auto``: a key file beside SQLite, UNLOGGED table on PostgreSQL."""
+    redis_url: str | None = None
+    internal_secret: SecretStr | None = None
+    """HMAC secret for URL state (≥ 32 characters); generated into the data dir if absent."""
+    status_spelling: Literal["succes", "success"] = "succes"
+    plugin_timeout: float = Field(default=5.0, gt=0, le=60)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    token_leeway: int = Field(default=5, ge=0, le=120)
+    auto_migrate: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    default_language: Literal["nl", "en"] = "nl"
+
+    tenants: tuple[Tenant, ...] = ()
+    """Further municipalities in this deployment, each at ``/t/<slug>/``."""
+
+    @field_validator("public_url", "internal_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("internal_secret")
+    @classmethod
+    def _secret_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _tenant_slugs(self) -> Settings:
+        slugs = [t.slug for t in self.tenants]
+        _unique("tenants", slugs, key="slug")
+        if DEFAULT_TENANT in slugs:
+            raise ValueError(f"tenants: the slug {DEFAULT_TENANT!r} is the root configuration's")
+        return self
+
+    @property
+    def default_tenant(self) -> Tenant:
+        fields = {name: getattr(self, name) for name in TenantFields.model_fields}
+        return Tenant.model_construct(slug=DEFAULT_TENANT, **fields)
+
+    @property
+    def all_tenants(self) -> tuple[Tenant, ...]:
+        """The default tenant first, then the others."""
+        return (self.default_tenant, *self.tenants)
+
+    def tenant(self, slug: str) -> Tenant | None:
+        return next((t for t in self.all_tenants if t.slug == slug), None)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'idcontact.sqlite3'}"
+
+    @property
+    def resolved_keystore(self) -> Literal["sqlite", "postgres", "redis"]:
+        if self.keystore != "auto":
+            return self.keystore
+        return "postgres" if self.resolved_database_url.startswith("postgresql") else "sqlite"
+
+
+def _unique(where: str, tags: list[str], key: str = "tag") -> None:
     seen: set[str] = set()
     for i, tag in enumerate(tags):
         if tag in seen:
-            raise ValueError(f"{where}[{i}].tag: duplicate tag {tag!r}")
+            raise ValueError(f"{where}[{i}].{key}: duplicate {key} {tag!r}")
         seen.add(tag)
 
 

@@ -13,12 +13,14 @@ from idcontact.keys import KeyConfig
 from idcontact.settings import (
     AuthMethod,
     CommMethod,
+    Design,
     EligibilityRule,
     Keys,
     Labels,
     LegalBasis,
     Purpose,
     Settings,
+    Tenant,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,8 @@ README = (ROOT / "README.md").read_text()
 
 MODELS: list[type[BaseModel]] = [
     Settings,
+    Tenant,
+    Design,
     AuthMethod,
     CommMethod,
     Purpose,

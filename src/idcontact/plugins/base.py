@@ -22,7 +22,7 @@ from idcontact.conversations import Conversations
 from idcontact.errors import ConfigError
 from idcontact.keys import JoseKey
 from idcontact.sealing import Sealer
-from idcontact.settings import Method, Settings
+from idcontact.settings import Method, Settings, Tenant
 from idcontact.tokens import TokenIssuer
 
 Kind = Literal["auth", "comm"]
@@ -34,12 +34,15 @@ class PluginContext:
     """Everything a plugin may use, handed over at construction (no globals)."""
 
     settings: Settings
+    tenant: Tenant
+    """The municipality this plugin instance serves: purposes, labels, design."""
     method: Method
     http: httpx.AsyncClient
     templates: Jinja2Templates
     sealer: Sealer
     mount_path: str
-    """The path prefix of this plugin's routes, ``/<kind>/<tag>``: build the router with it."""
+    """The path prefix of this plugin's routes (``[/t/<tenant>]/<kind>/<tag>``): build the
+    router with it."""
     public_base: str
     """Where browsers reach this plugin, e.g. ``https://host/auth/demo``."""
     internal_base: str

@@ -6,11 +6,11 @@ Server-rendered, Dutch by default (``?lang=en`` for English), no JavaScript need
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from idcontact.core import Core
-from idcontact.settings import Purpose, Settings
+from idcontact.settings import Purpose, Settings, Tenant
 
 TEXT: dict[str, dict[str, str]] = {
     "nl": {
@@ -140,17 +140,38 @@ def duration(minutes: int, lang: str) -> str:
     return t["minutes"].format(n=minutes)
 
 
-def citizen_router(settings: Settings, core: Core, templates: Jinja2Templates) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+def theme_router(tenant: Tenant, prefix: str) -> APIRouter:
+    """``<prefix>/theme.css`` on every role, so plugin pages wear the tenant's design too."""
+    router = APIRouter(prefix=prefix, include_in_schema=False)
+
+    @router.get("/theme.css", response_class=Response)
+    async def theme() -> Response:
+        """The tenant's design tokens as CSS variables (validated colours and fonts only)."""
+        d = tenant.design
+        css = (
+            f":root {{ --primary: {d.primary_color}; --fg: {d.text_color}; "
+            f"--bg: {d.background_color}; --font: {d.font_family}; }}\n"
+        )
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=300"})
+
+    return router
+
+
+def citizen_router(
+    settings: Settings, tenant: Tenant, core: Core, templates: Jinja2Templates
+) -> APIRouter:
+    """The resident's pages of one tenant, under its prefix (``/t/<slug>``, or none)."""
+    router = APIRouter(prefix=core.prefix, include_in_schema=False)
+    page = {"tenant": tenant, "prefix": core.prefix}
 
     def describe(p: Purpose, lang: str) -> dict[str, object]:
         options = core.options(p)
         i = 0 if lang == "nl" else 1
-        auth = [settings.auth_method(m.tag) for m in options.auth_methods]
+        auth = [tenant.auth_method(m.tag) for m in options.auth_methods]
         return {
             "tag": p.tag,
             "label": p.label.get(lang) if p.label else p.tag,
-            "attributes": [settings.attribute_label(a, lang) for a in p.attributes],
+            "attributes": [tenant.attribute_label(a, lang) for a in p.attributes],
             "ground": GDPR_GROUNDS[p.legal_basis.gdpr_ground][i],
             "law": p.legal_basis.law,
             "register_id": p.legal_basis.register_id,
@@ -166,21 +187,29 @@ def citizen_router(settings: Settings, core: Core, templates: Jinja2Templates) -
             ],
             "comm": options.comm_methods,
             "eligibility": [
-                (settings.attribute_label(r.attribute, lang), ", ".join(r.one_of))
+                (tenant.attribute_label(r.attribute, lang), ", ".join(r.one_of))
                 for r in p.eligibility
             ],
             "available": bool(options.auth_methods and options.comm_methods),
         }
 
-    @router.get("/", response_class=HTMLResponse)
     async def index(request: Request) -> HTMLResponse:
         lang = language(request, settings)
-        purposes = [describe(p, lang) for p in settings.purposes]
+        purposes = [describe(p, lang) for p in tenant.purposes]
         return templates.TemplateResponse(
             request,
             "index.html",
-            {"purposes": [p for p in purposes if p["available"]], "t": TEXT[lang], "lang": lang},
+            {
+                **page,
+                "purposes": [p for p in purposes if p["available"]],
+                "t": TEXT[lang],
+                "lang": lang,
+            },
         )
+
+    router.add_api_route("/", index, response_class=HTMLResponse)
+    if core.prefix:
+        router.add_api_route("", index, response_class=HTMLResponse)
 
     @router.get("/privacy", response_class=HTMLResponse)
     async def transparency(request: Request) -> HTMLResponse:
@@ -190,7 +219,8 @@ def citizen_router(settings: Settings, core: Core, templates: Jinja2Templates) -
             request,
             "transparency.html",
             {
-                "purposes": [describe(p, lang) for p in settings.purposes],
+                **page,
+                "purposes": [describe(p, lang) for p in tenant.purposes],
                 "t": TEXT[lang],
                 "lang": lang,
             },

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from idcontact.core import TOKEN_PAGE_HEADERS, append_result
+from idcontact.core import TOKEN_PAGE_HEADERS, append_result, tenant_prefix
 from idcontact.errors import BadRequestError, ConfigError
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
@@ -87,11 +87,17 @@ class DemoAuthPlugin:
             pending = ctx.sealer.unseal(SEAL, state)
             names = [str(a) for a in pending["attributes"]]  # type: ignore[attr-defined]
             lang = request.query_params.get("lang", ctx.settings.default_language)
-            rows = [(ctx.settings.attribute_label(a, lang), self._values[a]) for a in names]
+            rows = [(ctx.tenant.attribute_label(a, lang), self._values[a]) for a in names]
             return ctx.templates.TemplateResponse(
                 request,
                 "demo_auth_confirm.html",
-                {"rows": rows, "action": f"{ctx.public_base}/confirm/{state}", "lang": lang},
+                {
+                    "rows": rows,
+                    "action": f"{ctx.public_base}/confirm/{state}",
+                    "lang": lang,
+                    "tenant": ctx.tenant,
+                    "prefix": tenant_prefix(ctx.tenant),
+                },
                 headers=TOKEN_PAGE_HEADERS,
             )
 

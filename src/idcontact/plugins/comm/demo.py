@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from idcontact.conversations import Conversations
-from idcontact.core import TOKEN_PAGE_HEADERS
+from idcontact.core import TOKEN_PAGE_HEADERS, tenant_prefix
 from idcontact.errors import (
     ConfigError,
     NotFoundError,
@@ -48,7 +48,7 @@ class DemoCommPlugin:
         self._use_attr_url = bool(config.get("use_attr_url", True))
 
     def _purpose(self, tag: str) -> Purpose:
-        purpose = self._ctx.settings.purpose(tag)
+        purpose = self._ctx.tenant.purpose(tag)
         if purpose is None:
             raise UnknownPurposeError()
         return purpose
@@ -123,7 +123,7 @@ class DemoCommPlugin:
             attrs = attrs if isinstance(attrs, dict) else {}
             # In the purpose's order, as configured (name before BSN, say).
             rows = [
-                (ctx.settings.attribute_label(k, lang), str(attrs[k]))
+                (ctx.tenant.attribute_label(k, lang), str(attrs[k]))
                 for k in purpose.attributes
                 if k in attrs
             ]
@@ -136,6 +136,8 @@ class DemoCommPlugin:
                     "rows": rows,
                     "end_action": f"{ctx.public_base}/c/{conversation_id}/end",
                     "lang": lang,
+                    "tenant": ctx.tenant,
+                    "prefix": tenant_prefix(ctx.tenant),
                 },
                 headers=TOKEN_PAGE_HEADERS,
             )
