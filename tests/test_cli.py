@@ -267,3 +267,20 @@ def test_keys_generate_refuses_a_path_as_name(runner: CliRunner, tmp_path: Path)
     assert result.exit_code == 2
     assert "plain file name" in result.output
     assert not (tmp_path.parent / "x.key.pem").exists()
+
+
+def test_check_config_checks_each_tenants_keys(runner: CliRunner, tmp_path: Path) -> None:
+    private, _public = generate_keypair("EC", tmp_path, "nijmegen")
+    private.chmod(0o640)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[[tenants]]\nslug = "nijmegen"\n'
+        f'[tenants.keys]\nsigning = {{ type = "EC", key_file = "{private}" }}\n'
+    )
+    result = runner.invoke(main, ["check-config", str(config)])
+    assert result.exit_code == 2
+    assert "tenants[0].keys.signing" in result.stderr
+    private.chmod(0o600)
+    result = runner.invoke(main, ["check-config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "2 tenant(s)" in result.stdout

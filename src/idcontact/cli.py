@@ -14,7 +14,7 @@ import click
 
 from idcontact.errors import ConfigError
 from idcontact.keys import KeyConfig
-from idcontact.settings import ROLES, Role, Settings, load_settings
+from idcontact.settings import ROLES, Role, Settings, Tenant, load_settings
 
 DEMO_CONFIG = Path(__file__).parent / "demo.toml"
 
@@ -153,39 +153,40 @@ def check_config(file: Path) -> None:
     """Validate FILE; exit non-zero with the reason when it is invalid."""
     try:
         settings = load_settings(file)
-        k = settings.keys
-        configured: list[tuple[str, KeyConfig | None]] = [
-            (f"keys.{name}", getattr(k, name))
-            for name in (
-                "signing",
-                "encryption_public",
-                "fallback_signer",
-                "ui_signing",
-                "requestor",
-            )
-        ]
-        configured += [(f"keys.decryption[{i}]", c) for i, c in enumerate(k.decryption)]
-        configured += [
-            (f"auth_methods[{i}].signature_key", m.signature_key)
-            for i, m in enumerate(settings.auth_methods)
-        ]
-        configured += [(f"keys.trusted_signers.{kid}", c) for kid, c in k.trusted_signers.items()]
-        configured += [
-            (f"keys.authonly_request_keys.{kid}", c) for kid, c in k.authonly_request_keys.items()
-        ]
-        for where, key in configured:
-            if key is not None:
-                try:
-                    key.load()
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {exc.detail}") from None
+        for index, tenant in enumerate(settings.all_tenants):
+            # The default tenant is the root of the file; the others are tenants[i].
+            _load_keys(tenant, "" if index == 0 else f"tenants[{index - 1}].")
     except ConfigError as exc:
         _fail(exc)
         return
     click.echo(
-        f"OK: {len(settings.purposes)} purposes, {len(settings.auth_methods)} auth methods, "
-        f"{len(settings.comm_methods)} comm methods"
+        f"OK: {len(settings.all_tenants)} tenant(s), {len(settings.purposes)} purposes, "
+        f"{len(settings.auth_methods)} auth methods, {len(settings.comm_methods)} comm methods"
     )
+
+
+def _load_keys(tenant: Tenant, where: str) -> None:
+    """Load every configured key of a tenant, naming the setting of the first that fails."""
+    k = tenant.keys
+    configured: list[tuple[str, KeyConfig | None]] = [
+        (f"keys.{name}", getattr(k, name))
+        for name in ("signing", "encryption_public", "fallback_signer", "ui_signing", "requestor")
+    ]
+    configured += [(f"keys.decryption[{i}]", c) for i, c in enumerate(k.decryption)]
+    configured += [
+        (f"auth_methods[{i}].signature_key", m.signature_key)
+        for i, m in enumerate(tenant.auth_methods)
+    ]
+    configured += [(f"keys.trusted_signers.{kid}", c) for kid, c in k.trusted_signers.items()]
+    configured += [
+        (f"keys.authonly_request_keys.{kid}", c) for kid, c in k.authonly_request_keys.items()
+    ]
+    for name, key in configured:
+        if key is not None:
+            try:
+                key.load()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{name}: {exc.detail}") from None
 
 
 @main.group()
