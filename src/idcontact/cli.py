@@ -262,12 +262,16 @@ def purge(config: Path | None, data_dir: Path | None) -> None:
     async def run() -> int:
         from idcontact.storage.db import upgrade
 
-        conversations, db = services.conversations, services.db
-        if conversations is None or db is None:  # pragma: no cover - the comm role has both
+        db = services.db
+        if db is None:  # pragma: no cover - the comm role has a database
             raise RuntimeError("comm role without storage")
         try:
             await upgrade(db.engine)
-            return await conversations.purge_expired()
+            purged = 0
+            for tenant in services.tenants.values():  # every tenant's conversations
+                if tenant.conversations is not None:
+                    purged += await tenant.conversations.purge_expired()
+            return purged
         finally:
             if services.keystore is not None:
                 await services.keystore.close()
