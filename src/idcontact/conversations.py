@@ -13,11 +13,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES, LIVE, State, change, sources
 from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
 from idcontact.settings import Purpose
 from idcontact.storage.db import Database, conversations, used_tokens
@@ -25,8 +26,6 @@ from idcontact.storage.vault import Sealed, Vault, audit
 from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
-State = Literal["created", "authenticated", "failed", "ineligible", "ended", "purged"]
-LIVE_STATES = ("created", "authenticated")
 
 
 def new_id(nbytes: int = 16) -> str:
@@ -205,7 +204,7 @@ class Conversations:
                     and_(
                         conversations.c.id == conversation_id,
                         conversations.c.delivered_at.is_(None),
-                        conversations.c.state == "created",
+                        conversations.c.state.in_(sources(state)),
                     )
                 )
                 .values(state=state, delivered_at=now, last_activity=now)
@@ -239,7 +238,7 @@ class Conversations:
 
         def work(conn: Connection) -> tuple[Any, Sealed | None]:
             row = conn.execute(select(conversations).where(self._mine(conversation_id))).first()
-            if row is None or row.state != "authenticated":
+            if row is None or row.state not in HOLDS_ATTRIBUTES:
                 return row, None
             conn.execute(
                 update(conversations).where(self._mine(conversation_id)).values(last_activity=now)
@@ -256,17 +255,20 @@ class Conversations:
         return (await self.view(conversation_id, actor=actor))[1]
 
     async def end(self, conversation_id: str, *, actor: str) -> None:
-        """End the conversation and destroy its attributes now."""
-        await self.get(conversation_id)  # this tenant's, or NotFoundError
+        """End the conversation and destroy its attributes now (409 when it has ended)."""
+        current = await self.get(conversation_id)  # this tenant's, or NotFoundError
+        change(current.state, "ended")
         await self._vault.destroy(conversation_id)
         now = self._clock()
 
         def work(conn: Connection) -> None:
-            conn.execute(
+            ended = conn.execute(
                 update(conversations)
-                .where(self._mine(conversation_id))
+                .where(self._mine(conversation_id), conversations.c.state.in_(sources("ended")))
                 .values(state="ended", last_activity=now)
             )
+            if ended.rowcount != 1:  # ended meanwhile, by someone else
+                change("ended", "ended")
             audit(conn, now, actor, "conversation.ended", conversation_id)
 
         await self._db.run(work, write=True)
@@ -283,7 +285,11 @@ class Conversations:
                         conversations.c.state != "purged",
                         or_(
                             conversations.c.purge_at <= now,
-                            conversations.c.last_activity + conversations.c.idle_seconds <= now,
+                            and_(
+                                # A live connection is never idle.
+                                conversations.c.state.not_in(tuple(LIVE)),
+                                conversations.c.last_activity + conversations.c.idle_seconds <= now,
+                            ),
                             conversations.c.state == "ended",
                         ),
                     )

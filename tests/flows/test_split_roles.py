@@ -189,9 +189,9 @@ def test_end_conversation_deletes_data(roles: SplitRoles, client: httpx.Client) 
     assert CANARY_BSN not in after.text
     assert "<form" not in after.text
 
-    # Ending twice is refused, and still shows nothing.
+    # Ending twice is refused (the lifecycle allows it once), and still shows nothing.
     again = client.post(end_url)
-    assert again.status_code == 404
+    assert again.status_code == 409
     assert again.headers["content-type"].startswith(PROBLEM_JSON)
     assert CANARY_NAME not in again.text
 

@@ -16,7 +16,6 @@ from idcontact.conversations import Conversations
 from idcontact.core import TOKEN_PAGE_HEADERS, tenant_prefix
 from idcontact.errors import (
     ConfigError,
-    NotFoundError,
     UnknownPurposeError,
     UnsupportedMediaTypeError,
 )
@@ -145,9 +144,6 @@ class DemoCommPlugin:
         @router.post("/c/{conversation_id}/end", response_class=RedirectResponse, status_code=303)
         async def end(conversation_id: str) -> RedirectResponse:
             """End the conversation and delete its attributes now."""
-            conversation = await conversations.get(conversation_id)
-            if conversation.state in ("ended", "purged"):
-                raise NotFoundError("This conversation has ended")
             await conversations.end(conversation_id, actor=f"comm:{tag}:resident")
             return RedirectResponse(f"{ctx.public_base}/c/{conversation_id}", status_code=303)
 

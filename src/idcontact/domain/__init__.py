@@ -1,0 +1,1 @@
+"""The domain: pure Python rules with no web, database or protocol imports."""
