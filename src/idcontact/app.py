@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from idcontact import __version__
 from idcontact.conversations import Conversations
-from idcontact.core import Core, tenant_prefix
+from idcontact.core import Core
 from idcontact.errors import ConfigError
 from idcontact.keyring import KeyRing, load_keyring
 from idcontact.logs import quiet_libraries
@@ -214,7 +214,7 @@ def _mount_tenant(
 ) -> None:
     """Mount one tenant's plugins, core and pages under its prefix (none for the default)."""
     tenant, keys = services.tenant, services.keys
-    prefix = tenant_prefix(tenant)
+    prefix = tenant.prefix
     issuer = TokenIssuer(
         keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
     )

@@ -32,7 +32,6 @@ from idcontact.errors import (
 from idcontact.keyring import KeyRing
 from idcontact.plugins.base import INPROC_BASE, Kind
 from idcontact.settings import (
-    DEFAULT_TENANT,
     AuthMethod,
     CommMethod,
     Method,
@@ -41,12 +40,12 @@ from idcontact.settings import (
     Tenant,
 )
 from idcontact.tokens import sign_jwt, verify_jwt
+from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 log = logging.getLogger(__name__)
 
 TEL_TOKEN_LIFETIME = 3600
 SHIM_STATE_LIFETIME = 1800
-TOKEN_PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
 class MethodProperties(BaseModel):
@@ -142,7 +141,7 @@ class Core:
     ) -> None:
         self._settings = settings
         self._tenant = tenant
-        self.prefix = tenant_prefix(tenant)
+        self.prefix = tenant.prefix
         self._keys = keys
         self._http = http
         self._templates = templates
@@ -431,25 +430,17 @@ class Core:
             """The number and code to call, from a signed tel: continuation."""
             continuation = self.tel_continuation(token)
             number, code = split_tel(continuation)
-            return self._templates.TemplateResponse(
+            return render(
+                self._templates,
                 request,
                 "tel.html",
-                {
-                    "number": number,
-                    "code": code,
-                    "tel_uri": continuation,
-                    "tenant": self._tenant,
-                    "prefix": self.prefix,
-                },
-                headers=TOKEN_PAGE_HEADERS,
+                {"number": number, "code": code, "tel_uri": continuation},
+                tenant=self._tenant,
+                lang=language(request, self._settings),
+                carries_token=True,
             )
 
         return router
-
-
-def tenant_prefix(tenant: Tenant) -> str:
-    """The URL prefix of a tenant: none for the default tenant (wire compatibility)."""
-    return "" if tenant.slug == DEFAULT_TENANT else f"/t/{tenant.slug}"
 
 
 def _json_object(raw: bytes) -> dict[str, object]:

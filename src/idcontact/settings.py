@@ -251,6 +251,11 @@ class Tenant(TenantFields):
 
     slug: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
 
+    @property
+    def prefix(self) -> str:
+        """The URL prefix: none for the default tenant (wire compatibility), else ``/t/<slug>``."""
+        return "" if self.slug == DEFAULT_TENANT else f"/t/{self.slug}"
+
 
 class Settings(TenantFields, BaseSettings):
     """The root of the configuration: the deployment, and the default tenant's own fields."""

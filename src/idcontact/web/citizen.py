@@ -11,6 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from idcontact.core import Core
 from idcontact.settings import Purpose, Settings, Tenant
+from idcontact.web.pages import language, render
 
 TEXT: dict[str, dict[str, str]] = {
     "nl": {
@@ -126,11 +127,6 @@ ASSURANCE = {
 }
 
 
-def language(request: Request, settings: Settings) -> str:
-    lang = request.query_params.get("lang", settings.default_language)
-    return lang if lang in TEXT else "nl"
-
-
 def duration(minutes: int, lang: str) -> str:
     t = TEXT[lang]
     if minutes % (24 * 60) == 0:
@@ -162,7 +158,6 @@ def citizen_router(
 ) -> APIRouter:
     """The resident's pages of one tenant, under its prefix (``/t/<slug>``, or none)."""
     router = APIRouter(prefix=core.prefix, include_in_schema=False)
-    page = {"tenant": tenant, "prefix": core.prefix}
 
     def describe(p: Purpose, lang: str) -> dict[str, object]:
         options = core.options(p)
@@ -196,15 +191,13 @@ def citizen_router(
     async def index(request: Request) -> HTMLResponse:
         lang = language(request, settings)
         purposes = [describe(p, lang) for p in tenant.purposes]
-        return templates.TemplateResponse(
+        return render(
+            templates,
             request,
             "index.html",
-            {
-                **page,
-                "purposes": [p for p in purposes if p["available"]],
-                "t": TEXT[lang],
-                "lang": lang,
-            },
+            {"purposes": [p for p in purposes if p["available"]], "t": TEXT[lang]},
+            tenant=tenant,
+            lang=lang,
         )
 
     router.add_api_route("/", index, response_class=HTMLResponse)
@@ -215,15 +208,13 @@ def citizen_router(
     async def transparency(request: Request) -> HTMLResponse:
         """Every purpose: data, legal basis, retention, methods; generated from configuration."""
         lang = language(request, settings)
-        return templates.TemplateResponse(
+        return render(
+            templates,
             request,
             "transparency.html",
-            {
-                **page,
-                "purposes": [describe(p, lang) for p in tenant.purposes],
-                "t": TEXT[lang],
-                "lang": lang,
-            },
+            {"purposes": [describe(p, lang) for p in tenant.purposes], "t": TEXT[lang]},
+            tenant=tenant,
+            lang=lang,
         )
 
     return router

@@ -14,10 +14,11 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from idcontact.core import TOKEN_PAGE_HEADERS, append_result, tenant_prefix
+from idcontact.core import append_result
 from idcontact.errors import BadRequestError, ConfigError
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
+from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,16 @@ class DemoAuthPlugin:
             """The consent page: exactly what will be shared."""
             pending = ctx.sealer.unseal(SEAL, state)
             names = [str(a) for a in pending["attributes"]]  # type: ignore[attr-defined]
-            lang = request.query_params.get("lang", ctx.settings.default_language)
+            lang = language(request, ctx.settings)
             rows = [(ctx.tenant.attribute_label(a, lang), self._values[a]) for a in names]
-            return ctx.templates.TemplateResponse(
+            return render(
+                ctx.templates,
                 request,
                 "demo_auth_confirm.html",
-                {
-                    "rows": rows,
-                    "action": f"{ctx.public_base}/confirm/{state}",
-                    "lang": lang,
-                    "tenant": ctx.tenant,
-                    "prefix": tenant_prefix(ctx.tenant),
-                },
-                headers=TOKEN_PAGE_HEADERS,
+                {"rows": rows, "action": f"{ctx.public_base}/confirm/{state}"},
+                tenant=ctx.tenant,
+                lang=lang,
+                carries_token=True,
             )
 
         @router.post("/confirm/{state}", response_class=RedirectResponse, status_code=303)

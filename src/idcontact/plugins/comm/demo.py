@@ -13,7 +13,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from idcontact.conversations import Conversations
-from idcontact.core import TOKEN_PAGE_HEADERS, tenant_prefix
 from idcontact.errors import (
     ConfigError,
     UnknownPurposeError,
@@ -21,6 +20,7 @@ from idcontact.errors import (
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.settings import Purpose
+from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 MAX_TOKEN = 60_000
 
@@ -113,7 +113,7 @@ class DemoCommPlugin:
                     status_code=303,
                     headers=TOKEN_PAGE_HEADERS,
                 )
-            lang = request.query_params.get("lang", ctx.settings.default_language)
+            lang = language(request, ctx.settings)
             conversation, data = await conversations.view(
                 conversation_id, actor=f"comm:{tag}:landing"
             )
@@ -126,7 +126,8 @@ class DemoCommPlugin:
                 for k in purpose.attributes
                 if k in attrs
             ]
-            return ctx.templates.TemplateResponse(
+            return render(
+                ctx.templates,
                 request,
                 "demo_comm.html",
                 {
@@ -134,11 +135,10 @@ class DemoCommPlugin:
                     "purpose_label": purpose.label.get(lang) if purpose.label else purpose.tag,
                     "rows": rows,
                     "end_action": f"{ctx.public_base}/c/{conversation_id}/end",
-                    "lang": lang,
-                    "tenant": ctx.tenant,
-                    "prefix": tenant_prefix(ctx.tenant),
                 },
-                headers=TOKEN_PAGE_HEADERS,
+                tenant=ctx.tenant,
+                lang=lang,
+                carries_token=True,
             )
 
         @router.post("/c/{conversation_id}/end", response_class=RedirectResponse, status_code=303)
