@@ -102,11 +102,16 @@ class Conversations:
         )
 
     async def create(
-        self, purpose: Purpose, comm_method: str, *, with_slot: bool
+        self, purpose: Purpose, comm_method: str, *, with_slot: bool, unidentified: bool = False
     ) -> tuple[str, str | None]:
-        """Create a conversation; return its id and, if asked, a fresh attr_url slot secret."""
-        slot = secrets.token_urlsafe(32) if with_slot else None
+        """Create a conversation; return its id and, if asked, a fresh attr_url slot secret.
+
+        An unidentified conversation goes straight to ``waiting``: no attributes will come.
+        """
+        slot = secrets.token_urlsafe(32) if with_slot and not unidentified else None
         row = self._row(purpose, comm_method, slot)
+        if unidentified:
+            row.values["state"] = change("created", "waiting")
         await self._db.run(row.insert, write=True)
         return row.id, slot
 

@@ -78,6 +78,15 @@ _START_BODY = {
                         },
                         {
                             "type": "object",
+                            "title": "StartRequestUnidentified",
+                            "required": ["purpose", "comm_method"],
+                            "properties": {
+                                "purpose": {"type": "string"},
+                                "comm_method": {"type": "string"},
+                            },
+                        },
+                        {
+                            "type": "object",
                             "title": "StartRequestCommOnly",
                             "required": ["purpose", "auth_result", "comm_method"],
                             "properties": {
@@ -296,6 +305,22 @@ class Core:
             purpose, auth, started["client_url"], attr_url if isinstance(attr_url, str) else None
         )
 
+    async def start_unidentified(self, body: Mapping[str, object]) -> str:
+        """Talk without identifying: only the channel starts (where the purpose allows it).
+
+        An extension of the original protocol: the comm plugin gets ``"unidentified": true``,
+        which original plugins ignore.
+        """
+        purpose = self._purpose(body.get("purpose"))
+        comm = self._comm(purpose, body.get("comm_method"))
+        if not purpose.allow_unidentified:
+            raise MethodNotAllowedForPurposeError("This topic needs identification")
+        started = await self._call(
+            f"{self._url('comm', comm)}/start_communication",
+            {"purpose": purpose.tag, "unidentified": True},
+        )
+        return str(started["client_url"])
+
     async def start_comm_only(self, body: Mapping[str, object]) -> str:
         purpose = self._purpose(body.get("purpose"))
         comm = self._comm(purpose, body.get("comm_method"))
@@ -395,6 +420,13 @@ class Core:
                     isinstance(body.get(k), str) for k in ("purpose", "auth_result", "comm_method")
                 ):
                     client_url = await self.start_comm_only(body)
+                elif (
+                    isinstance(body.get("purpose"), str)
+                    and isinstance(body.get("comm_method"), str)
+                    and "auth_method" not in body
+                    and "auth_result" not in body
+                ):
+                    client_url = await self.start_unidentified(body)
                 else:
                     raise InvalidStartRequestError(
                         "Send purpose, auth_method and comm_method, "
@@ -410,7 +442,11 @@ class Core:
                 client_url = await self.start_auth_only(token)
             elif media == "application/x-www-form-urlencoded":
                 form = _form(raw)
-                client_url = await self.start_full(form)
+                # The topic page's "without identifying" choice sends an empty auth_method.
+                if "auth_method" in form:
+                    client_url = await self.start_full(form)
+                else:
+                    client_url = await self.start_unidentified(form)
             else:
                 raise UnsupportedMediaTypeError(
                     "Use application/json, application/jwt or application/x-www-form-urlencoded"

@@ -123,6 +123,8 @@ class Purpose(_Model):
     eligibility: tuple[EligibilityRule, ...] = ()
     retention_minutes: int = Field(default=120, gt=0, le=7 * 24 * 60)
     idle_minutes: int = Field(default=15, gt=0, le=24 * 60)
+    allow_unidentified: bool = False
+    """Offer "talk without identifying" for this topic (the agent then sees no data)."""
 
 
 class Keys(_Model):

@@ -23,6 +23,8 @@ TEXT: dict[str, dict[str, str]] = {
         "why": "Waarom",
         "kept": "Hoe lang",
         "how_identify": "Hoe wilt u zich identificeren?",
+        "without_identifying": "Zonder identificeren (de medewerker ziet geen gegevens)",
+        "unidentified_possible": "Ook zonder identificeren mogelijk",
         "how_talk": "Hoe wilt u contact?",
         "start": "Verder",
         "no_purposes": "Er zijn nog geen onderwerpen ingesteld.",
@@ -65,6 +67,8 @@ TEXT: dict[str, dict[str, str]] = {
         "why": "Why",
         "kept": "How long",
         "how_identify": "How do you want to identify?",
+        "without_identifying": "Without identifying (the agent sees no data)",
+        "unidentified_possible": "Also possible without identifying",
         "how_talk": "How do you want to talk?",
         "start": "Continue",
         "no_purposes": "No topics have been configured yet.",
@@ -185,7 +189,10 @@ def citizen_router(
                 (tenant.attribute_label(r.attribute, lang), ", ".join(r.one_of))
                 for r in p.eligibility
             ],
-            "available": bool(options.auth_methods and options.comm_methods),
+            "unidentified": p.allow_unidentified,
+            "available": bool(
+                options.comm_methods and (options.auth_methods or p.allow_unidentified)
+            ),
         }
 
     async def index(request: Request) -> HTMLResponse:

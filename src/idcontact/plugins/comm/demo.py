@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from idcontact.conversations import Conversations
 from idcontact.errors import (
     ConfigError,
+    MethodNotAllowedForPurposeError,
     UnknownPurposeError,
     UnsupportedMediaTypeError,
 )
@@ -28,6 +29,8 @@ MAX_TOKEN = 60_000
 class StartCommRequest(BaseModel):
     purpose: str = Field(max_length=64)
     auth_result: str | None = Field(default=None, max_length=MAX_TOKEN)
+    unidentified: bool = False
+    """Talk without identifying (our extension; the core sends it only where allowed)."""
 
 
 class StartCommResponse(BaseModel):
@@ -71,8 +74,10 @@ class DemoCommPlugin:
                     purpose, tag, body.auth_result
                 )
                 return StartCommResponse(client_url=f"{ctx.public_base}/c/{conversation_id}")
+            if body.unidentified and not purpose.allow_unidentified:
+                raise MethodNotAllowedForPurposeError("This topic needs identification")
             conversation_id, slot = await conversations.create(
-                purpose, tag, with_slot=self._use_attr_url
+                purpose, tag, with_slot=self._use_attr_url, unidentified=body.unidentified
             )
             if slot is None:
                 return StartCommResponse(client_url=f"{ctx.public_base}/c/{conversation_id}")
