@@ -54,3 +54,14 @@ async def test_pages_have_no_third_party_resources(make_app: AppFactory) -> None
         assert "http://" not in response.text.replace('href="http://testserver', "")
         assert "https://" not in response.text
         assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+async def test_accessibility_statement_per_tenant_and_language(make_app: AppFactory) -> None:
+    inst: Instance = await make_app()
+    page = await inst.client.get("/accessibility")
+    assert page.status_code == 200
+    assert "Toegankelijkheidsverklaring" in page.text and "WCAG 2.1" in page.text
+    assert "nog niet onafhankelijk onderzocht" in page.text  # no claim we cannot back
+    english = await inst.client.get("/accessibility?lang=en")
+    assert "Accessibility statement" in english.text
+    assert 'href="/accessibility?lang=nl"' in (await inst.client.get("/")).text

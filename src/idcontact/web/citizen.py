@@ -57,6 +57,21 @@ TEXT: dict[str, dict[str, str]] = {
         "hours": "{n} uur",
         "days": "{n} dagen",
         "back": "Terug naar de onderwerpen",
+        "a11y_link": "Toegankelijkheid",
+        "a11y_title": "Toegankelijkheidsverklaring",
+        "a11y_intro": "{name} wil dat iedereen deze pagina's kan gebruiken, ook met een "
+        "schermlezer, alleen een toetsenbord of vergroting.",
+        "a11y_status_title": "Stand van zaken",
+        "a11y_status": "Deze pagina's zijn gebouwd volgens WCAG 2.1 niveau AA, maar zijn nog niet "
+        "onafhankelijk onderzocht. Tot dat onderzoek is gedaan, voldoen ze mogelijk niet volledig.",
+        "a11y_measures_title": "Wat we doen",
+        "a11y_measures": "Eenvoudige taal (B1) in het Nederlands, en Engels als keuze|Werkt "
+        "zonder JavaScript en op een telefoon|Zichtbare focus en een logische volgorde voor het "
+        "toetsenbord|Geen inhoud van andere websites|Elke manier van contact blijft bestaan: u "
+        "kunt ook bellen of langskomen zonder deze pagina's",
+        "a11y_contact_title": "Lukt het niet?",
+        "a11y_contact": "Neem contact op met {name} op de manier die u gewend bent. Meld ook wat "
+        "niet werkte, dan lossen we het op.",
     },
     "en": {
         "title": "Contact the municipality",
@@ -101,6 +116,20 @@ TEXT: dict[str, dict[str, str]] = {
         "hours": "{n} hours",
         "days": "{n} days",
         "back": "Back to the topics",
+        "a11y_link": "Accessibility",
+        "a11y_title": "Accessibility statement",
+        "a11y_intro": "{name} wants everyone to be able to use these pages, with a screen reader, "
+        "a keyboard only or magnification too.",
+        "a11y_status_title": "Status",
+        "a11y_status": "These pages are built to WCAG 2.1 level AA, but have not yet been audited "
+        "independently. Until that audit, they may not fully comply.",
+        "a11y_measures_title": "What we do",
+        "a11y_measures": "Plain language (B1) in Dutch, with English as an option|Works without "
+        "JavaScript and on a phone|Visible focus and a logical keyboard order|No content from "
+        "other websites|Every way of contact stays: you can also call or visit without these pages",
+        "a11y_contact_title": "Not working for you?",
+        "a11y_contact": "Contact {name} the way you are used to. Please also tell us what did not "
+        "work, so we can fix it.",
     },
 }
 
@@ -210,6 +239,14 @@ def citizen_router(
     router.add_api_route("/", index, response_class=HTMLResponse)
     if core.prefix:
         router.add_api_route("", index, response_class=HTMLResponse)
+
+    @router.get("/accessibility", response_class=HTMLResponse)
+    async def accessibility(request: Request) -> HTMLResponse:
+        """The accessibility statement (honest about its audit status)."""
+        lang = language(request, settings)
+        return render(
+            templates, request, "accessibility.html", {"t": TEXT[lang]}, tenant=tenant, lang=lang
+        )
 
     @router.get("/privacy", response_class=HTMLResponse)
     async def transparency(request: Request) -> HTMLResponse:
