@@ -136,7 +136,13 @@ def create_app(
                 clock=clock,
             )
             conversations = Conversations(
-                db, vault, reader, tenant.purpose, clock, tenant=tenant.slug
+                db,
+                vault,
+                reader,
+                tenant.purpose,
+                clock,
+                tenant=tenant.slug,
+                pseudonym_secret=keys.pseudonym_secret,
             )
         tenants[tenant.slug] = TenantServices(tenant, keys, conversations)
 

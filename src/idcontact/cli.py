@@ -281,6 +281,103 @@ def purge(config: Path | None, data_dir: Path | None) -> None:
     click.echo(f"purged {asyncio.run(run())} conversations")
 
 
+@main.group()
+def audit() -> None:
+    """The audit log: verify its hash chain, export it, answer "who saw my data?"."""
+
+
+def _audit_run(config: Path | None, data_dir: Path | None, work: Any) -> Any:
+    """Run ``work(connection, settings)`` on the database, after migrating it."""
+    from idcontact.storage.db import Database, upgrade
+
+    try:
+        settings = _load(config, data_dir)
+    except ConfigError as exc:
+        _fail(exc)
+        return None
+
+    async def run() -> Any:
+        db = Database(settings.resolved_database_url)
+        try:
+            await upgrade(db.engine)
+            return await db.run(lambda conn: work(conn, settings))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+tenant_option = click.option("--tenant", default="default", show_default=True)
+
+
+@audit.command("verify")
+@config_option
+@data_dir_option
+@tenant_option
+def audit_verify(config: Path | None, data_dir: Path | None, tenant: str) -> None:
+    """Check the tenant's hash chain; exit 1 at the first event that does not fit."""
+    from idcontact.storage.audit import verify
+
+    checked, broken = _audit_run(config, data_dir, lambda conn, _s: verify(conn, tenant))
+    if broken is not None:
+        click.echo(f"audit chain of {tenant} is BROKEN at event {broken}", err=True)
+        sys.exit(1)
+    click.echo(f"audit chain of {tenant} intact: {checked} events")
+
+
+@audit.command("export")
+@config_option
+@data_dir_option
+@tenant_option
+def audit_export(config: Path | None, data_dir: Path | None, tenant: str) -> None:
+    """Write the tenant's audit events as CSV to standard output (no attribute values)."""
+    import csv
+    from datetime import UTC, datetime
+
+    from idcontact.storage.audit import events
+
+    rows = _audit_run(config, data_dir, lambda conn, _s: list(events(conn, tenant)))
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["id", "time_utc", "actor", "action", "conversation_id", "detail"])
+    for e in rows:
+        at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="seconds")
+        writer.writerow([e.id, at, e.actor, e.action, e.conversation_id or "", e.detail])
+
+
+@audit.command("subject")
+@config_option
+@data_dir_option
+@tenant_option
+def audit_subject(config: Path | None, data_dir: Path | None, tenant: str) -> None:
+    """Who saw the data of one resident? Reads the identifying value (the BSN) from standard
+    input, never from the command line, and prints the matching events."""
+    from idcontact.keyring import load_keyring
+    from idcontact.storage.audit import events, pseudonym
+
+    value = click.prompt("identifying value", hide_input=True, err=True).strip()
+
+    def work(conn: Any, settings: Settings) -> list[Any]:
+        chosen = settings.tenant(tenant)
+        if chosen is None:
+            raise ConfigError(f"tenant: no tenant {tenant!r}")
+        subject = pseudonym(load_keyring(settings, chosen).pseudonym_secret, value)
+        found = list(events(conn, tenant))
+        mine = {e.conversation_id for e in found if json.loads(e.detail).get("subject") == subject}
+        return [e for e in found if e.conversation_id in mine]
+
+    try:
+        matching = _audit_run(config, data_dir, work)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    from datetime import UTC, datetime
+
+    for e in matching:
+        at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="seconds")
+        click.echo(f"{at}\t{e.actor}\t{e.action}\t{e.conversation_id}")
+    click.echo(f"{len(matching)} events", err=True)
+
+
 @main.command()
 def plugins() -> None:
     """List installed plugins (only those named in the configuration are ever loaded)."""

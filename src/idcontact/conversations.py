@@ -21,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES, LIVE, State, change, sources
 from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
 from idcontact.settings import Purpose
+from idcontact.storage.audit import audit, pseudonym
 from idcontact.storage.db import Database, conversations, used_tokens
-from idcontact.storage.vault import Sealed, Vault, audit
+from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
@@ -61,8 +62,10 @@ class Conversations:
         clock: Clock = time.time,
         *,
         tenant: str = "default",
+        pseudonym_secret: bytes = b"",
     ) -> None:
         self._tenant = tenant
+        self._pseudonym_secret = pseudonym_secret
         self._db = db
         self._vault = vault
         self._reader = reader
@@ -185,6 +188,11 @@ class Conversations:
                     "issued_at": received.issued_at,
                     "kid": received.kid,
                 }
+        # The resident in the audit log: a keyed pseudonym of the identifying attribute only.
+        subject: dict[str, object] = {}
+        identifying = (result.attributes or {}).get(purpose.subject_attribute or "")
+        if state == "authenticated" and identifying and self._pseudonym_secret:
+            subject = {"subject": pseudonym(self._pseudonym_secret, identifying)}
         sealed: Sealed | None = None
         if payload is not None:
             # The data key goes to the key store before the transaction; removed on failure.
@@ -224,7 +232,8 @@ class Conversations:
                 "system",
                 f"conversation.{state}",
                 conversation_id,
-                {"attribute_names": sorted(purpose.attributes)},
+                {"attribute_names": sorted(purpose.attributes), **subject},
+                tenant=self._tenant,
             )
 
         try:
@@ -248,7 +257,10 @@ class Conversations:
             conn.execute(
                 update(conversations).where(self._mine(conversation_id)).values(last_activity=now)
             )
-            return row, self._vault.fetch(conn, conversation_id, actor=actor, at=now)
+            sealed = self._vault.fetch(
+                conn, conversation_id, actor=actor, at=now, tenant=self._tenant
+            )
+            return row, sealed
 
         row, sealed = await self._db.run(work, write=True)
         if row is None:
@@ -274,7 +286,7 @@ class Conversations:
             )
             if ended.rowcount != 1:  # ended meanwhile, by someone else
                 change("ended", "ended")
-            audit(conn, now, actor, "conversation.ended", conversation_id)
+            audit(conn, now, actor, "conversation.ended", conversation_id, tenant=self._tenant)
 
         await self._db.run(work, write=True)
 
@@ -312,7 +324,14 @@ class Conversations:
                     .where(conversations.c.id == conversation_id)
                     .values(state="purged", slot_hash=None)
                 )
-                audit(conn, now, "sweeper", "conversation.purged", conversation_id)
+                audit(
+                    conn,
+                    now,
+                    "sweeper",
+                    "conversation.purged",
+                    conversation_id,
+                    tenant=self._tenant,
+                )
 
             await self._db.run(mark, write=True)
 
@@ -337,6 +356,7 @@ class _NewRow:
             "conversation.created",
             self.id,
             {"purpose": self.values["purpose"], "comm": self.values["comm_method"]},
+            tenant=str(self.values["tenant"]),
         )
 
     @property

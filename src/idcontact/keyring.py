@@ -6,6 +6,8 @@ files 0600): the demo keys of the embedded mode. A production configuration name
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ class KeyRing:
     authonly_request_keys: dict[str, JoseKey] = field(default_factory=dict)
     requestor: JoseKey | None = None
     internal_secret: bytes = b""
+    pseudonym_secret: bytes = b""
 
     @property
     def internal_key(self) -> OctKey:
@@ -95,6 +98,7 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
         m.signature_key.load() for m in tenant.auth_methods if m.signature_key is not None
     ]
     ui = (k.ui_signing or _demo_pair(settings, tenant, "ui-signing")[0]).load()
+    internal = _internal_secret(settings)
     return KeyRing(
         signing=signing,
         signing_kid=signing_kid,
@@ -106,5 +110,10 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
         ui_kid=kid_for(ui),
         authonly_request_keys={kid: c.load() for kid, c in k.authonly_request_keys.items()},
         requestor=k.requestor.load() if k.requestor else None,
-        internal_secret=_internal_secret(settings),
+        internal_secret=internal,
+        pseudonym_secret=(
+            tenant.pseudonym_secret.get_secret_value().encode()
+            if tenant.pseudonym_secret
+            else hmac.new(internal, b"pseudonym:" + tenant.slug.encode(), hashlib.sha256).digest()
+        ),
     )

@@ -125,6 +125,9 @@ class Purpose(_Model):
     idle_minutes: int = Field(default=15, gt=0, le=24 * 60)
     allow_unidentified: bool = False
     """Offer "talk without identifying" for this topic (the agent then sees no data)."""
+    subject_attribute: str | None = None
+    """The attribute that identifies the resident (e.g. ``bsn``); the audit log keeps only a
+    keyed pseudonym of it, so "who saw my data?" can be answered without keeping it."""
 
 
 class Keys(_Model):
@@ -176,6 +179,10 @@ class TenantFields(_Model):
     logo: str = Field(default="", pattern=r"^(/[^\s\"'<>]*)?$")
     """Path of the logo on this instance (``/static/…``); no third-party hosts."""
     design: Design = Design()
+    pseudonym_secret: SecretStr | None = None
+    """Keys the residents' pseudonyms in the audit log (≥ 32 characters). Unset: derived from
+    the internal secret and the slug; set it in production, since rotating the internal secret
+    would change the pseudonyms."""
     keys: Keys = Keys()
     attribute_labels: dict[str, Labels] = Field(default_factory=dict)
     auth_methods: tuple[AuthMethod, ...] = ()
@@ -183,6 +190,13 @@ class TenantFields(_Model):
     purposes: tuple[Purpose, ...] = ()
     plugins: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     """Per-method plugin settings: ``[plugins.auth.<tag>]``, ``[plugins.comm.<tag>]``."""
+
+    @field_validator("pseudonym_secret")
+    @classmethod
+    def _pseudonym_secret_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TenantFields:
@@ -217,6 +231,11 @@ class TenantFields(_Model):
                     if tag not in comm:
                         raise ValueError(f"purposes[{i}].allowed_comm: unknown comm method {tag!r}")
                 allowed_comm = p.allowed_comm
+            if p.subject_attribute is not None and p.subject_attribute not in p.attributes:
+                raise ValueError(
+                    f"purposes[{i}].subject_attribute: {p.subject_attribute!r} is not one of the "
+                    "purpose's attributes"
+                )
             for j, rule in enumerate(p.eligibility):
                 if rule.attribute not in p.attributes:
                     raise ValueError(

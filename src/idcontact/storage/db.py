@@ -74,8 +74,12 @@ audit_events = Table(
     Column("actor", String(100), nullable=False),
     Column("action", String(50), nullable=False),
     Column("conversation_id", String(32), nullable=True, index=True),
-    # JSON with names and numbers only, never attribute values.
+    # JSON with names, numbers and pseudonyms only, never attribute values.
     Column("detail", Text, nullable=False, default="{}"),
+    Column("tenant", String(64), nullable=False, server_default="default"),
+    # The hash chain (storage/audit.py).
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
 )
 
 

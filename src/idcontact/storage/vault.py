@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, delete, insert, select
 
 from idcontact.errors import VaultError
-from idcontact.storage.db import Database, audit_events, vault_entries
+from idcontact.storage.audit import audit
+from idcontact.storage.db import Database, vault_entries
 from idcontact.storage.keystore import KeyStore
 
 Clock = Callable[[], float]
@@ -75,7 +76,7 @@ class Vault:
         await self._keys.delete(conversation_id)
 
     def fetch(
-        self, conn: Connection, conversation_id: str, *, actor: str, at: float
+        self, conn: Connection, conversation_id: str, *, actor: str, at: float, tenant: str
     ) -> Sealed | None:
         """The stored ciphertext, in the caller's transaction; the read is audited there."""
         row = conn.execute(
@@ -85,7 +86,7 @@ class Vault:
         ).first()
         if row is None:
             return None
-        audit(conn, at, actor, "attributes.view", conversation_id)
+        audit(conn, at, actor, "attributes.view", conversation_id, tenant=tenant)
         return Sealed(conversation_id, row.nonce, row.ciphertext)
 
     async def open(self, sealed: Sealed) -> dict[str, object] | None:
@@ -112,23 +113,3 @@ class Vault:
             )
 
         await self._db.run(work, write=True)
-
-
-def audit(
-    conn: Connection,
-    at: float,
-    actor: str,
-    action: str,
-    conversation_id: str | None,
-    detail: Mapping[str, object] | None = None,
-) -> None:
-    """Append an audit event. ``detail`` holds names and numbers, never attribute values."""
-    conn.execute(
-        insert(audit_events).values(
-            at=at,
-            actor=actor,
-            action=action,
-            conversation_id=conversation_id,
-            detail=json.dumps(dict(detail or {}), separators=(",", ":")),
-        )
-    )

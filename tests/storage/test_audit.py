@@ -1,0 +1,124 @@
+"""The audit log: a hash chain per tenant, and residents only as keyed pseudonyms."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from idcontact.cli import DEMO_CONFIG, main
+from idcontact.storage.audit import verify
+from tests.conftest import CANARY_BSN, AppFactory, Instance
+from tests.flows.test_core_flows import JSON, issue
+
+
+async def run_conversation(instance: Instance, bsn: str = CANARY_BSN) -> str:
+    token = issue(instance, {"fullname": "Ada", "bsn": bsn})
+    body = {"purpose": "report_move", "auth_result": token, "comm_method": "demo"}
+    response = await instance.client.post("/start", json=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    conversation_id = str(response.json()["client_url"].rsplit("/", 1)[1])
+    assert instance.services.conversations is not None
+    await instance.services.conversations.attributes(conversation_id, actor="agent:7")
+    await instance.services.conversations.end(conversation_id, actor="agent:7")
+    return conversation_id
+
+
+async def chain(instance: Instance, tenant: str = "default") -> tuple[int, int | None]:
+    assert instance.services.db is not None
+    result: tuple[int, int | None] = await instance.services.db.run(
+        lambda conn: verify(conn, tenant)
+    )
+    return result
+
+
+async def execute(instance: Instance, sql: str, **params: Any) -> list[Any]:
+    assert instance.services.engine is not None
+    async with instance.services.engine.begin() as conn:
+        result = await conn.execute(text(sql), params)
+        return list(result.all()) if result.returns_rows else []
+
+
+@pytest.mark.anyio
+async def test_the_chain_holds_and_shows_tampering(make_app: AppFactory, database: str) -> None:
+    inst: Instance = await make_app(database=database)
+    await run_conversation(inst)
+    await run_conversation(inst, "123456782")
+    checked, broken = await chain(inst)
+    assert checked >= 8 and broken is None
+    rows = await execute(inst, "SELECT id FROM audit_events ORDER BY id")
+    middle = rows[len(rows) // 2].id
+    # A curious insider edits who looked at the data...
+    await execute(inst, "UPDATE audit_events SET actor = 'nobody' WHERE id = :i", i=middle)
+    assert (await chain(inst))[1] == middle
+    # ...or removes the event: the next one no longer fits.
+    await execute(inst, "DELETE FROM audit_events WHERE id = :i", i=middle)
+    assert (await chain(inst))[1] == rows[len(rows) // 2 + 1].id
+
+
+@pytest.mark.anyio
+async def test_residents_appear_only_as_a_pseudonym(make_app: AppFactory) -> None:
+    inst: Instance = await make_app()
+    first = await run_conversation(inst)
+    second = await run_conversation(inst)
+    other = await run_conversation(inst, "123456782")
+    rows = await execute(
+        inst,
+        "SELECT conversation_id, detail FROM audit_events "
+        "WHERE action = 'conversation.authenticated'",
+    )
+    subjects = {r.conversation_id: r.detail for r in rows}
+    assert CANARY_BSN not in " ".join(subjects.values())
+    import json
+
+    pseudonyms = {cid: json.loads(d)["subject"] for cid, d in subjects.items()}
+    assert pseudonyms[first] == pseudonyms[second] != pseudonyms[other]
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_verify_export_and_subject(tmp_path: Path) -> None:
+    import asyncio
+
+    data = tmp_path / "data"
+
+    async def seed() -> None:
+        from idcontact.app import create_app, services_of
+        from idcontact.settings import load_settings
+
+        settings = load_settings(DEMO_CONFIG, {"data_dir": data, "public_url": "http://testserver"})
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            import httpx
+
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+            ) as client:
+                inst = Instance(app, client, services_of(app), settings)
+                await run_conversation(inst)
+                await run_conversation(inst, "123456782")
+
+    asyncio.run(seed())
+    runner = CliRunner()
+    verified = runner.invoke(main, ["audit", "verify", "--data-dir", str(data)])
+    assert verified.exit_code == 0, verified.output
+    assert "intact" in verified.stdout
+
+    exported = runner.invoke(main, ["audit", "export", "--data-dir", str(data)])
+    table = list(csv.reader(io.StringIO(exported.stdout)))
+    assert table[0][:3] == ["id", "time_utc", "actor"]
+    assert any(row[2] == "agent:7" and row[3] == "attributes.view" for row in table[1:])
+    assert CANARY_BSN not in exported.stdout
+
+    # "Who saw my data?": the BSN comes in on stdin, never on the command line.
+    answer = runner.invoke(
+        main, ["audit", "subject", "--data-dir", str(data)], input=f"{CANARY_BSN}\n"
+    )
+    assert answer.exit_code == 0, answer.output
+    views = [line for line in answer.stdout.splitlines() if "attributes.view" in line]
+    assert len(views) == 1 and "agent:7" in views[0]  # only this resident's conversation
+    assert CANARY_BSN not in answer.stdout
