@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from idcontact.logs import quiet_libraries
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.sealing import Sealer
 from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
+from idcontact.storage.audit import seal
 from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.vault import Vault
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 SWEEP_INTERVAL = 30.0
+SEAL_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -148,19 +151,20 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        sweeper: asyncio.Task[None] | None = None
         if db is not None and settings.auto_migrate:
             await upgrade(db.engine)
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
-        if stores:
-            sweeper = asyncio.create_task(_sweep(stores))
+        tasks: list[asyncio.Task[None]] = []
+        if stores and db is not None:
+            tasks.append(asyncio.create_task(_sweep(stores)))
+            tasks.append(asyncio.create_task(_seal(db, list(tenants))))
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await task
             await http.aclose()
             if keystore is not None:
                 await keystore.close()
@@ -270,6 +274,17 @@ def services_of(app: FastAPI) -> Services:
     if not isinstance(services, Services):
         raise TypeError("not an ID Contact app")
     return services
+
+
+async def _seal(db: Database, tenants: Sequence[str]) -> None:
+    """Link new audit events into each tenant's hash chain, about once a second."""
+    while True:
+        try:
+            for tenant in tenants:
+                await db.run(functools.partial(seal, tenant=tenant), write=True)
+        except Exception:
+            log.exception("audit sealing failed")
+        await asyncio.sleep(SEAL_INTERVAL)
 
 
 async def _sweep(stores: Sequence[Conversations]) -> None:

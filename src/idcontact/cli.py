@@ -316,13 +316,17 @@ tenant_option = click.option("--tenant", default="default", show_default=True)
 @tenant_option
 def audit_verify(config: Path | None, data_dir: Path | None, tenant: str) -> None:
     """Check the tenant's hash chain; exit 1 at the first event that does not fit."""
-    from idcontact.storage.audit import verify
+    from idcontact.storage.audit import seal, verify
 
-    checked, broken = _audit_run(config, data_dir, lambda conn, _s: verify(conn, tenant))
-    if broken is not None:
-        click.echo(f"audit chain of {tenant} is BROKEN at event {broken}", err=True)
+    def work(conn: Any, _settings: Settings) -> Any:
+        seal(conn, tenant)  # what the running service does every second
+        return verify(conn, tenant)
+
+    verdict = _audit_run(config, data_dir, work)
+    if verdict.broken_at is not None:
+        click.echo(f"audit chain of {tenant} is BROKEN at event {verdict.broken_at}", err=True)
         sys.exit(1)
-    click.echo(f"audit chain of {tenant} intact: {checked} events")
+    click.echo(f"audit chain of {tenant} intact: {verdict.checked} events")
 
 
 @audit.command("export")

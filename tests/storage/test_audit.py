@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from idcontact.cli import DEMO_CONFIG, main
-from idcontact.storage.audit import verify
+from idcontact.storage.audit import Verdict, seal, verify
 from tests.conftest import CANARY_BSN, AppFactory, Instance
 from tests.flows.test_core_flows import JSON, issue
 
@@ -29,11 +29,15 @@ async def run_conversation(instance: Instance, bsn: str = CANARY_BSN) -> str:
     return conversation_id
 
 
-async def chain(instance: Instance, tenant: str = "default") -> tuple[int, int | None]:
+async def chain(instance: Instance, tenant: str = "default") -> Verdict:
+    """Seal what is new (as the service does every second), then verify."""
     assert instance.services.db is not None
-    result: tuple[int, int | None] = await instance.services.db.run(
-        lambda conn: verify(conn, tenant)
-    )
+
+    def work(conn: Any) -> Verdict:
+        seal(conn, tenant)
+        return verify(conn, tenant)
+
+    result: Verdict = await instance.services.db.run(work, write=True)
     return result
 
 
@@ -49,16 +53,43 @@ async def test_the_chain_holds_and_shows_tampering(make_app: AppFactory, databas
     inst: Instance = await make_app(database=database)
     await run_conversation(inst)
     await run_conversation(inst, "123456782")
-    checked, broken = await chain(inst)
-    assert checked >= 8 and broken is None
-    rows = await execute(inst, "SELECT id FROM audit_events ORDER BY id")
+    verdict = await chain(inst)
+    assert verdict.checked >= 8 and verdict.broken_at is None and verdict.unsealed == 0
+    rows = await execute(inst, "SELECT id FROM audit_events ORDER BY seq")
     middle = rows[len(rows) // 2].id
     # A curious insider edits who looked at the data...
     await execute(inst, "UPDATE audit_events SET actor = 'nobody' WHERE id = :i", i=middle)
-    assert (await chain(inst))[1] == middle
+    assert (await chain(inst)).broken_at == middle
     # ...or removes the event: the next one no longer fits.
     await execute(inst, "DELETE FROM audit_events WHERE id = :i", i=middle)
-    assert (await chain(inst))[1] == rows[len(rows) // 2 + 1].id
+    assert (await chain(inst)).broken_at == rows[len(rows) // 2 + 1].id
+
+
+@pytest.mark.anyio
+async def test_events_are_appended_without_a_lock_and_sealed_in_order(tmp_path: Path) -> None:
+    from idcontact.storage.audit import audit
+    from idcontact.storage.db import Database, upgrade
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'audit.sqlite3'}")
+    await upgrade(db.engine)
+    try:
+        for n in range(3):
+            await db.run(
+                lambda conn, n=n: audit(
+                    conn, float(n), "agent:1", "attributes.view", "c", tenant="t"
+                ),
+                write=True,
+            )
+        before = await db.run(lambda conn: verify(conn, "t"))
+        assert (before.checked, before.unsealed) == (0, 3)
+        assert await db.run(lambda conn: seal(conn, "t"), write=True) == 3
+        assert await db.run(lambda conn: seal(conn, "t"), write=True) == 0  # idempotent
+        after = await db.run(lambda conn: verify(conn, "t"))
+        assert (after.checked, after.broken_at, after.unsealed) == (3, None, 0)
+        other = await db.run(lambda conn: verify(conn, "u"))  # chains are per tenant
+        assert other.checked == 0
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.anyio

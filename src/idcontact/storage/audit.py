@@ -1,10 +1,11 @@
 """The audit log: who did what to which conversation, never with attribute values.
 
-Each tenant's events form a hash chain: every event stores the SHA-256 of the previous event's
-hash and its own content, so a changed, inserted or removed event shows up when the chain is
-verified (``idcontact audit verify``). Residents appear only as a keyed pseudonym (HMAC of the
-identifying attribute with a per-tenant secret), so "who saw my data?" (GDPR art. 15) can be
-answered without keeping the BSN.
+Each tenant's events form a hash chain. A sealer links every committed event, in order, with
+the SHA-256 of the previous event's hash and its own content, within a second or so; a changed,
+inserted or removed event then shows when the chain is verified (``idcontact audit verify``).
+Appending stays lock-free; only the sealer is serialised. Residents appear only as a keyed
+pseudonym (HMAC of the identifying attribute with a per-tenant secret), so "who saw my data?"
+(GDPR art. 15) can be answered without keeping the BSN.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from idcontact.storage.db import audit_events
 
@@ -42,20 +43,11 @@ def audit(
     *,
     tenant: str,
 ) -> None:
-    """Append an event to the tenant's chain, in the caller's transaction.
+    """Append an event, in the caller's transaction; :func:`seal` links it into the chain.
 
-    ``detail`` holds names, numbers and pseudonyms, never attribute values.
+    ``detail`` holds names, numbers and pseudonyms, never attribute values. Appending takes no
+    lock, so busy conversations never queue behind the audit log.
     """
-    if conn.dialect.name == "postgresql":
-        # One writer per chain at a time; SQLite has one writer anyway.
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "audit:" + tenant})
-    prev = conn.execute(
-        select(audit_events.c.hash)
-        .where(audit_events.c.tenant == tenant)
-        .order_by(audit_events.c.id.desc())
-        .limit(1)
-    ).scalar()
-    detail_json = json.dumps(dict(detail or {}), separators=(",", ":"), sort_keys=True)
     conn.execute(
         insert(audit_events).values(
             tenant=tenant,
@@ -63,11 +55,48 @@ def audit(
             actor=actor,
             action=action,
             conversation_id=conversation_id,
-            detail=detail_json,
-            prev_hash=prev,
-            hash=_chain(prev, _content(tenant, at, actor, action, conversation_id, detail_json)),
+            detail=json.dumps(dict(detail or {}), separators=(",", ":"), sort_keys=True),
         )
     )
+
+
+def seal(conn: Connection, tenant: str, limit: int = 5000) -> int:
+    """Link committed, unsealed events into the tenant's chain, in id order; returns how many.
+
+    One sealer at a time per tenant (a PostgreSQL advisory lock; SQLite has one writer). An
+    event that commits late is simply sealed in a later pass: the chain order is ``seq``.
+    """
+    if conn.dialect.name == "postgresql":
+        got = conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": "audit:" + tenant}
+        ).scalar()
+        if not got:
+            return 0
+    head = conn.execute(
+        select(audit_events.c.seq, audit_events.c.hash)
+        .where(audit_events.c.tenant == tenant, audit_events.c.seq.is_not(None))
+        .order_by(audit_events.c.seq.desc())
+        .limit(1)
+    ).first()
+    seq, prev = (int(head.seq), head.hash) if head else (0, None)
+    rows = conn.execute(
+        select(audit_events)
+        .where(audit_events.c.tenant == tenant, audit_events.c.seq.is_(None))
+        .order_by(audit_events.c.id)
+        .limit(limit)
+    ).all()
+    for r in rows:
+        seq += 1
+        digest = _chain(
+            prev, _content(tenant, r.at, r.actor, r.action, r.conversation_id, r.detail)
+        )
+        conn.execute(
+            update(audit_events)
+            .where(audit_events.c.id == r.id)
+            .values(seq=seq, prev_hash=prev, hash=digest)
+        )
+        prev = digest
+    return len(rows)
 
 
 @dataclass(frozen=True)
@@ -88,20 +117,38 @@ def events(conn: Connection, tenant: str) -> Iterator[Event]:
         yield Event(r.id, r.at, r.actor, r.action, r.conversation_id, r.detail)
 
 
-def verify(conn: Connection, tenant: str) -> tuple[int, int | None]:
-    """Walk the chain: (events checked, id of the first event that does not fit or ``None``)."""
+@dataclass(frozen=True)
+class Verdict:
+    checked: int
+    broken_at: int | None
+    """Id of the first sealed event that does not fit the chain, or ``None``."""
+    unsealed: int
+    """Events not linked yet (normal for a second or so; a sealer that is down otherwise)."""
+
+
+def verify(conn: Connection, tenant: str) -> Verdict:
+    """Walk the tenant's chain in ``seq`` order and check every link."""
     rows = conn.execute(
-        select(audit_events).where(audit_events.c.tenant == tenant).order_by(audit_events.c.id)
+        select(audit_events)
+        .where(audit_events.c.tenant == tenant, audit_events.c.seq.is_not(None))
+        .order_by(audit_events.c.seq)
     ).all()
+    unsealed = conn.execute(
+        select(func.count())
+        .select_from(audit_events)
+        .where(audit_events.c.tenant == tenant, audit_events.c.seq.is_(None))
+    ).scalar_one()
     prev: str | None = rows[0].prev_hash if rows else None  # older events may be retired
+    expected_seq = int(rows[0].seq) if rows else 0
     for count, r in enumerate(rows):
-        expected = _chain(
+        digest = _chain(
             prev, _content(tenant, r.at, r.actor, r.action, r.conversation_id, r.detail)
         )
-        if r.prev_hash != prev or r.hash != expected:
-            return count, int(r.id)
+        if r.seq != expected_seq or r.prev_hash != prev or r.hash != digest:
+            return Verdict(count, int(r.id), int(unsealed))
         prev = r.hash
-    return len(rows), None
+        expected_seq += 1
+    return Verdict(len(rows), None, int(unsealed))
 
 
 def pseudonym(secret: bytes, value: str) -> str:

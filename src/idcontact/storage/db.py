@@ -77,7 +77,8 @@ audit_events = Table(
     # JSON with names, numbers and pseudonyms only, never attribute values.
     Column("detail", Text, nullable=False, default="{}"),
     Column("tenant", String(64), nullable=False, server_default="default"),
-    # The hash chain (storage/audit.py).
+    # The hash chain (storage/audit.py), filled in by the sealer.
+    Column("seq", Integer, nullable=True),
     Column("prev_hash", String(64), nullable=True),
     Column("hash", String(64), nullable=True),
 )
