@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, select, text, update
 
 from idcontact.storage.db import audit_events
 
@@ -85,17 +85,21 @@ def seal(conn: Connection, tenant: str, limit: int = 5000) -> int:
         .order_by(audit_events.c.id)
         .limit(limit)
     ).all()
+    links = []
     for r in rows:
         seq += 1
         digest = _chain(
             prev, _content(tenant, r.at, r.actor, r.action, r.conversation_id, r.detail)
         )
+        links.append({"_id": r.id, "_seq": seq, "_prev": prev, "_hash": digest})
+        prev = digest
+    if links:  # one batched statement, however many events
         conn.execute(
             update(audit_events)
-            .where(audit_events.c.id == r.id)
-            .values(seq=seq, prev_hash=prev, hash=digest)
+            .where(audit_events.c.id == bindparam("_id"))
+            .values(seq=bindparam("_seq"), prev_hash=bindparam("_prev"), hash=bindparam("_hash")),
+            links,
         )
-        prev = digest
     return len(rows)
 
 
