@@ -10,9 +10,10 @@ import tomllib
 from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -159,6 +160,16 @@ class Keys(_Model):
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
 
 
+def _at_least_32(v: SecretStr) -> SecretStr:
+    if len(v.get_secret_value()) < 32:
+        raise ValueError("must be at least 32 characters")
+    return v
+
+
+LongSecret = Annotated[SecretStr, AfterValidator(_at_least_32)]
+"""A secret that keys an HMAC: 32 characters at the least."""
+
+
 class Design(_Model):
     """Design tokens of a tenant, in the spirit of NL Design System (validated: they reach CSS)."""
 
@@ -179,7 +190,7 @@ class TenantFields(_Model):
     logo: str = Field(default="", pattern=r"^(/[^\s\"'<>]*)?$")
     """Path of the logo on this instance (``/static/…``); no third-party hosts."""
     design: Design = Design()
-    pseudonym_secret: SecretStr | None = None
+    pseudonym_secret: LongSecret | None = None
     """Keys the residents' pseudonyms in the audit log (≥ 32 characters). Unset: derived from
     the internal secret and the slug; set it in production, since rotating the internal secret
     would change the pseudonyms."""
@@ -190,13 +201,6 @@ class TenantFields(_Model):
     purposes: tuple[Purpose, ...] = ()
     plugins: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     """Per-method plugin settings: ``[plugins.auth.<tag>]``, ``[plugins.comm.<tag>]``."""
-
-    @field_validator("pseudonym_secret")
-    @classmethod
-    def _pseudonym_secret_length(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 32:
-            raise ValueError("must be at least 32 characters")
-        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TenantFields:
@@ -299,7 +303,7 @@ class Settings(TenantFields, BaseSettings):
     keystore: Literal["auto", "sqlite", "postgres", "redis"] = "auto"
     """Where data keys live; ``auto``: a key file beside SQLite, UNLOGGED table on PostgreSQL."""
     redis_url: str | None = None
-    internal_secret: SecretStr | None = None
+    internal_secret: LongSecret | None = None
     """HMAC secret for URL state (≥ 32 characters); generated into the data dir if absent."""
     status_spelling: Literal["succes", "success"] = "succes"
     plugin_timeout: float = Field(default=5.0, gt=0, le=60)
@@ -320,13 +324,6 @@ class Settings(TenantFields, BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return v.rstrip("/")
-
-    @field_validator("internal_secret")
-    @classmethod
-    def _secret_length(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 32:
-            raise ValueError("must be at least 32 characters")
-        return v
 
     @model_validator(mode="after")
     def _tenant_slugs(self) -> Settings:
