@@ -52,15 +52,9 @@ AppFactory = Callable[..., Any]
 async def _reset_postgres(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for table in (
-            "alembic_version",
-            "conversations",
-            "vault_entries",
-            "used_tokens",
-            "audit_events",
-            "data_keys",
-        ):
-            await conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+        # Every table of every migration, present and future.
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
     await engine.dispose()
 
 

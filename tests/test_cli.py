@@ -297,3 +297,35 @@ def test_check_config_checks_each_tenants_keys(runner: CliRunner, tmp_path: Path
     result = runner.invoke(main, ["check-config", str(config)])
     assert result.exit_code == 0, result.output
     assert "2 tenant(s)" in result.stdout
+
+
+def test_agents_lifecycle_on_the_command_line(runner: CliRunner, tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    added = runner.invoke(
+        main, ["agents", "add", "anna", "--name", "Anna", "--member", "default:supervisor:*", *data]
+    )
+    assert added.exit_code == 0, added.output
+    link = added.stdout.strip().splitlines()[-1].strip()
+    assert link.startswith("http://127.0.0.1:8000/agent/enrol/")
+    code = link.rsplit("/", 1)[1]
+    database = tmp_path / "data" / "idcontact.sqlite3"
+    assert code not in database.read_bytes().decode("latin-1")  # only its hash is stored
+
+    listed = runner.invoke(main, ["agents", "list", *data])
+    assert listed.stdout.split() == ["anna", "invited", "default:supervisor:*"]
+    taken = runner.invoke(main, ["agents", "add", "anna", *data])
+    assert taken.exit_code == 1 and "taken" in taken.output
+
+    reset = runner.invoke(main, ["agents", "reset", "anna", *data])
+    assert reset.exit_code == 0 and code not in reset.stdout  # a new link
+    assert runner.invoke(main, ["agents", "disable", "anna", *data]).exit_code == 0
+    assert "disabled" in runner.invoke(main, ["agents", "list", *data]).stdout
+    assert runner.invoke(main, ["agents", "enable", "anna", *data]).exit_code == 0
+    assert "invited" in runner.invoke(main, ["agents", "list", *data]).stdout
+
+    unknown = runner.invoke(main, ["agents", "disable", "nobody", *data])
+    assert unknown.exit_code == 1 and "No such agent" in unknown.output
+    bad_role = runner.invoke(main, ["agents", "add", "bert", "--member", "default:boss:*", *data])
+    assert bad_role.exit_code == 2 and "tenant:role:queues" in bad_role.output
+    bad_tenant = runner.invoke(main, ["agents", "add", "bert", "--member", "leiden:agent:*", *data])
+    assert bad_tenant.exit_code == 2 and "unknown tenant" in bad_tenant.output

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -24,20 +26,24 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from idcontact import __version__
+from idcontact.agents.directory import AgentDirectory
 from idcontact.conversations import Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
+from idcontact.events import LocalBus
 from idcontact.keyring import KeyRing, load_keyring
 from idcontact.logs import quiet_libraries
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
+from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
-from idcontact.storage.audit import seal
+from idcontact.storage.audit import retire, seal
 from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
 from idcontact.web import problem
+from idcontact.web.agent import agent_router
 from idcontact.web.citizen import citizen_router, theme_router
 from idcontact.web.middleware import EdgeMiddleware
 
@@ -50,11 +56,12 @@ SEAL_INTERVAL = 1.0
 
 @dataclass(frozen=True)
 class TenantServices:
-    """One tenant's configuration, keys and conversation store."""
+    """One tenant's configuration, keys, conversation store and queues."""
 
     tenant: Tenant
     keys: KeyRing
     conversations: Conversations | None
+    queues: QueueService | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class Services:
     db: Database | None
     keystore: KeyStore | None
     tenants: dict[str, TenantServices]
+    bus: LocalBus
+    agents: AgentDirectory | None = None
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -122,10 +131,22 @@ def create_app(
     db: Database | None = None
     keystore: KeyStore | None = None
     vault: Vault | None = None
+    bus = LocalBus()
     if "comm" in roles:
         db = Database(settings.resolved_database_url)
         keystore = keystore_for(settings, db.engine)
         vault = Vault(db, keystore, clock)
+    directory = (
+        AgentDirectory(
+            db,
+            sealer,
+            clock=clock,
+            session_seconds=settings.agent_session_hours * 3600,
+            idle_seconds=settings.agent_idle_minutes * 60,
+        )
+        if db is not None
+        else None
+    )
     tenants: dict[str, TenantServices] = {}
     for tenant in settings.all_tenants:
         keys = keyrings[tenant.slug]
@@ -142,12 +163,13 @@ def create_app(
                 db,
                 vault,
                 reader,
-                tenant.purpose,
+                tenant,
                 clock,
-                tenant=tenant.slug,
                 pseudonym_secret=keys.pseudonym_secret,
+                bus=bus,
             )
-        tenants[tenant.slug] = TenantServices(tenant, keys, conversations)
+        queues = QueueService(conversations, bus, clock) if conversations is not None else None
+        tenants[tenant.slug] = TenantServices(tenant, keys, conversations, queues)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -156,8 +178,11 @@ def create_app(
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
         tasks: list[asyncio.Task[None]] = []
         if stores and db is not None:
-            tasks.append(asyncio.create_task(_sweep(stores)))
+            tasks.append(asyncio.create_task(_sweep(stores, directory)))
             tasks.append(asyncio.create_task(_seal(db, list(tenants))))
+        for t in tenants.values():
+            if t.queues is not None:
+                tasks.append(asyncio.create_task(t.queues.run()))
         try:
             yield
         finally:
@@ -184,7 +209,7 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
-    app.state.services = Services(settings, http, db, keystore, tenants)
+    app.state.services = Services(settings, http, db, keystore, tenants, bus, directory)
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
@@ -200,6 +225,15 @@ def create_app(
             sealer=sealer,
             plugin_classes=plugin_classes,
             clock=clock,
+        )
+
+    if db is not None and directory is not None:
+        seats = {slug: (t.tenant, t.queues) for slug, t in tenants.items() if t.queues is not None}
+        csrf_secret = hmac.new(
+            keyrings[DEFAULT_TENANT].internal_secret, b"agent-csrf", hashlib.sha256
+        ).digest()
+        app.include_router(
+            agent_router(settings, directory, seats, bus, templates, csrf_secret, clock)
         )
 
     @app.get("/healthz", include_in_schema=False)
@@ -251,6 +285,7 @@ def _mount_tenant(
                 issuer=issuer if kind == "auth" else None,
                 encrypt_to=keys.encryption_public if kind == "auth" else None,
                 conversations=services.conversations if kind == "comm" else None,
+                queues=services.queues if kind == "comm" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
             router = plugin.router
@@ -265,7 +300,7 @@ def _mount_tenant(
     if "core" in roles:
         core = Core(settings, tenant, keys, http, templates, served, clock)
         app.include_router(core.router())
-        app.include_router(citizen_router(settings, tenant, core, templates))
+        app.include_router(citizen_router(settings, tenant, core, templates, services.queues))
 
 
 def services_of(app: FastAPI) -> Services:
@@ -287,13 +322,26 @@ async def _seal(db: Database, tenants: Sequence[str]) -> None:
         await asyncio.sleep(SEAL_INTERVAL)
 
 
-async def _sweep(stores: Sequence[Conversations]) -> None:
+async def _sweep(stores: Sequence[Conversations], directory: AgentDirectory | None) -> None:
     """Purge by time, in-process, on every deployment size."""
     while True:
         try:
             purged = 0
             for conversations in stores:
                 purged += await conversations.purge_expired()
+                now = time.time()
+                days = conversations.tenant.audit_retention_days
+                await conversations.db.run(
+                    functools.partial(
+                        retire,
+                        tenant=conversations.tenant.slug,
+                        before=now - days * 86400,
+                        at=now,
+                    ),
+                    write=True,
+                )
+            if directory is not None:
+                await directory.purge()
             if purged:
                 log.info("purged conversations", extra={"count": purged})
         except Exception:

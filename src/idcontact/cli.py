@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from idcontact.errors import ConfigError
+from idcontact.errors import ConfigError, IdContactError
 from idcontact.keys import KeyConfig
 from idcontact.settings import ROLES, Role, Settings, Tenant, load_settings
 
@@ -108,6 +108,8 @@ def serve(
         "access_log": False,
         "log_config": None,
         "server_header": False,
+        # Live streams (consoles, waiting rooms) would hold a shutdown up; browsers reconnect.
+        "timeout_graceful_shutdown": 5,
     }
     if workers == 1:
         uvicorn.run(app, **options)
@@ -335,17 +337,9 @@ def audit_verify(config: Path | None, data_dir: Path | None, tenant: str) -> Non
 @tenant_option
 def audit_export(config: Path | None, data_dir: Path | None, tenant: str) -> None:
     """Write the tenant's audit events as CSV to standard output (no attribute values)."""
-    import csv
-    from datetime import UTC, datetime
+    from idcontact.storage.audit import events, write_csv
 
-    from idcontact.storage.audit import events
-
-    rows = _audit_run(config, data_dir, lambda conn, _s: list(events(conn, tenant)))
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["id", "time_utc", "actor", "action", "conversation_id", "detail"])
-    for e in rows:
-        at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="seconds")
-        writer.writerow([e.id, at, e.actor, e.action, e.conversation_id or "", e.detail])
+    write_csv(_audit_run(config, data_dir, lambda conn, _s: list(events(conn, tenant))), sys.stdout)
 
 
 @audit.command("subject")
@@ -380,6 +374,145 @@ def audit_subject(config: Path | None, data_dir: Path | None, tenant: str) -> No
         at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="seconds")
         click.echo(f"{at}\t{e.actor}\t{e.action}\t{e.conversation_id}")
     click.echo(f"{len(matching)} events", err=True)
+
+
+@main.group()
+def agents() -> None:
+    """Agent accounts of the console: add, list, reset, disable, enable."""
+
+
+def _agents_run(config: Path | None, data_dir: Path | None, work: Any) -> Any:
+    """Run ``await work(directory, settings)`` on the migrated database."""
+    from idcontact.agents.directory import AgentDirectory
+    from idcontact.keyring import load_keyring
+    from idcontact.sealing import Sealer
+    from idcontact.storage.db import Database, upgrade
+
+    try:
+        settings = _load(config, data_dir)
+    except ConfigError as exc:
+        _fail(exc)
+        return None
+    sealer = Sealer(load_keyring(settings, settings.default_tenant).internal_secret)
+
+    async def run() -> Any:
+        db = Database(settings.resolved_database_url)
+        try:
+            await upgrade(db.engine)
+            return await work(AgentDirectory(db, sealer), settings)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(run())
+    except IdContactError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+
+
+def _enrol_message(settings: Settings, username: str, code: str) -> str:
+    return (
+        f"enrolment link for {username} (valid 72 hours, once; send it privately):\n"
+        f"  {settings.public_url}/agent/enrol/{code}"
+    )
+
+
+@agents.command("add")
+@config_option
+@data_dir_option
+@click.argument("username")
+@click.option("--name", "display_name", default="", help="Name shown in the console.")
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    default=("default:agent:*",),
+    show_default=True,
+    help="tenant:role:queues (role agent, supervisor or admin; queues comma-separated or *).",
+)
+def agents_add(
+    config: Path | None,
+    data_dir: Path | None,
+    username: str,
+    display_name: str,
+    members: tuple[str, ...],
+) -> None:
+    """Create an agent and print a one-time enrolment link (password and TOTP set-up)."""
+    from idcontact.agents.directory import ROLES, Membership
+
+    memberships = []
+    for spec in members:
+        tenant, _, rest = spec.partition(":")
+        role, _, queues = rest.partition(":")
+        if role not in ROLES or not tenant:
+            raise click.BadParameter(f"{spec!r}: use tenant:role:queues", param_hint="--member")
+        memberships.append(
+            Membership(tenant, role, tuple(q for q in (queues or "*").split(",") if q))
+        )
+
+    async def work(directory: Any, settings: Settings) -> None:
+        for m in memberships:
+            if settings.tenant(m.tenant) is None:
+                raise click.BadParameter(f"unknown tenant {m.tenant!r}", param_hint="--member")
+        code = await directory.add(username, display_name, memberships)
+        click.echo(_enrol_message(settings, username, code))
+
+    _agents_run(config, data_dir, work)
+
+
+@agents.command("reset")
+@config_option
+@data_dir_option
+@click.argument("username")
+def agents_reset(config: Path | None, data_dir: Path | None, username: str) -> None:
+    """Revoke password, second factor and sessions; print a new enrolment link."""
+
+    async def work(directory: Any, settings: Settings) -> None:
+        click.echo(_enrol_message(settings, username, await directory.reset(username)))
+
+    _agents_run(config, data_dir, work)
+
+
+@agents.command("disable")
+@config_option
+@data_dir_option
+@click.argument("username")
+def agents_disable(config: Path | None, data_dir: Path | None, username: str) -> None:
+    """Block an agent at once (their sessions end)."""
+
+    async def work(directory: Any, _settings: Settings) -> None:
+        await directory.set_disabled(username, True)
+        click.echo(f"{username} disabled")
+
+    _agents_run(config, data_dir, work)
+
+
+@agents.command("enable")
+@config_option
+@data_dir_option
+@click.argument("username")
+def agents_enable(config: Path | None, data_dir: Path | None, username: str) -> None:
+    """Allow a disabled agent to log in again."""
+
+    async def work(directory: Any, _settings: Settings) -> None:
+        await directory.set_disabled(username, False)
+        click.echo(f"{username} enabled")
+
+    _agents_run(config, data_dir, work)
+
+
+@agents.command("list")
+@config_option
+@data_dir_option
+def agents_list(config: Path | None, data_dir: Path | None) -> None:
+    """Agents with their memberships (tenant:role:queues) and whether they have enrolled."""
+
+    async def work(directory: Any, _settings: Settings) -> None:
+        for a in await directory.all():
+            status = "disabled" if a["disabled"] else ("enrolled" if a["enrolled"] else "invited")
+            click.echo(f"{a['username']}\t{status}\t{' '.join(a['memberships'])}")
+
+    _agents_run(config, data_dir, work)
 
 
 @main.command()

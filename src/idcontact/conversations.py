@@ -19,10 +19,12 @@ from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES, LIVE, State, change, sources
+from idcontact.domain.queueing import HandleTime
 from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
-from idcontact.settings import Purpose
+from idcontact.events import Bus, Event
+from idcontact.settings import Purpose, Tenant
 from idcontact.storage.audit import audit, pseudonym
-from idcontact.storage.db import Database, conversations, used_tokens
+from idcontact.storage.db import Database, conversations, queue_stats, used_tokens
 from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
 
@@ -46,6 +48,35 @@ class Conversation:
     state: State
     created_at: float
     delivered_at: float | None
+    queue: str | None = None
+    channel: str | None = None
+    waiting_since: float | None = None
+    agent_id: str | None = None
+    offer_expires: float | None = None
+    connected_at: float | None = None
+    wrap_up_until: float | None = None
+    last_activity: float = 0.0
+
+    @property
+    def identified(self) -> bool:
+        return self.delivered_at is not None
+
+    def summary(self) -> dict[str, object]:
+        """What consoles are told: ids, states and times, never attributes."""
+        return {
+            "id": self.id,
+            "purpose": self.purpose,
+            "queue": self.queue,
+            "channel": self.channel,
+            "state": self.state,
+            "identified": self.identified,
+            "created_at": self.created_at,
+            "waiting_since": self.waiting_since,
+            "agent_id": self.agent_id,
+            "offer_expires": self.offer_expires,
+            "connected_at": self.connected_at,
+            "wrap_up_until": self.wrap_up_until,
+        }
 
 
 class Conversations:
@@ -58,26 +89,35 @@ class Conversations:
         db: Database,
         vault: Vault,
         reader: TokenReader,
-        purposes: Callable[[str], Purpose | None],
+        tenant: Tenant,
         clock: Clock = time.time,
         *,
-        tenant: str = "default",
         pseudonym_secret: bytes = b"",
+        bus: Bus | None = None,
     ) -> None:
-        self._tenant = tenant
+        self._config = tenant
+        self._tenant = tenant.slug
         self._pseudonym_secret = pseudonym_secret
         self._db = db
         self._vault = vault
         self._reader = reader
-        self._purposes = purposes
         self._clock = clock
+        self._bus = bus
+
+    @property
+    def tenant(self) -> Tenant:
+        return self._config
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     @property
     def vault(self) -> Vault:
         return self._vault
 
     def _purpose(self, tag: str) -> Purpose:
-        purpose = self._purposes(tag)
+        purpose = self._config.purpose(tag)
         if purpose is None:  # the purpose was removed from the configuration
             raise NotFoundError("This conversation's purpose is no longer offered")
         return purpose
@@ -88,6 +128,7 @@ class Conversations:
 
     def _row(self, purpose: Purpose, comm_method: str, slot: str | None) -> _NewRow:
         now = self._clock()
+        method = self._config.comm_method(comm_method)
         return _NewRow(
             values=dict(
                 id=new_id(),
@@ -101,6 +142,8 @@ class Conversations:
                 delivered_at=None,
                 purge_at=now + purpose.retention_minutes * 60,
                 idle_seconds=purpose.idle_minutes * 60,
+                queue=self._config.queue_of(purpose).tag,
+                channel=method.channel if method is not None else "chat",
             ),
         )
 
@@ -115,7 +158,9 @@ class Conversations:
         row = self._row(purpose, comm_method, slot)
         if unidentified:
             row.values["state"] = change("created", "waiting")
+            row.values["waiting_since"] = row.created_at
         await self._db.run(row.insert, write=True)
+        await self._changed(row.id)
         return row.id, slot
 
     async def create_with_token(self, purpose: Purpose, comm_method: str, token: str) -> str:
@@ -184,6 +229,7 @@ class Conversations:
                 payload = {
                     "attributes": attrs,
                     "session_url": result.session_url,
+                    "provenance": dict(result.provenance or {}),
                     "received_at": now,
                     "issued_at": received.issued_at,
                     "kid": received.kid,
@@ -242,6 +288,7 @@ class Conversations:
             if sealed is not None:
                 await self._vault.forget(conversation_id)
             raise
+        await self._changed(conversation_id)
         return state
 
     async def view(
@@ -271,24 +318,120 @@ class Conversations:
         """The stored attributes and their provenance (audited); ``None`` when gone."""
         return (await self.view(conversation_id, actor=actor))[1]
 
-    async def end(self, conversation_id: str, *, actor: str) -> None:
-        """End the conversation and destroy its attributes now (409 when it has ended)."""
+    async def end(self, conversation_id: str, *, actor: str, wrap_up: bool = False) -> State:
+        """End the conversation (409 when it has ended already).
+
+        With ``wrap_up``, a connected conversation first goes to wrap-up: the agent keeps the
+        data for the tenant's ``wrap_up_seconds``, then the sweeper (or the agent) destroys it.
+        Otherwise the attributes are destroyed now.
+        """
         current = await self.get(conversation_id)  # this tenant's, or NotFoundError
+        if wrap_up and current.state == "wrap_up":
+            return current.state  # already ended, from the resident's side
+        if wrap_up and current.state == "connected" and self._config.wrap_up_seconds > 0:
+            until = self._clock() + self._config.wrap_up_seconds
+            await self.transition(
+                conversation_id, "wrap_up", actor=actor, values={"wrap_up_until": until}
+            )
+            return "wrap_up"
         change(current.state, "ended")
         await self._vault.destroy(conversation_id)
+        await self.transition(conversation_id, "ended", actor=actor)
+        return "ended"
+
+    async def touch(self, conversation_id: str) -> None:
+        """The resident is still there (their waiting page is open): not idle."""
         now = self._clock()
 
         def work(conn: Connection) -> None:
-            ended = conn.execute(
-                update(conversations)
-                .where(self._mine(conversation_id), conversations.c.state.in_(sources("ended")))
-                .values(state="ended", last_activity=now)
+            conn.execute(
+                update(conversations).where(self._mine(conversation_id)).values(last_activity=now)
             )
-            if ended.rowcount != 1:  # ended meanwhile, by someone else
-                change("ended", "ended")
-            audit(conn, now, actor, "conversation.ended", conversation_id, tenant=self._tenant)
 
         await self._db.run(work, write=True)
+
+    async def transition(
+        self,
+        conversation_id: str,
+        target: State,
+        *,
+        actor: str,
+        values: dict[str, Any] | None = None,
+        where: Any = None,
+        detail: dict[str, object] | None = None,
+    ) -> Conversation:
+        """One guarded step of the lifecycle, audited and published; 409 when it cannot happen
+        now (someone else changed the conversation first), and then nothing changes."""
+        now = self._clock()
+
+        def work(conn: Connection) -> Any:
+            row = conn.execute(select(conversations).where(self._mine(conversation_id))).first()
+            if row is None:
+                raise NotFoundError("No such conversation")
+            change(row.state, target)
+            guard = [self._mine(conversation_id), conversations.c.state == row.state]
+            if where is not None:
+                guard.append(where)
+            changed = conn.execute(
+                update(conversations)
+                .where(*guard)
+                .values(state=target, last_activity=now, **(values or {}))
+            )
+            if changed.rowcount != 1:
+                change(target, target)  # raced, or the extra condition does not hold
+            if row.state == "connected" and row.connected_at is not None and row.queue:
+                self._record_handle_time(conn, row.queue, now - row.connected_at)
+            audit(
+                conn,
+                now,
+                actor,
+                f"conversation.{target}",
+                conversation_id,
+                detail,
+                tenant=self._tenant,
+            )
+            return conn.execute(select(conversations).where(self._mine(conversation_id))).one()
+
+        row = await self._db.run(work, write=True)
+        conversation = _conversation(row)
+        await self.publish(conversation)
+        return conversation
+
+    def _record_handle_time(self, conn: Connection, queue: str, seconds: float) -> None:
+        """Move the queue's average handle time (which the expected waits come from)."""
+        key = and_(queue_stats.c.tenant == self._tenant, queue_stats.c.queue == queue)
+        row = conn.execute(select(queue_stats).where(key)).first()
+        if row is None:
+            seed = next((q.handle_seconds for q in self._config.all_queues if q.tag == queue), 300)
+            moved = HandleTime(seed).add(seconds)
+            conn.execute(
+                insert(queue_stats).values(
+                    tenant=self._tenant, queue=queue, handle_seconds=moved.seconds, handled=1
+                )
+            )
+        else:
+            moved = HandleTime(row.handle_seconds).add(seconds)
+            conn.execute(
+                update(queue_stats)
+                .where(key)
+                .values(handle_seconds=moved.seconds, handled=row.handled + 1)
+            )
+
+    async def _changed(self, conversation_id: str) -> None:
+        if self._bus is not None:
+            await self.publish(await self.get(conversation_id))
+
+    async def publish(self, conversation: Conversation) -> None:
+        """Tell consoles (ids and states) and the resident (state only) about a change."""
+        if self._bus is None:
+            return
+        now = self._clock()
+        await self._bus.publish(
+            Event(self._tenant, "queue", conversation.queue or "", conversation.summary(), now)
+        )
+        await self._bus.publish(
+            Event(self._tenant, "conversation", conversation.id, {"state": conversation.state}, now)
+        )
 
     async def purge_expired(self) -> int:
         """Destroy attributes past retention or idle too long; safe to run on every instance."""
@@ -308,6 +451,10 @@ class Conversations:
                                 conversations.c.last_activity + conversations.c.idle_seconds <= now,
                             ),
                             conversations.c.state == "ended",
+                            and_(
+                                conversations.c.state == "wrap_up",
+                                conversations.c.wrap_up_until <= now,
+                            ),
                         ),
                     )
                 )
@@ -319,11 +466,13 @@ class Conversations:
             await self._vault.destroy(conversation_id)
 
             def mark(conn: Connection, conversation_id: str = conversation_id) -> None:
-                conn.execute(
+                marked = conn.execute(
                     update(conversations)
-                    .where(conversations.c.id == conversation_id)
+                    .where(conversations.c.id == conversation_id, conversations.c.state != "purged")
                     .values(state="purged", slot_hash=None)
                 )
+                if marked.rowcount != 1:
+                    return  # another instance's sweeper was first
                 audit(
                     conn,
                     now,
@@ -334,6 +483,7 @@ class Conversations:
                 )
 
             await self._db.run(mark, write=True)
+            await self._changed(conversation_id)
 
         def forget_tokens(conn: Connection) -> None:
             conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))
@@ -380,4 +530,12 @@ def _conversation(row: Any) -> Conversation:
         state=row.state,
         created_at=row.created_at,
         delivered_at=row.delivered_at,
+        queue=row.queue,
+        channel=row.channel,
+        waiting_since=row.waiting_since,
+        agent_id=row.agent_id,
+        offer_expires=row.offer_expires,
+        connected_at=row.connected_at,
+        wrap_up_until=row.wrap_up_until,
+        last_activity=row.last_activity,
     )

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 from fastapi import APIRouter, Request
@@ -40,7 +40,7 @@ from idcontact.settings import (
     Tenant,
 )
 from idcontact.tokens import sign_jwt, verify_jwt
-from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.pages import LANGUAGES, TOKEN_PAGE_HEADERS, language, render
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ _START_BODY = {
                         "purpose": {"type": "string"},
                         "auth_method": {"type": "string"},
                         "comm_method": {"type": "string"},
+                        "lang": {"type": "string", "enum": list(LANGUAGES)},
                     },
                 }
             },
@@ -295,15 +296,20 @@ class Core:
 
     # -- the four start forms -------------------------------------------------------------
 
-    async def start_full(self, body: Mapping[str, object]) -> str:
+    async def start_full(self, body: Mapping[str, object], *, lang: str | None = None) -> str:
+        """``lang``: the resident's language choice, carried to the auth and comm pages."""
         purpose = self._purpose(body.get("purpose"))
         auth = self._auth(purpose, body.get("auth_method"))
         comm = self._comm(purpose, body.get("comm_method"))
         started = await self.start_communication(purpose, comm)
         attr_url = started.get("attr_url")
-        return await self.start_authentication(
-            purpose, auth, started["client_url"], attr_url if isinstance(attr_url, str) else None
+        client_url = await self.start_authentication(
+            purpose,
+            auth,
+            with_language(str(started["client_url"]), lang),
+            attr_url if isinstance(attr_url, str) else None,
         )
+        return with_language(client_url, lang)
 
     async def start_unidentified(self, body: Mapping[str, object]) -> str:
         """Talk without identifying: only the channel starts (where the purpose allows it).
@@ -442,11 +448,20 @@ class Core:
                 client_url = await self.start_auth_only(token)
             elif media == "application/x-www-form-urlencoded":
                 form = _form(raw)
+                # The topic page's language goes along, unless it is the default anyway.
+                lang = form.get("lang")
+                chosen = (
+                    lang
+                    if isinstance(lang, str)
+                    and lang in LANGUAGES
+                    and lang != self._settings.default_language
+                    else None
+                )
                 # The topic page's "without identifying" choice sends an empty auth_method.
                 if "auth_method" in form:
-                    client_url = await self.start_full(form)
+                    client_url = await self.start_full(form, lang=chosen)
                 else:
-                    client_url = await self.start_unidentified(form)
+                    client_url = with_language(await self.start_unidentified(form), chosen)
             else:
                 raise UnsupportedMediaTypeError(
                     "Use application/json, application/jwt or application/x-www-form-urlencoded"
@@ -500,6 +515,18 @@ def _form(raw: bytes) -> dict[str, object]:
 def append_result(url: str, token: str) -> str:
     """In-band delivery: ``?result=`` or ``&result=`` when the URL has a query already."""
     return f"{url}{'&' if '?' in url else '?'}result={token}"
+
+
+def with_language(url: str, lang: str | None) -> str:
+    """``url`` with ``lang=`` in its query (http(s) URLs only; ``tel:`` stays as it is)."""
+    if lang is None:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return url
+    # Added to the query as it is (not re-encoded): a plugin's own parameters stay untouched.
+    query = f"{parts.query}&lang={lang}" if parts.query else f"lang={lang}"
+    return urlunsplit(parts._replace(query=query))
 
 
 def split_tel(uri: str) -> tuple[str, str]:

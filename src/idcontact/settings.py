@@ -29,6 +29,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from idcontact.domain.queueing import Channel, OpeningHours
 from idcontact.errors import ConfigError
 from idcontact.keys import KeyConfig
 
@@ -111,6 +112,8 @@ class AuthMethod(Method):
 
 class CommMethod(Method):
     disable_attributes_at_start: bool = False
+    channel: Channel = "chat"
+    """How the resident talks, for the queue rules: an agent holds several chats but one call."""
 
 
 class Purpose(_Model):
@@ -129,6 +132,43 @@ class Purpose(_Model):
     subject_attribute: str | None = None
     """The attribute that identifies the resident (e.g. ``bsn``); the audit log keeps only a
     keyed pseudonym of it, so "who saw my data?" can be answered without keeping it."""
+    queue: str | None = None
+    """The queue this topic's conversations wait in; unset: the tenant's first queue."""
+
+
+class Queue(_Model):
+    """A queue of waiting residents, served by the agents who are members of it."""
+
+    tag: str = Field(pattern=TAG_PATTERN)
+    name: Labels = Labels(nl="Algemeen", en="General")
+    opening_hours: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """``{mon = ["08:30-12:00", "13:00-17:00"], …}``; empty: always open."""
+    closed_dates: tuple[str, ...] = ()
+    """ISO dates on which the queue is closed (public holidays)."""
+    time_zone: str = "Europe/Amsterdam"
+    handle_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    """Seed of the moving average handle time, used until conversations have finished."""
+    max_chats: int = Field(default=3, ge=1, le=20)
+    """How many chats one agent may hold at once (never more than one call or video)."""
+    offer_seconds: int = Field(default=30, ge=5, le=600)
+    """An offer not accepted in this time returns the conversation to the head of the queue."""
+    long_wait_seconds: int = Field(default=300, ge=0, le=24 * 3600)
+    """Above this expected wait the resident is told the wait is long."""
+
+    @model_validator(mode="after")
+    def _hours(self) -> Queue:
+        # Parsed here so a typo stops start-up instead of closing the queue silently.
+        try:
+            self.hours()
+        except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"opening hours: {exc}") from None
+        return self
+
+    def hours(self) -> OpeningHours:
+        return OpeningHours.parse(dict(self.opening_hours), self.time_zone, self.closed_dates)
+
+
+GENERAL_QUEUE = Queue(tag="general")
 
 
 class Keys(_Model):
@@ -201,6 +241,14 @@ class TenantFields(_Model):
     purposes: tuple[Purpose, ...] = ()
     plugins: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     """Per-method plugin settings: ``[plugins.auth.<tag>]``, ``[plugins.comm.<tag>]``."""
+    queues: tuple[Queue, ...] = ()
+    """Queues with opening hours; unset: one queue ``general``, always open."""
+    sensitive_attributes: tuple[str, ...] = ("bsn",)
+    """Attributes masked in the agent console until the agent clicks "show" (audited)."""
+    wrap_up_seconds: int = Field(default=120, ge=0, le=3600)
+    """After a conversation ends the agent keeps its data this long (wrap-up), then it is gone."""
+    audit_retention_days: int = Field(default=365, ge=1, le=3650)
+    """Audit events older than this are deleted (the chain stays verifiable from its start)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TenantFields:
@@ -209,8 +257,12 @@ class TenantFields(_Model):
         _unique("auth_methods", [m.tag for m in self.auth_methods])
         _unique("comm_methods", [m.tag for m in self.comm_methods])
         _unique("purposes", [p.tag for p in self.purposes])
+        _unique("queues", [q.tag for q in self.queues])
+        queue_tags = [q.tag for q in self.all_queues]
         expanded: list[Purpose] = []
         for i, p in enumerate(self.purposes):
+            if p.queue is not None and p.queue not in queue_tags:
+                raise ValueError(f"purposes[{i}].queue: unknown queue {p.queue!r}")
             minimum = Assurance[p.min_assurance]
             if "*" in p.allowed_auth:
                 # The wildcard means "every method good enough for this purpose".
@@ -263,6 +315,15 @@ class TenantFields(_Model):
     def comm_method(self, tag: str) -> CommMethod | None:
         return next((m for m in self.comm_methods if m.tag == tag), None)
 
+    @property
+    def all_queues(self) -> tuple[Queue, ...]:
+        return self.queues or (GENERAL_QUEUE,)
+
+    def queue_of(self, purpose: Purpose) -> Queue:
+        """The queue a purpose's conversations wait in."""
+        tag = purpose.queue or self.all_queues[0].tag
+        return next(q for q in self.all_queues if q.tag == tag)
+
     def attribute_label(self, tag: str, lang: str) -> str:
         label = self.attribute_labels.get(tag)
         return label.get(lang) if label else tag
@@ -312,6 +373,10 @@ class Settings(TenantFields, BaseSettings):
     auto_migrate: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     default_language: Literal["nl", "en"] = "nl"
+    agent_session_hours: float = Field(default=9.0, gt=0, le=24)
+    """An agent's login lasts at most this long (one working day)."""
+    agent_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    """An agent's session ends after this long without any request."""
 
     tenants: tuple[Tenant, ...] = ()
     """Further municipalities in this deployment, each at ``/t/<slug>/``."""

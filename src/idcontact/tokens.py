@@ -105,6 +105,9 @@ class AuthResult:
     status: Literal["success", "failed"]
     attributes: Mapping[str, str] | None
     session_url: str | None = None
+    provenance: Mapping[str, str] | None = None
+    """Our extension (claim ``provenance``, ignored by original readers): how the attributes
+    were proven — ``method``, ``assurance``, ``issuer``, ``credential`` — for the agent."""
 
     def __post_init__(self) -> None:
         if self.status not in ("success", "failed"):
@@ -116,6 +119,11 @@ class AuthResult:
             object.__setattr__(self, "attributes", MappingProxyType(copied))
         if self.session_url is not None and not isinstance(self.session_url, str):
             raise TypeError("session_url must be a str")
+        if self.provenance is not None:
+            copied = dict(self.provenance)
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in copied.items()):
+                raise TypeError("provenance must map str to str")
+            object.__setattr__(self, "provenance", MappingProxyType(copied))
 
     def __repr__(self) -> str:
         names = None if self.attributes is None else sorted(self.attributes)
@@ -434,6 +442,8 @@ class TokenIssuer:
             claims["attributes"] = dict(result.attributes)
         if result.session_url is not None:
             claims["session_url"] = result.session_url
+        if result.provenance is not None:
+            claims["provenance"] = dict(result.provenance)
         claims["iat"] = now
         claims["exp"] = now + self._lifetime
         claims["jti"] = _new_jti()
@@ -578,4 +588,11 @@ def _parse_result(claims: Mapping[str, Any]) -> AuthResult:
     session_url = claims.get("session_url")
     if session_url is not None and not isinstance(session_url, str):
         raise MalformedTokenError()
-    return AuthResult(status=status, attributes=attributes, session_url=session_url)
+    provenance = claims.get("provenance")
+    if provenance is not None and not (
+        isinstance(provenance, dict) and all(isinstance(v, str) for v in provenance.values())
+    ):
+        raise MalformedTokenError()
+    return AuthResult(
+        status=status, attributes=attributes, session_url=session_url, provenance=provenance
+    )

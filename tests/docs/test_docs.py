@@ -19,6 +19,7 @@ from idcontact.settings import (
     Labels,
     LegalBasis,
     Purpose,
+    Queue,
     Settings,
     Tenant,
 )
@@ -39,6 +40,7 @@ MODELS: list[type[BaseModel]] = [
     LegalBasis,
     EligibilityRule,
     Labels,
+    Queue,
 ]
 
 

@@ -3,8 +3,9 @@
 The three processes share one TOML file and one data directory. The core reaches the plugins
 at their ``start`` URLs; the auth process delivers the attribute token server-side to the comm
 process's ``attr_url`` (built from its ``IDCONTACT_INTERNAL_URL``) and sends the browser on to
-the comm landing page. The canary attribute values must show up on the pages the resident
-sees and never in any process's log.
+the comm landing page, the waiting room. The canary attribute values show up on the consent
+page only: the waiting room names the data the agent will see, never the values, and no
+process logs them.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ START_BODY = {"purpose": PURPOSE, "auth_method": "demo", "comm_method": "demo"}
 JSON = {"Accept": "application/json"}
 PROBLEM_JSON = "application/problem+json"
 
-AUTHENTICATED_TEXT = "Uw gegevens zijn aangekomen."
+WAITING_TEXT = "U bent nummer"
+LABELS = ("<li>Naam</li>", "<li>Burgerservicenummer (BSN)</li>")
 FAILED_TEXT = "Identificeren is geannuleerd of mislukt."
-ENDED_TEXT = "Dit gesprek is beëindigd; de gegevens zijn gewist."
+ENDED_TEXT = "Dit gesprek is beëindigd; uw gegevens zijn gewist."
 
 # A compact JWE: five base64url parts separated by dots (the second may be empty, with ECDH-ES).
 JWE_PATTERN = re.compile(
@@ -114,11 +116,17 @@ def _mint_token(roles: SplitRoles) -> str:
     return issuer.issue(result, keys.encryption_public)
 
 
+def _assert_waiting(page: str) -> None:
+    """Delivered: the resident is in line; the data is named, its values are not shown."""
+    assert WAITING_TEXT in page
+    assert all(label in page for label in LABELS)
+    assert CANARY_NAME not in page
+    assert CANARY_BSN not in page
+
+
 def _share_flow(client: httpx.Client, roles: SplitRoles) -> Landing:
     landing = _confirm_and_decide(client, roles, _start_json(client, roles), "share")
-    assert AUTHENTICATED_TEXT in landing.page
-    assert CANARY_NAME in landing.page
-    assert CANARY_BSN in landing.page
+    _assert_waiting(landing.page)
     return landing
 
 
@@ -155,7 +163,7 @@ def test_cancel_flow_shows_failed(roles: SplitRoles, client: httpx.Client) -> No
     assert FAILED_TEXT in landing.page
     assert CANARY_NAME not in landing.page
     assert CANARY_BSN not in landing.page
-    assert AUTHENTICATED_TEXT not in landing.page
+    assert WAITING_TEXT not in landing.page
 
 
 @pytest.mark.parametrize("encoding", ["json", "form"])
@@ -169,8 +177,7 @@ def test_share_flow_303_without_accept_json(
     assert response.status_code == 303, response.text
     client_url = response.headers["location"]
     landing = _confirm_and_decide(client, roles, client_url, "share")
-    assert AUTHENTICATED_TEXT in landing.page
-    assert CANARY_NAME in landing.page
+    _assert_waiting(landing.page)
 
 
 def test_end_conversation_deletes_data(roles: SplitRoles, client: httpx.Client) -> None:
@@ -229,8 +236,7 @@ def test_comm_only_flow_with_auth_result(roles: SplitRoles, client: httpx.Client
     assert "result=" not in client_url
     landing = client.get(client_url)
     assert landing.status_code == 200, landing.text
-    assert AUTHENTICATED_TEXT in landing.text
-    assert CANARY_NAME in landing.text
+    _assert_waiting(landing.text)
 
 
 @pytest.mark.parametrize("token", ["replayed", "garbage"])

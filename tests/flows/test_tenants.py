@@ -80,17 +80,28 @@ async def test_flows_stay_within_their_tenant(make_app: AppFactory, tmp_path: An
     landing = await flow(inst, "/t/nijmegen", "parking_permit")
     assert landing.startswith(f"{PUBLIC}/t/nijmegen/comm/demo/c/")
     page = await inst.client.get(path_of(landing))
-    assert NIJMEGEN_CANARY in page.text
+    # Nijmegen's own waiting room: the attribute named (no label configured: its tag), not its
+    # value; first in Nijmegen's line.
+    assert "U bent nummer 1 in de rij." in page.text and "<li>fullname</li>" in page.text
+    assert NIJMEGEN_CANARY not in page.text
     conversation_id = landing.rsplit("/", 1)[1]
     # Through the default tenant's URLs the conversation does not exist at all.
     foreign = await inst.client.get(f"/comm/demo/c/{conversation_id}")
     assert foreign.status_code == 404 and NIJMEGEN_CANARY not in foreign.text
     ended = await inst.client.post(f"/comm/demo/c/{conversation_id}/end")
     assert ended.status_code == 404
-    assert NIJMEGEN_CANARY in (await inst.client.get(path_of(landing))).text  # still there
-    # The default tenant's flow works beside it, with its own demo data.
+    assert (await inst.client.get(f"/comm/demo/c/{conversation_id}/events")).status_code == 404
+    still = (await inst.client.get(path_of(landing))).text
+    assert "U bent nummer 1 in de rij." in still  # still there, still waiting
+    # The default tenant's flow works beside it, with its own line: first there too.
     root_landing = await flow(inst, "", "report_move")
-    assert CANARY_NAME in (await inst.client.get(path_of(root_landing))).text
+    root_page = (await inst.client.get(path_of(root_landing))).text
+    assert "U bent nummer 1 in de rij." in root_page and CANARY_NAME not in root_page
+    assert inst.services.conversations is not None
+    data = await inst.services.conversations.attributes(
+        root_landing.rsplit("/", 1)[1], actor="test"
+    )
+    assert data is not None and data["attributes"]["fullname"] == CANARY_NAME  # its own data
     assert inst.services.engine is not None
     async with inst.services.engine.connect() as conn:
         rows = (await conn.execute(text("SELECT id, tenant FROM conversations"))).all()

@@ -66,6 +66,42 @@ async def test_the_chain_holds_and_shows_tampering(make_app: AppFactory, databas
 
 
 @pytest.mark.anyio
+async def test_a_missing_start_of_the_chain_shows(make_app: AppFactory, database: str) -> None:
+    inst: Instance = await make_app(database=database)
+    await run_conversation(inst)
+    await chain(inst)
+    first = (await execute(inst, "SELECT id FROM audit_events ORDER BY seq LIMIT 1"))[0].id
+    # Without a retirement record, a missing start of the chain is tampering.
+    await execute(inst, "DELETE FROM audit_events WHERE id = :i", i=first)
+    assert (await chain(inst)).broken_at is not None
+
+
+@pytest.mark.anyio
+async def test_retention_keeps_the_rest_verifiable(make_app: AppFactory, database: str) -> None:
+    import time
+
+    from idcontact.storage.audit import retire
+
+    fresh: Instance = await make_app(database=database)
+    await run_conversation(fresh)
+    await chain(fresh)
+    cutoff = time.time() + 1
+    await run_conversation(fresh, "123456782")  # events that stay (newer than the cut-off)
+    assert fresh.services.db is not None
+    await execute(fresh, "UPDATE audit_events SET at = at - 3600 WHERE seq IS NOT NULL")
+    gone = await fresh.services.db.run(
+        lambda conn: retire(conn, "default", before=cutoff - 1800, at=cutoff), write=True
+    )
+    assert gone > 0
+    verdict = await chain(fresh)
+    assert verdict.broken_at is None and verdict.checked > 0  # verifiable from the cut
+    # Deleting one more than retention did shows.
+    oldest = (await execute(fresh, "SELECT id FROM audit_events ORDER BY seq LIMIT 1"))[0].id
+    await execute(fresh, "DELETE FROM audit_events WHERE id = :i", i=oldest)
+    assert (await chain(fresh)).broken_at is not None
+
+
+@pytest.mark.anyio
 async def test_events_are_appended_without_a_lock_and_sealed_in_order(tmp_path: Path) -> None:
     from idcontact.storage.audit import audit
     from idcontact.storage.db import Database, upgrade

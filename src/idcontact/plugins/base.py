@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from idcontact.conversations import Conversations
 from idcontact.errors import ConfigError
 from idcontact.keys import JoseKey
+from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import Method, Settings, Tenant
 from idcontact.tokens import TokenIssuer
@@ -50,6 +51,8 @@ class PluginContext:
     issuer: TokenIssuer | None = None
     encrypt_to: JoseKey | None = None
     conversations: Conversations | None = None
+    queues: QueueService | None = None
+    """Comm plugins: the shared queue model; call ``enqueue`` when the resident is present."""
 
 
 class Plugin(Protocol):

@@ -10,13 +10,16 @@ pseudonym (HMAC of the identifying attribute with a per-tenant secret), so "who 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 
 from idcontact.storage.db import audit_events
 
@@ -78,7 +81,7 @@ def seal(conn: Connection, tenant: str, limit: int = 5000) -> int:
         .order_by(audit_events.c.seq.desc())
         .limit(1)
     ).first()
-    seq, prev = (int(head.seq), head.hash) if head else (0, None)
+    seq, prev = (int(head.seq), head.hash) if head else _anchor(conn, tenant)
     rows = conn.execute(
         select(audit_events)
         .where(audit_events.c.tenant == tenant, audit_events.c.seq.is_(None))
@@ -113,6 +116,15 @@ class Event:
     detail: str
 
 
+def write_csv(rows: Iterable[Event], out: IO[str]) -> None:
+    """The export for admins and auditors: one row per event, times in UTC, no values."""
+    writer = csv.writer(out)
+    writer.writerow(["id", "time_utc", "actor", "action", "conversation_id", "detail"])
+    for e in rows:
+        at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="seconds")
+        writer.writerow([e.id, at, e.actor, e.action, e.conversation_id or "", e.detail])
+
+
 def events(conn: Connection, tenant: str) -> Iterator[Event]:
     rows = conn.execute(
         select(audit_events).where(audit_events.c.tenant == tenant).order_by(audit_events.c.id)
@@ -142,8 +154,8 @@ def verify(conn: Connection, tenant: str) -> Verdict:
         .select_from(audit_events)
         .where(audit_events.c.tenant == tenant, audit_events.c.seq.is_(None))
     ).scalar_one()
-    prev: str | None = rows[0].prev_hash if rows else None  # older events may be retired
-    expected_seq = int(rows[0].seq) if rows else 0
+    through, prev = _anchor(conn, tenant)
+    expected_seq = through + 1
     for count, r in enumerate(rows):
         digest = _chain(
             prev, _content(tenant, r.at, r.actor, r.action, r.conversation_id, r.detail)
@@ -153,6 +165,64 @@ def verify(conn: Connection, tenant: str) -> Verdict:
         prev = r.hash
         expected_seq += 1
     return Verdict(len(rows), None, int(unsealed))
+
+
+RETIRED = "audit.retired"
+
+
+def _anchor(conn: Connection, tenant: str) -> tuple[int, str | None]:
+    """Where the chain starts: at the beginning, or where retention last cut it.
+
+    The newest ``audit.retired`` event records the cut, so deleting more than retention did
+    shows as a break.
+    """
+    cut = conn.execute(
+        select(audit_events.c.detail)
+        .where(audit_events.c.tenant == tenant, audit_events.c.action == RETIRED)
+        .order_by(audit_events.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if not cut:
+        return 0, None
+    anchor: dict[str, Any] = json.loads(cut)
+    return int(anchor["through_seq"]), anchor["last_hash"]
+
+
+def retire(conn: Connection, tenant: str, before: float, at: float) -> int:
+    """Delete sealed events older than ``before`` (retention); returns how many.
+
+    An ``audit.retired`` event, itself chained, keeps the sequence number and hash of the last
+    deleted event: the rest of the chain stays verifiable from there.
+    """
+    last = conn.execute(
+        select(audit_events.c.seq, audit_events.c.hash)
+        .where(
+            audit_events.c.tenant == tenant,
+            audit_events.c.seq.is_not(None),
+            audit_events.c.at < before,
+        )
+        .order_by(audit_events.c.seq.desc())
+        .limit(1)
+    ).first()
+    if last is None:
+        return 0
+    gone = conn.execute(
+        delete(audit_events).where(
+            audit_events.c.tenant == tenant,
+            audit_events.c.seq.is_not(None),
+            audit_events.c.seq <= last.seq,
+        )
+    ).rowcount
+    audit(
+        conn,
+        at,
+        "retention",
+        RETIRED,
+        None,
+        {"through_seq": int(last.seq), "last_hash": last.hash, "count": gone},
+        tenant=tenant,
+    )
+    return int(gone)
 
 
 def pseudonym(secret: bytes, value: str) -> str:

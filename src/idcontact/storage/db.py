@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     Engine,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -47,6 +48,75 @@ conversations = Table(
     Column("delivered_at", Float, nullable=True),
     Column("purge_at", Float, nullable=False, index=True),
     Column("idle_seconds", Integer, nullable=False),
+    # The queue (domain/queueing.py): where and since when it waits, who has it.
+    Column("queue", String(64), nullable=True),
+    Column("channel", String(16), nullable=True),
+    Column("waiting_since", Float, nullable=True),
+    Column("agent_id", String(32), nullable=True, index=True),
+    Column("offer_expires", Float, nullable=True),
+    Column("connected_at", Float, nullable=True),
+    Column("wrap_up_until", Float, nullable=True),
+    Index("ix_conversations_tenant_state", "tenant", "state"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False),
+    Column("password_hash", Text, nullable=True),
+    # The TOTP secret, sealed with the instance's internal secret (sealing.py).
+    Column("totp_secret", Text, nullable=True),
+    Column("totp_last_step", Integer, nullable=True),
+    # sha256 of a one-time enrolment code (password and TOTP set-up); the code is never stored.
+    Column("enrol_hash", String(64), nullable=True, unique=True),
+    Column("enrol_expires", Float, nullable=True),
+    Column("disabled", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    # available or paused, as the agent chose; busy and wrap-up follow from conversations.
+    Column("presence", String(16), nullable=False, default="paused"),
+    Column("presence_since", Float, nullable=False),
+)
+
+agent_memberships = Table(
+    "agent_memberships",
+    metadata,
+    Column("agent_id", String(32), primary_key=True),
+    Column("tenant", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),  # agent, supervisor, admin
+    # JSON list of queue tags, or ["*"] for every queue of the tenant.
+    Column("queues", Text, nullable=False, default='["*"]'),
+)
+
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    # sha256 of the session cookie; the cookie value itself is never stored.
+    Column("key", String(64), primary_key=True),
+    Column("agent_id", String(32), nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # "account:<sha256>" or "client:<sha256>": never a user name or an address in plaintext.
+    Column("key", String(80), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+)
+
+queue_stats = Table(
+    "queue_stats",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("queue", String(64), primary_key=True),
+    # The moving average handle time (domain/queueing.py HandleTime) and how many it saw.
+    Column("handle_seconds", Float, nullable=False),
+    Column("handled", Integer, nullable=False, default=0),
 )
 
 vault_entries = Table(

@@ -13,14 +13,19 @@ deletes the attributes everywhere. Three places qualify:
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+T = TypeVar("T")
 
 
 class KeyStore(Protocol):
@@ -53,15 +58,23 @@ class SqliteKeyStore:
             "CREATE TABLE IF NOT EXISTS data_keys ("
             " conversation_id TEXT PRIMARY KEY, key BLOB NOT NULL, expires_at REAL NOT NULL)"
         )
-        self._lock = anyio.Lock()
+        # A thread lock, taken in the worker thread: a cancelled caller stops waiting, but its
+        # statement still runs, and close() must not pull the connection from under it.
+        self._guard = threading.Lock()
 
     @property
     def path(self) -> Path:
         return self._path
 
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        return await anyio.to_thread.run_sync(self._locked, fn, *args)
+
+    def _locked(self, fn: Callable[..., T], *args: object) -> T:
+        with self._guard:
+            return fn(*args)
+
     async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        async with self._lock:
-            return await anyio.to_thread.run_sync(self._exec, sql, params)
+        return await self._call(self._exec, sql, params)
 
     def _exec(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         return self._conn.execute(sql, params).fetchall()
@@ -84,16 +97,14 @@ class SqliteKeyStore:
         return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     async def delete(self, conversation_id: str) -> None:
-        async with self._lock:
-            await anyio.to_thread.run_sync(self._delete, conversation_id)
+        await self._call(self._delete, conversation_id)
 
     def _delete(self, conversation_id: str) -> None:
         self._conn.execute("DELETE FROM data_keys WHERE conversation_id = ?", (conversation_id,))
         self._checkpoint()
 
     async def purge_expired(self) -> int:
-        async with self._lock:
-            return await anyio.to_thread.run_sync(self._purge)
+        return await self._call(self._purge)
 
     def _purge(self) -> int:
         cur = self._conn.execute("DELETE FROM data_keys WHERE expires_at <= ?", (time.time(),))
@@ -102,8 +113,7 @@ class SqliteKeyStore:
         return cur.rowcount
 
     async def close(self) -> None:
-        async with self._lock:
-            self._conn.close()
+        await self._call(self._conn.close)
 
 
 class PostgresKeyStore:

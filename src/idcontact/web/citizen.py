@@ -1,17 +1,27 @@
 """Pages for residents: the topic list and the transparency page, both from configuration.
 
-Server-rendered, Dutch by default (``?lang=en`` for English), no JavaScript needed.
+Server-rendered, Dutch by default (``?lang=en`` for English), no JavaScript needed. The topic
+list also tells the expected wait of each topic's queue, when this instance has the queues.
 """
 
 from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from idcontact.core import Core
+from idcontact.domain.queueing import Channel
+from idcontact.queues import Estimate, QueueService
 from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.web.pages import language, render
+
+log = logging.getLogger(__name__)
 
 TEXT: dict[str, dict[str, str]] = {
     "nl": {
@@ -57,6 +67,7 @@ TEXT: dict[str, dict[str, str]] = {
         "hours": "{n} uur",
         "days": "{n} dagen",
         "back": "Terug naar de onderwerpen",
+        "expected_wait": "Verwachte wachttijd",
         "a11y_link": "Toegankelijkheid",
         "a11y_title": "Toegankelijkheidsverklaring",
         "a11y_intro": "{name} wil dat iedereen deze pagina's kan gebruiken, ook met een "
@@ -116,6 +127,7 @@ TEXT: dict[str, dict[str, str]] = {
         "hours": "{n} hours",
         "days": "{n} days",
         "back": "Back to the topics",
+        "expected_wait": "Expected wait",
         "a11y_link": "Accessibility",
         "a11y_title": "Accessibility statement",
         "a11y_intro": "{name} wants everyone to be able to use these pages, with a screen reader, "
@@ -160,6 +172,59 @@ ASSURANCE = {
 }
 
 
+WAIT_TEXT: dict[str, dict[str, str]] = {
+    "nl": {
+        "about": "ongeveer {n} minuten",
+        "about_one": "ongeveer 1 minuut",
+        "unknown": "onbekend, want er is nu geen medewerker vrij",
+        "closed": "nu gesloten",
+        "closed_until": "nu gesloten, open vanaf {when}",
+    },
+    "en": {
+        "about": "about {n} minutes",
+        "about_one": "about 1 minute",
+        "unknown": "unknown, because no agent is free right now",
+        "closed": "closed now",
+        "closed_until": "closed now, open from {when}",
+    },
+}
+WEEKDAY_NAMES = {
+    "nl": ("maandag", "dinsdag", "woensdag", "donderdag", "vrijdag", "zaterdag", "zondag"),
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+}
+
+
+def wait_minutes(seconds: float) -> int:
+    """An expected wait in whole minutes, rounded up (never "0 minutes")."""
+    return max(1, math.ceil(seconds / 60))
+
+
+def about_minutes(seconds: float, lang: str) -> str:
+    """``ongeveer 5 minuten`` / ``about 5 minutes``."""
+    n = wait_minutes(seconds)
+    t = WAIT_TEXT[lang]
+    return t["about_one"] if n == 1 else t["about"].format(n=n)
+
+
+def opening_time(opens_at: float | None, time_zone: str, lang: str) -> str | None:
+    """When a closed queue opens, as ``maandag 08:30`` in the queue's time zone."""
+    if opens_at is None:
+        return None
+    local = datetime.fromtimestamp(opens_at, ZoneInfo(time_zone))
+    return f"{WEEKDAY_NAMES[lang][local.weekday()]} {local:%H:%M}"
+
+
+def expected_wait_text(estimate: Estimate, time_zone: str, lang: str) -> str:
+    """What the topic page says about the wait of someone who starts now."""
+    t = WAIT_TEXT[lang]
+    if not estimate.is_open:
+        when = opening_time(estimate.opens_at, time_zone, lang)
+        return t["closed_until"].format(when=when) if when else t["closed"]
+    if estimate.expected_seconds is None:
+        return t["unknown"]
+    return about_minutes(estimate.expected_seconds, lang)
+
+
 def duration(minutes: int, lang: str) -> str:
     t = TEXT[lang]
     if minutes % (24 * 60) == 0:
@@ -187,10 +252,40 @@ def theme_router(tenant: Tenant, prefix: str) -> APIRouter:
 
 
 def citizen_router(
-    settings: Settings, tenant: Tenant, core: Core, templates: Jinja2Templates
+    settings: Settings,
+    tenant: Tenant,
+    core: Core,
+    templates: Jinja2Templates,
+    queues: QueueService | None = None,
 ) -> APIRouter:
-    """The resident's pages of one tenant, under its prefix (``/t/<slug>``, or none)."""
+    """The resident's pages of one tenant, under its prefix (``/t/<slug>``, or none).
+
+    ``queues``: the tenant's queue model, for the expected waits on the topic page; ``None``
+    where this instance does not serve the comm role (split roles: the core has no database).
+    """
     router = APIRouter(prefix=core.prefix, include_in_schema=False)
+
+    async def waits(purposes: list[Purpose], lang: str) -> dict[str, str]:
+        """Each purpose's expected wait, by purpose tag; one estimate per queue and channel."""
+        if queues is None:
+            return {}
+        found: dict[tuple[str, Channel], str] = {}
+        result: dict[str, str] = {}
+        for p in purposes:
+            queue = tenant.queue_of(p)
+            # The channel of the method the topic form preselects (the first one offered).
+            offered = [tenant.comm_method(m.tag) for m in core.options(p).comm_methods]
+            channel: Channel = next((m.channel for m in offered if m is not None), "chat")
+            key = (queue.tag, channel)
+            if key not in found:
+                try:
+                    estimate = await queues.estimate(queue.tag, channel=channel)
+                except Exception:  # the wait is a courtesy: the topics still show without it
+                    log.exception("expected wait unavailable", extra={"queue": queue.tag})
+                    return result
+                found[key] = expected_wait_text(estimate, queue.time_zone, lang)
+            result[p.tag] = found[key]
+        return result
 
     def describe(p: Purpose, lang: str) -> dict[str, object]:
         options = core.options(p)
@@ -227,11 +322,16 @@ def citizen_router(
     async def index(request: Request) -> HTMLResponse:
         lang = language(request, settings)
         purposes = [describe(p, lang) for p in tenant.purposes]
+        shown = [p for p in purposes if p["available"]]
+        offered = [p for p in tenant.purposes if any(d["tag"] == p.tag for d in shown)]
+        wait = await waits(offered, lang)
+        for p in shown:
+            p["wait"] = wait.get(str(p["tag"]))
         return render(
             templates,
             request,
             "index.html",
-            {"purposes": [p for p in purposes if p["available"]], "t": TEXT[lang]},
+            {"purposes": shown, "t": TEXT[lang]},
             tenant=tenant,
             lang=lang,
         )

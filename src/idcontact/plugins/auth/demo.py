@@ -109,6 +109,12 @@ class DemoAuthPlugin:
                 result = AuthResult(
                     status="success",
                     attributes={a: self._values[a] for a in pending.attributes},
+                    provenance={
+                        "method": ctx.method.tag,
+                        "method_name": ctx.method.name,
+                        "assurance": getattr(ctx.method, "assurance", "low"),
+                        "issuer": "demo",
+                    },
                 )
             else:
                 result = AuthResult(status="failed", attributes=None)

@@ -1,0 +1,1 @@
+"""Agent login for the contact-centre console: credentials, second factor and sessions."""

@@ -1,0 +1,620 @@
+"""The queue and agent model of one tenant, shared by every channel.
+
+Channels only call :meth:`QueueService.enqueue` when the resident is really there (the page
+is open, the call is linked); from then on this service offers the conversation to agents by
+the rules of :mod:`idcontact.domain.queueing`, and pushes positions and expected waits to the
+waiting residents. Every change is a guarded update in the database, so several instances
+may run :meth:`QueueService.tick` at once and an offer still goes to one agent only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select, update
+
+from idcontact.conversations import Conversation, Conversations, _conversation
+from idcontact.domain.lifecycle import InvalidTransitionError
+from idcontact.domain.queueing import (
+    Agent,
+    AgentState,
+    Channel,
+    Waiting,
+    announce_long_wait,
+    expected_wait,
+    next_offer,
+)
+from idcontact.errors import NotFoundError
+from idcontact.events import Bus, Event
+from idcontact.settings import Queue, Tenant
+from idcontact.storage.audit import audit
+from idcontact.storage.db import agent_memberships, agents, conversations, queue_stats
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("waiting", "offered", "connected", "wrap_up")
+"""The states a console lists."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a resident is told before and while waiting, for one queue."""
+
+    queue: str
+    is_open: bool
+    opens_at: float | None
+    waiting: int
+    available_agents: int
+    handle_seconds: float
+    expected_seconds: float | None
+    """For someone joining now; ``None`` when no agent is available."""
+    long_wait: bool
+
+
+@dataclass(frozen=True)
+class Place:
+    """One waiting resident's place in line."""
+
+    position: int
+    expected_seconds: float | None
+    long_wait: bool
+    is_open: bool
+
+
+def member_queues(raw: str) -> tuple[str, ...]:
+    """The queue tags of a membership row (``["*"]`` means every queue)."""
+    parsed = json.loads(raw or '["*"]')
+    return tuple(str(q) for q in parsed) if isinstance(parsed, list) else ("*",)
+
+
+def serves(queues: Sequence[str], queue: str | None) -> bool:
+    return "*" in queues or (queue is not None and queue in queues)
+
+
+class QueueService:
+    def __init__(
+        self,
+        conversations: Conversations,
+        bus: Bus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conversations = conversations
+        self._tenant: Tenant = conversations.tenant
+        self._db = conversations.db
+        self._bus = bus
+        self._clock = clock
+        self._queues = {q.tag: q for q in self._tenant.all_queues}
+        self._dirty = asyncio.Event()
+
+    @property
+    def tenant(self) -> Tenant:
+        return self._tenant
+
+    @property
+    def conversations(self) -> Conversations:
+        return self._conversations
+
+    @property
+    def bus(self) -> Bus:
+        return self._bus
+
+    def queue(self, tag: str | None) -> Queue:
+        return self._queues.get(tag or "") or self._tenant.all_queues[0]
+
+    def is_open(self, queue: Queue) -> bool:
+        return queue.hours().is_open(datetime.fromtimestamp(self._clock(), UTC)) or not (
+            queue.opening_hours
+        )
+
+    # -- residents -------------------------------------------------------------------------
+
+    async def enqueue(self, conversation_id: str, *, actor: str) -> Conversation:
+        """The resident is present: join the queue (idempotent once waiting or further)."""
+        current = await self._conversations.get(conversation_id)
+        if current.state != "authenticated":
+            return current
+        try:
+            moved = await self._conversations.transition(
+                conversation_id,
+                "waiting",
+                actor=actor,
+                values={"waiting_since": self._clock()},
+            )
+        except InvalidTransitionError:  # joined meanwhile, through another request
+            return await self._conversations.get(conversation_id)
+        self.poke()
+        return moved
+
+    async def estimate(self, tag: str | None, *, channel: Channel = "chat") -> Estimate:
+        queue = self.queue(tag)
+
+        def work(conn: Connection) -> tuple[int, float | None, list[Member]]:
+            waiting = conn.execute(
+                select(func.count())
+                .select_from(conversations)
+                .where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.queue == queue.tag,
+                    conversations.c.state == "waiting",
+                )
+            ).scalar_one()
+            return int(waiting), self._handle(conn, queue), self._agents(conn, queue.tag)
+
+        waiting, handle, pool = await self._db.run(work)
+        handle_seconds = handle or queue.handle_seconds
+        available = sum(1 for a in pool if _staffed(a))
+        expected = expected_wait(waiting + 1, handle_seconds, available)
+        is_open = self.is_open(queue)
+        opens = None if is_open else queue.hours().next_opening(self._now())
+        return Estimate(
+            queue=queue.tag,
+            is_open=is_open,
+            opens_at=opens.timestamp() if opens else None,
+            waiting=waiting,
+            available_agents=available,
+            handle_seconds=handle_seconds,
+            expected_seconds=expected,
+            long_wait=announce_long_wait(expected, queue.long_wait_seconds),
+        )
+
+    async def place(self, conversation: Conversation) -> Place | None:
+        """One resident's place in line, counted in the database (no full read of the line)."""
+        if conversation.state not in ("waiting", "offered") or conversation.waiting_since is None:
+            return None
+        queue = self.queue(conversation.queue)
+        since = conversation.waiting_since
+
+        def work(conn: Connection) -> tuple[int, float | None, list[Member]]:
+            ahead = conn.execute(
+                select(func.count())
+                .select_from(conversations)
+                .where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.queue == queue.tag,
+                    conversations.c.state.in_(("waiting", "offered")),
+                    or_(
+                        conversations.c.waiting_since < since,
+                        and_(
+                            conversations.c.waiting_since == since,
+                            conversations.c.id < conversation.id,
+                        ),
+                    ),
+                )
+            ).scalar_one()
+            return int(ahead), self._handle(conn, queue), self._agents(conn, queue.tag)
+
+        ahead, handle, pool = await self._db.run(work)
+        expected = expected_wait(
+            ahead + 1, handle or queue.handle_seconds, sum(1 for a in pool if _staffed(a))
+        )
+        return Place(
+            ahead + 1,
+            expected,
+            announce_long_wait(expected, queue.long_wait_seconds),
+            self.is_open(queue),
+        )
+
+    async def places(self) -> dict[str, Place]:
+        """Every waiting conversation's place in line, in one read."""
+
+        def work(conn: Connection) -> tuple[list[Any], dict[str, float], list[Member]]:
+            rows = conn.execute(
+                select(
+                    conversations.c.id,
+                    conversations.c.queue,
+                    conversations.c.channel,
+                    conversations.c.waiting_since,
+                ).where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.state.in_(("waiting", "offered")),
+                )
+            ).all()
+            handles = self._handles(conn)
+            return list(rows), handles, self._agents(conn, None)
+
+        rows, handles, pool = await self._db.run(work)
+        lines: dict[str, list[Any]] = {}
+        for row in rows:
+            lines.setdefault(row.queue or "", []).append(row)
+        result: dict[str, Place] = {}
+        for tag, line in lines.items():
+            queue = self.queue(tag)
+            is_open = self.is_open(queue)
+            line.sort(key=lambda r: (r.waiting_since or 0.0, r.id))
+            for index, row in enumerate(line, start=1):
+                available = sum(1 for a in pool if serves(a.queues, tag) and _staffed(a))
+                expected = expected_wait(index, handles.get(tag, queue.handle_seconds), available)
+                result[row.id] = Place(
+                    index,
+                    expected,
+                    announce_long_wait(expected, queue.long_wait_seconds),
+                    is_open,
+                )
+        return result
+
+    # -- agents ----------------------------------------------------------------------------
+
+    async def set_presence(self, agent_id: str, presence: str) -> None:
+        """``available`` or ``paused``, as the agent chooses."""
+        if presence not in ("available", "paused"):
+            raise ValueError("presence must be available or paused")
+        now = self._clock()
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(agents)
+                .where(agents.c.id == agent_id)
+                .values(presence=presence, presence_since=now)
+            )
+            audit(
+                conn,
+                now,
+                f"agent:{agent_id}",
+                f"agent.{presence}",
+                None,
+                tenant=self._tenant.slug,
+            )
+
+        await self._db.run(work, write=True)
+        await self._bus.publish(
+            Event(self._tenant.slug, "agent", agent_id, {"presence": presence}, now)
+        )
+        self.poke()
+
+    async def accept(self, conversation_id: str, agent_id: str) -> Conversation:
+        """The offered agent takes the conversation (409 when the offer is gone)."""
+        conversation = await self._conversations.transition(
+            conversation_id,
+            "connected",
+            actor=f"agent:{agent_id}",
+            values={"connected_at": self._clock(), "offer_expires": None},
+            where=and_(
+                conversations.c.agent_id == agent_id,
+                conversations.c.offer_expires > self._clock(),
+            ),
+        )
+        self.poke()
+        return conversation
+
+    async def decline(self, conversation_id: str, agent_id: str) -> None:
+        """Back to the head of the queue; the agent is paused until they say otherwise."""
+        await self._return_offer(conversation_id, agent_id, actor=f"agent:{agent_id}")
+
+    async def _return_offer(self, conversation_id: str, agent_id: str, *, actor: str) -> None:
+        # Paused first, so the dispatcher cannot offer the conversation straight back.
+        await self.set_presence(agent_id, "paused")
+        await self._conversations.transition(
+            conversation_id,
+            "waiting",
+            actor=actor,
+            values={"agent_id": None, "offer_expires": None},
+            where=conversations.c.agent_id == agent_id,
+        )
+
+    async def finish(self, conversation_id: str, agent_id: str) -> Conversation:
+        """ "End conversation": wrap-up, or at once "ended" when wrap-up is configured off."""
+        conversation = await self.held(conversation_id, agent_id)
+        await self._conversations.end(conversation.id, actor=f"agent:{agent_id}", wrap_up=True)
+        self.poke()
+        return await self._conversations.get(conversation_id)
+
+    async def close(self, conversation_id: str, agent_id: str) -> None:
+        """ "Delete data now": end the conversation (or its wrap-up) and destroy the data."""
+        await self.held(conversation_id, agent_id)
+        await self._conversations.end(conversation_id, actor=f"agent:{agent_id}")
+        now = self._clock()
+
+        def idle_again(conn: Connection) -> None:
+            conn.execute(update(agents).where(agents.c.id == agent_id).values(presence_since=now))
+
+        await self._db.run(idle_again, write=True)
+        self.poke()
+
+    async def held(self, conversation_id: str, agent_id: str) -> Conversation:
+        """The conversation, when this agent holds it; 404 otherwise (no existence oracle)."""
+        conversation = await self._conversations.get(conversation_id)
+        if conversation.agent_id != agent_id:
+            raise NotFoundError("No such conversation")
+        return conversation
+
+    async def board(self, queues: Sequence[str]) -> list[dict[str, object]]:
+        """The conversations a console lists: ids, states and times of the given queues."""
+
+        def work(conn: Connection) -> list[Any]:
+            return list(
+                conn.execute(
+                    select(conversations)
+                    .where(
+                        conversations.c.tenant == self._tenant.slug,
+                        conversations.c.state.in_(ACTIVE),
+                    )
+                    .order_by(conversations.c.waiting_since, conversations.c.created_at)
+                ).all()
+            )
+
+        rows = await self._db.run(work)
+        return [_conversation(r).summary() for r in rows if serves(queues, r.queue)]
+
+    async def stats(self) -> list[dict[str, object]]:
+        """Per queue: counts, the longest wait and agent states; no personal data."""
+        now = self._clock()
+
+        def work(conn: Connection) -> tuple[list[Any], dict[str, float], list[Member]]:
+            rows = conn.execute(
+                select(
+                    conversations.c.queue,
+                    conversations.c.state,
+                    func.count(),
+                    func.min(conversations.c.waiting_since),
+                )
+                .where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.state.in_(ACTIVE),
+                )
+                .group_by(conversations.c.queue, conversations.c.state)
+            ).all()
+            handles = self._handles(conn)
+            return list(rows), handles, self._agents(conn, None)
+
+        rows, handles, pool = await self._db.run(work)
+        out = []
+        for queue in self._tenant.all_queues:
+            counts = {state: 0 for state in ACTIVE}
+            longest = 0.0
+            for tag, state, count, since in rows:
+                if tag == queue.tag:
+                    counts[state] = count
+                    if state == "waiting" and since is not None:
+                        longest = max(longest, now - since)
+            members = [a for a in pool if serves(a.queues, queue.tag)]
+            agent_states: dict[str, int] = {}
+            for a in members:
+                agent_states[a.state] = agent_states.get(a.state, 0) + 1
+            out.append(
+                {
+                    "queue": queue.tag,
+                    "name": queue.name.nl,
+                    "name_en": queue.name.get("en"),
+                    "open": self.is_open(queue),
+                    **counts,
+                    "longest_wait_seconds": round(longest),
+                    "handle_seconds": round(handles.get(queue.tag, queue.handle_seconds)),
+                    "agents": agent_states,
+                }
+            )
+        return out
+
+    # -- the dispatcher --------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something changed: run :meth:`tick` soon."""
+        self._dirty.set()
+
+    async def tick(self) -> int:
+        """Return expired offers, make new offers, push places; returns the offers made."""
+        await self._expire_offers()
+        offers = await self._dispatch()
+        await self._push_places()
+        return offers
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Tick when poked, and at least every ``interval`` (offers expire, queues open)."""
+        async with self._bus.subscribe(self._tenant.slug, "queue") as sub:
+            watcher = asyncio.create_task(self._watch(sub))
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(interval):
+                            await self._dirty.wait()
+                    self._dirty.clear()
+                    try:
+                        await self.tick()
+                    except Exception:
+                        log.exception("queue tick failed", extra={"tenant": self._tenant.slug})
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch(self, sub: Any) -> None:
+        while True:
+            event = await sub.next(60.0)
+            if event is not None:
+                self._dirty.set()
+
+    async def _expire_offers(self) -> None:
+        now = self._clock()
+
+        def work(conn: Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                select(conversations.c.id, conversations.c.agent_id).where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.state == "offered",
+                    conversations.c.offer_expires <= now,
+                )
+            ).all()
+            return [(r.id, r.agent_id) for r in rows]
+
+        for conversation_id, agent_id in await self._db.run(work):
+            with contextlib.suppress(InvalidTransitionError, NotFoundError):
+                await self._return_offer(conversation_id, agent_id, actor="queue:timeout")
+
+    async def _dispatch(self) -> int:
+        made = 0
+        for queue in self._tenant.all_queues:
+            if not self.is_open(queue):
+                continue
+            while await self._offer_one(queue):
+                made += 1
+        return made
+
+    async def _offer_one(self, queue: Queue) -> bool:
+        now = self._clock()
+
+        def work(conn: Connection) -> Any:
+            rows = conn.execute(
+                select(
+                    conversations.c.id, conversations.c.channel, conversations.c.waiting_since
+                ).where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.queue == queue.tag,
+                    conversations.c.state == "waiting",
+                )
+            ).all()
+            if not rows:
+                return None
+            line = [Waiting(r.id, r.channel or "chat", r.waiting_since or 0.0) for r in rows]
+            pool = self._agents(conn, queue.tag)
+            match = next_offer(line, pool, max_chats=queue.max_chats)
+            if match is None:
+                return None
+            waiting, agent = match
+            offered = conn.execute(
+                update(conversations)
+                .where(
+                    conversations.c.id == waiting.conversation_id,
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.state == "waiting",
+                )
+                .values(
+                    state="offered",
+                    agent_id=agent.agent_id,
+                    offer_expires=now + queue.offer_seconds,
+                    last_activity=now,
+                )
+            )
+            if offered.rowcount != 1:
+                return None  # another instance offered it first; the next tick sees that
+            audit(
+                conn,
+                now,
+                "queue",
+                "conversation.offered",
+                waiting.conversation_id,
+                {"agent": agent.agent_id},
+                tenant=self._tenant.slug,
+            )
+            return conn.execute(
+                select(conversations).where(conversations.c.id == waiting.conversation_id)
+            ).one()
+
+        row = await self._db.run(work, write=True)
+        if row is None:
+            return False
+        await self._conversations.publish(_conversation(row))
+        return True
+
+    async def _push_places(self) -> None:
+        """Each waiting resident who is watching gets their position and expected wait."""
+        slug = self._tenant.slug
+        places = await self.places()
+        now = self._clock()
+        for conversation_id, place in places.items():
+            if self._bus.has_subscribers(slug, "conversation", conversation_id):
+                await self._bus.publish(
+                    Event(
+                        slug,
+                        "conversation",
+                        conversation_id,
+                        {
+                            "state": "waiting",
+                            "position": place.position,
+                            "expected_seconds": place.expected_seconds,
+                            "long_wait": place.long_wait,
+                            "open": place.is_open,
+                        },
+                        now,
+                    )
+                )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _handles(self, conn: Connection) -> dict[str, float]:
+        """The moving average handle time of each queue that has finished conversations."""
+        rows = conn.execute(select(queue_stats).where(queue_stats.c.tenant == self._tenant.slug))
+        return {r.queue: r.handle_seconds for r in rows}
+
+    def _handle(self, conn: Connection, queue: Queue) -> float | None:
+        return conn.execute(
+            select(queue_stats.c.handle_seconds).where(
+                queue_stats.c.tenant == self._tenant.slug, queue_stats.c.queue == queue.tag
+            )
+        ).scalar_one_or_none()
+
+    def _agents(self, conn: Connection, queue: str | None) -> list[Member]:
+        """The tenant's agents (of ``queue`` when given) with their load across tenants."""
+        rows = conn.execute(
+            select(
+                agents.c.id,
+                agents.c.presence,
+                agents.c.presence_since,
+                agent_memberships.c.queues,
+            )
+            .join(agent_memberships, agent_memberships.c.agent_id == agents.c.id)
+            .where(agent_memberships.c.tenant == self._tenant.slug, agents.c.disabled == 0)
+        ).all()
+        members = [r for r in rows if queue is None or serves(member_queues(r.queues), queue)]
+        if not members:
+            return []
+        load = conn.execute(
+            select(
+                conversations.c.agent_id,
+                conversations.c.channel,
+                conversations.c.state,
+                func.count(),
+            )
+            .where(
+                conversations.c.agent_id.in_([r.id for r in members]),
+                conversations.c.state.in_(("offered", "connected", "wrap_up")),
+            )
+            .group_by(conversations.c.agent_id, conversations.c.channel, conversations.c.state)
+        ).all()
+        counts: dict[str, dict[str, int]] = {}
+        for agent_id, channel, conv_state, count in load:
+            c = counts.setdefault(agent_id, {})
+            key = "wrap_up" if conv_state == "wrap_up" else (channel or "chat")
+            c[key] = c.get(key, 0) + count
+        out = []
+        for r in members:
+            c = counts.get(r.id, {})
+            state: AgentState = "paused" if r.presence != "available" else "available"
+            if state == "available" and c.get("wrap_up"):
+                state = "wrap_up"
+            elif state == "available" and (c.get("phone") or c.get("video")):
+                state = "busy"
+            out.append(
+                Member(
+                    agent_id=r.id,
+                    state=state,
+                    calls=c.get("phone", 0),
+                    chats=c.get("chat", 0),
+                    videos=c.get("video", 0),
+                    idle_since=r.presence_since,
+                    queues=member_queues(r.queues),
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Member(Agent):
+    """An agent with the queues of their membership in this tenant."""
+
+    queues: tuple[str, ...] = ("*",)
+
+
+def _staffed(agent: Agent) -> bool:
+    """Counts for the expected wait: not paused. A busy agent will be free again; counting
+    only idle ones would make every wait "unknown" exactly when all agents are busy."""
+    return agent.state != "paused"

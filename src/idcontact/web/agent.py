@@ -1,0 +1,574 @@
+"""The agent console at ``/agent/``: login, enrolment, the live queue, the attribute panel.
+
+Server-rendered and usable without JavaScript; ``/static/console.js`` adds live updates from
+``/agent/<tenant>/events`` (Server-Sent Events carrying ids and states only). Every tenant's
+pages check the agent's membership of that tenant first, and every conversation page checks
+that the agent holds the conversation: another tenant's or agent's conversations answer 404,
+so they cannot even be counted. Every form carries a CSRF token bound to the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.responses import StreamingResponse
+
+from idcontact.agents.credentials import (
+    check_csrf,
+    csrf_token,
+    new_session_id,
+    new_totp_secret,
+    provisioning_uri,
+    qr_svg,
+)
+from idcontact.agents.directory import AgentDirectory, AgentSession, Membership, Role
+from idcontact.errors import BadRequestError, IdContactError, NotFoundError
+from idcontact.events import Event, LocalBus
+from idcontact.queues import QueueService, serves
+from idcontact.settings import Settings, Tenant
+from idcontact.storage.audit import audit, events, write_csv
+
+SESSION_COOKIE = "idc_agent"
+PRE_COOKIE = "idc_pre"
+HEARTBEAT = 15.0
+WAITING_SHOWN = 25
+ZONE = ZoneInfo("Europe/Amsterdam")
+
+
+class CsrfError(IdContactError):
+    status = 403
+    slug = "csrf"
+    title = "This form has expired or did not come from this site; reload the page and try again"
+
+
+class LoginRequiredError(IdContactError):
+    status = 401
+    slug = "login-required"
+    title = "Log in to the agent console first"
+
+
+class ForbiddenError(IdContactError):
+    status = 403
+    slug = "forbidden"
+    title = "Your role does not allow this"
+
+
+@dataclass(frozen=True)
+class Seat:
+    """The logged-in agent at one tenant's console."""
+
+    agent: AgentSession
+    member: Membership
+    tenant: Tenant
+    queues: QueueService
+    session_id: str
+    csrf: str
+
+
+def _time(at: float | None) -> str:
+    if at is None:
+        return ""
+    return datetime.fromtimestamp(at, ZONE).strftime("%H:%M:%S")
+
+
+def agent_router(
+    settings: Settings,
+    directory: AgentDirectory,
+    tenants: Mapping[str, tuple[Tenant, QueueService]],
+    bus: LocalBus,
+    templates: Jinja2Templates,
+    secret: bytes,
+    clock: Callable[[], float],
+) -> APIRouter:
+    router = APIRouter(prefix="/agent", include_in_schema=False)
+    secure = settings.public_url.startswith("https://")
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.public_url))
+    default_tenant = settings.default_tenant
+
+    def page(
+        request: Request, name: str, context: dict[str, object], tenant: Tenant | None = None
+    ) -> HTMLResponse:
+        t = tenant or default_tenant
+        return templates.TemplateResponse(
+            request,
+            name,
+            {**context, "tenant": t, "prefix": t.prefix, "lang": "nl", "home": "/agent/"},
+        )
+
+    def set_cookie(response: Response, name: str, value: str, max_age: int | None) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path="/agent",
+            secure=secure,
+            httponly=True,
+            samesite="strict",
+        )
+
+    def check_origin(request: Request) -> None:
+        # Browsers send "Origin: null" under our Referrer-Policy: no-referrer; Sec-Fetch-Site
+        # still tells a same-origin form from another site's.
+        sent = request.headers.get("origin")
+        if sent is not None and sent not in (origin, "null"):
+            raise CsrfError()
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            raise CsrfError()
+
+    async def current(request: Request) -> tuple[AgentSession, str] | None:
+        session_id = request.cookies.get(SESSION_COOKIE, "")
+        agent = await directory.session(session_id)
+        return (agent, session_id) if agent is not None else None
+
+    async def seat(request: Request, slug: str) -> Seat:
+        found = await current(request)
+        if found is None:
+            raise LoginRequiredError()
+        agent, session_id = found
+        member = agent.membership(slug)
+        if member is None or slug not in tenants:
+            raise NotFoundError("No such console")
+        tenant, queues = tenants[slug]
+        return Seat(agent, member, tenant, queues, session_id, csrf_token(session_id, secret))
+
+    async def posted(request: Request, slug: str, csrf: str) -> Seat:
+        check_origin(request)
+        s = await seat(request, slug)
+        if not check_csrf(s.session_id, secret, csrf):
+            raise CsrfError()
+        return s
+
+    def require(s: Seat, role: Role) -> None:
+        if not s.member.at_least(role):
+            raise ForbiddenError()
+
+    # -- login, enrolment, logout -----------------------------------------------------------
+
+    def pre_session(request: Request) -> tuple[str, bool]:
+        value = request.cookies.get(PRE_COOKIE, "")
+        if 20 <= len(value) <= 100:
+            return value, False
+        return new_session_id(), True
+
+    def form_page(
+        request: Request, name: str, context: dict[str, object], status: int = 200
+    ) -> HTMLResponse:
+        pre, fresh = pre_session(request)
+        response = page(request, name, {**context, "csrf": csrf_token(pre, secret)})
+        response.status_code = status
+        if fresh:
+            set_cookie(response, PRE_COOKIE, pre, None)
+        return response
+
+    def check_pre(request: Request, csrf: str) -> None:
+        check_origin(request)
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if not pre or not check_csrf(pre, secret, csrf):
+            raise CsrfError()
+
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request, done: str = "") -> HTMLResponse:
+        return form_page(request, "agent_login.html", {"enrolled": done == "enrolled"})
+
+    @router.post("/login", response_model=None)
+    async def login(
+        request: Request,
+        username: Annotated[str, Form(max_length=100)],
+        password: Annotated[str, Form(max_length=1024)],
+        code: Annotated[str, Form(max_length=20)],
+        csrf: Annotated[str, Form(max_length=200)],
+    ) -> Response:
+        check_pre(request, csrf)
+        client = request.client.host if request.client else "unknown"
+        try:
+            session_id = await directory.login(username, password, code, client=client)
+        except IdContactError as exc:
+            return form_page(
+                request,
+                "agent_login.html",
+                {"error": exc.title, "username": username},
+                status=exc.status,
+            )
+        old = request.cookies.get(SESSION_COOKIE)
+        if old:
+            await directory.logout(old)
+        response = RedirectResponse("/agent/", status_code=303)
+        # A fresh session id after login; the pre-session cookie is spent.
+        set_cookie(response, SESSION_COOKIE, session_id, int(settings.agent_session_hours * 3600))
+        response.delete_cookie(PRE_COOKIE, path="/agent")
+        return response
+
+    @router.get("/enrol/{code}", response_class=HTMLResponse)
+    async def enrol_page(request: Request, code: str) -> HTMLResponse:
+        username = await directory.enrolling(code)
+        secret_text = new_totp_secret()
+        uri = provisioning_uri(secret_text, username, settings.name)
+        return form_page(
+            request,
+            "agent_enrol.html",
+            {
+                "username": username,
+                "qr": qr_svg(uri, "QR-code voor uw authenticator-app"),
+                "secret_text": " ".join(
+                    secret_text[i : i + 4] for i in range(0, len(secret_text), 4)
+                ),
+                "sealed": directory.seal_totp_secret(secret_text),
+                "action": f"/agent/enrol/{code}",
+            },
+        )
+
+    @router.post("/enrol/{code}", response_model=None)
+    async def enrol(
+        request: Request,
+        code: str,
+        password: Annotated[str, Form(max_length=1024)],
+        password_again: Annotated[str, Form(max_length=1024)],
+        totp: Annotated[str, Form(max_length=20)],
+        sealed: Annotated[str, Form(max_length=2000)],
+        csrf: Annotated[str, Form(max_length=200)],
+    ) -> Response:
+        check_pre(request, csrf)
+        try:
+            if password != password_again:
+                raise BadRequestError("The two passwords are not the same")
+            await directory.enrol(code, password, sealed, totp)
+        except IdContactError as exc:
+            username = await directory.enrolling(code)
+            return form_page(
+                request,
+                "agent_enrol.html",
+                {
+                    "username": username,
+                    "error": exc.detail,
+                    "qr": None,
+                    "sealed": sealed,
+                    "action": f"/agent/enrol/{code}",
+                },
+                status=exc.status,
+            )
+        return RedirectResponse("/agent/login?done=enrolled", status_code=303)
+
+    @router.post("/logout", response_class=RedirectResponse, status_code=303)
+    async def logout(
+        request: Request, csrf: Annotated[str, Form(max_length=200)]
+    ) -> RedirectResponse:
+        check_origin(request)
+        session_id = request.cookies.get(SESSION_COOKIE, "")
+        if session_id and check_csrf(session_id, secret, csrf):
+            await directory.logout(session_id)
+        response = RedirectResponse("/agent/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/agent")
+        return response
+
+    # -- the console --------------------------------------------------------------------------
+
+    @router.get("/", response_class=HTMLResponse, response_model=None)
+    async def home(request: Request) -> Response:
+        found = await current(request)
+        if found is None:
+            return RedirectResponse("/agent/login", status_code=303)
+        agent, session_id = found
+        mine = [m for m in agent.memberships if m.tenant in tenants]
+        if len(mine) == 1:
+            return RedirectResponse(f"/agent/{mine[0].tenant}/", status_code=303)
+        return page(
+            request,
+            "agent_tenants.html",
+            {
+                "agent": agent,
+                "tenants": [(m, tenants[m.tenant][0]) for m in mine],
+                "csrf": csrf_token(session_id, secret),
+            },
+        )
+
+    async def board(s: Seat) -> dict[str, object]:
+        rows = await s.queues.board(s.member.queues)
+        me = s.agent.agent_id
+        waiting = [r for r in rows if r["state"] == "waiting"]
+        for r in rows:
+            r["since_text"] = _time(r.get("waiting_since"))  # type: ignore[arg-type]
+            r["offer_until"] = _time(r.get("offer_expires"))  # type: ignore[arg-type]
+            purpose = s.tenant.purpose(str(r["purpose"]))
+            r["purpose_label"] = purpose.label.nl if purpose and purpose.label else r["purpose"]
+        return {
+            "offers": [r for r in rows if r["state"] == "offered" and r["agent_id"] == me],
+            "mine": [
+                r for r in rows if r["state"] in ("connected", "wrap_up") and r["agent_id"] == me
+            ],
+            "waiting": waiting[:WAITING_SHOWN],
+            "waiting_count": len(waiting),
+            "others": sum(1 for r in rows if r["state"] != "waiting" and r["agent_id"] != me),
+        }
+
+    async def presence(s: Seat) -> str:
+        refreshed = await directory.session(s.session_id)
+        return refreshed.presence if refreshed else "paused"
+
+    @router.get("/{slug}/", response_class=HTMLResponse, response_model=None)
+    async def console(request: Request, slug: str) -> Response:
+        try:
+            s = await seat(request, slug)
+        except LoginRequiredError:
+            return RedirectResponse("/agent/login", status_code=303)
+        return page(
+            request,
+            "agent_console.html",
+            {
+                "s": s,
+                "presence": await presence(s),
+                "board": await board(s),
+                "base": f"/agent/{slug}",
+            },
+            s.tenant,
+        )
+
+    @router.get("/{slug}/board", response_class=HTMLResponse)
+    async def board_fragment(request: Request, slug: str) -> HTMLResponse:
+        """The list part of the console, which console.js reloads after an event."""
+        s = await seat(request, slug)
+        return page(
+            request,
+            "agent_board.html",
+            {"s": s, "board": await board(s), "base": f"/agent/{slug}"},
+            s.tenant,
+        )
+
+    @router.get("/{slug}/events")
+    async def live(request: Request, slug: str) -> StreamingResponse:
+        """Server-Sent Events: a summary (ids, states, times) of each change in my queues."""
+        s = await seat(request, slug)
+        me = s.agent.agent_id
+
+        async def stream() -> AsyncIterator[bytes]:
+            async with (
+                bus.subscribe(slug, "queue") as changes,
+                bus.subscribe(slug, "agent", me) as mine,
+            ):
+                yield b"retry: 2000\nevent: hello\ndata: {}\n\n"
+                waiters: dict[str, asyncio.Task[Event | None]] = {}
+                while not await request.is_disconnected():
+                    for name, sub in (("queue", changes), ("agent", mine)):
+                        if name not in waiters:
+                            waiters[name] = asyncio.create_task(sub.next(HEARTBEAT))
+                    done, _ = await asyncio.wait(
+                        waiters.values(), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    sent = False
+                    for name in list(waiters):
+                        task = waiters[name]
+                        if task not in done:
+                            continue
+                        del waiters[name]
+                        try:
+                            event = task.result()
+                        except ConnectionResetError:  # fell behind: the browser reconnects
+                            for other in waiters.values():
+                                other.cancel()
+                            return
+                        if event is None:
+                            continue
+                        if name == "queue" and not serves(s.member.queues, event.key):
+                            continue
+                        sent = True
+                        yield _sse(name, event)
+                    if not sent:
+                        yield b": keep-alive\n\n"
+                for task in waiters.values():
+                    task.cancel()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @router.post("/{slug}/presence", response_class=RedirectResponse, status_code=303)
+    async def set_presence(
+        request: Request,
+        slug: str,
+        presence: Annotated[str, Form(pattern="^(available|paused)$")],
+        csrf: Annotated[str, Form(max_length=200)],
+    ) -> RedirectResponse:
+        s = await posted(request, slug, csrf)
+        await s.queues.set_presence(s.agent.agent_id, presence)
+        return RedirectResponse(f"/agent/{slug}/", status_code=303)
+
+    @router.post("/{slug}/c/{conversation_id}/{action}", response_class=RedirectResponse)
+    async def act(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        action: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        attribute: Annotated[str, Form(max_length=64)] = "",
+    ) -> Response:
+        """accept, decline, finish (wrap-up), close (delete now) or reveal a masked attribute."""
+        s = await posted(request, slug, csrf)
+        me = s.agent.agent_id
+        if action == "accept":
+            await s.queues.held(conversation_id, me)
+            await s.queues.accept(conversation_id, me)
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+        if action == "decline":
+            await s.queues.held(conversation_id, me)
+            await s.queues.decline(conversation_id, me)
+            return RedirectResponse(f"/agent/{slug}/", status_code=303)
+        if action == "finish":
+            await s.queues.finish(conversation_id, me)
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+        if action == "close":
+            await s.queues.close(conversation_id, me)
+            return RedirectResponse(f"/agent/{slug}/", status_code=303)
+        if action == "reveal":
+            return await panel(request, s, conversation_id, reveal=attribute)
+        raise NotFoundError("No such action")
+
+    async def panel(
+        request: Request, s: Seat, conversation_id: str, *, reveal: str = ""
+    ) -> HTMLResponse:
+        me = s.agent.agent_id
+        conversation = await s.queues.held(conversation_id, me)
+        data: dict[str, object] | None = None
+        store = s.queues.conversations
+        if conversation.state in ("connected", "wrap_up"):
+            conversation, data = await store.view(conversation_id, actor=f"agent:{me}")
+        purpose = s.tenant.purpose(conversation.purpose)
+        attrs = data.get("attributes") if data else None
+        attrs = attrs if isinstance(attrs, dict) else {}
+        sensitive = set(s.tenant.sensitive_attributes)
+        if reveal:
+            if reveal not in attrs or reveal not in sensitive:
+                raise BadRequestError("That attribute cannot be revealed")
+            now = clock()
+
+            def log(conn: Any) -> None:
+                audit(
+                    conn,
+                    now,
+                    f"agent:{me}",
+                    "attributes.reveal",
+                    conversation_id,
+                    {"attribute": reveal},
+                    tenant=s.tenant.slug,
+                )
+
+            await store.db.run(log, write=True)
+        order = purpose.attributes if purpose else tuple(attrs)
+        rows = [
+            {
+                "name": name,
+                "label": s.tenant.attribute_label(name, "nl"),
+                "value": str(attrs[name]),
+                "masked": name in sensitive and name != reveal,
+            }
+            for name in order
+            if name in attrs
+        ]
+        provenance = _provenance(s.tenant, data)
+        return page(
+            request,
+            "agent_conversation.html",
+            {
+                "s": s,
+                "c": conversation,
+                "purpose_label": (
+                    purpose.label.nl if purpose and purpose.label else conversation.purpose
+                ),
+                "rows": rows,
+                "proven": ", ".join(str(r["label"]) for r in rows),
+                "provenance": provenance,
+                "wrap_up_until": _time(conversation.wrap_up_until),
+                "offer_until": _time(conversation.offer_expires),
+                "base": f"/agent/{s.tenant.slug}",
+            },
+            s.tenant,
+        )
+
+    @router.get("/{slug}/c/{conversation_id}", response_class=HTMLResponse, response_model=None)
+    async def conversation_page(request: Request, slug: str, conversation_id: str) -> Response:
+        """The attribute panel; opening it is an audited read."""
+        try:
+            s = await seat(request, slug)
+        except LoginRequiredError:
+            return RedirectResponse("/agent/login", status_code=303)
+        return await panel(request, s, conversation_id)
+
+    @router.get("/{slug}/stats", response_model=None)
+    async def stats(request: Request, slug: str, format: str = "html") -> Response:
+        """Queue statistics for supervisors: counts and times, no personal data."""
+        s = await seat(request, slug)
+        require(s, "supervisor")
+        numbers = await s.queues.stats()
+        if format == "json":
+            return JSONResponse({"queues": numbers})
+        return page(
+            request,
+            "agent_stats.html",
+            {"s": s, "queues": numbers, "base": f"/agent/{slug}"},
+            s.tenant,
+        )
+
+    @router.get("/{slug}/audit.csv")
+    async def audit_csv(request: Request, slug: str) -> Response:
+        """The tenant's audit log for admins (ids, actions, pseudonyms; no values)."""
+        s = await seat(request, slug)
+        require(s, "admin")
+        rows = await s.queues.conversations.db.run(lambda conn: list(events(conn, slug)))
+        out = io.StringIO()
+        write_csv(rows, out)
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="audit-{slug}.csv"'},
+        )
+
+    return router
+
+
+def _sse(name: str, event: Event) -> bytes:
+    body = json.dumps({"key": event.key, "at": event.at, **event.data}, separators=(",", ":"))
+    return f"event: {name}\ndata: {body}\n\n".encode()
+
+
+ASSURANCE_NL = {"low": "laag", "substantial": "substantieel", "high": "hoog"}
+
+
+def _provenance(tenant: Tenant, data: Mapping[str, object] | None) -> dict[str, str]:
+    """Where the attributes come from, for the agent; what an original token cannot say is
+    looked up from the key that verified it, or shown as unknown."""
+    if not data:
+        return {}
+    given = data.get("provenance")
+    given = given if isinstance(given, dict) else {}
+    method = str(given.get("method_name") or given.get("method") or "")
+    assurance = str(given.get("assurance") or "")
+    if not method and data.get("kid") is None:
+        # An original plugin's token (no kid, no provenance): known when one remote method
+        # has a fallback key configured.
+        remote = [m for m in tenant.auth_methods if m.signature_key is not None]
+        if len(remote) == 1:
+            method, assurance = remote[0].name, remote[0].assurance
+    method = method or "onbekende methode"
+    received = data.get("received_at")
+    return {
+        "method": method,
+        "assurance": ASSURANCE_NL.get(assurance, assurance or "onbekend"),
+        "issuer": str(given.get("issuer") or ""),
+        "credential": str(given.get("credential") or ""),
+        "at": (
+            datetime.fromtimestamp(float(received), UTC).astimezone(ZONE).strftime("%d-%m-%Y %H:%M")
+            if isinstance(received, int | float)
+            else ""
+        ),
+    }

@@ -1,0 +1,132 @@
+"""The queue service on a real database: offers, places, waits, opening hours, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from idcontact.agents.directory import Membership
+from idcontact.events import LocalBus
+from idcontact.queues import QueueService
+from idcontact.storage.db import agents
+from tests.conftest import CANARY_BSN, AppFactory, Instance, _reset_postgres, demo_settings
+from tests.flows.test_console import waiting_conversation
+from tests.services import postgres_url
+
+pytestmark = pytest.mark.anyio
+
+SUNDAY_NOON = datetime(2026, 11, 29, 12, 0, tzinfo=ZoneInfo("Europe/Amsterdam")).timestamp()
+
+
+async def available_agent(instance: Instance, name: str, queues: tuple[str, ...] = ("*",)) -> str:
+    directory = instance.services.agents
+    assert directory is not None and instance.services.db is not None
+    await directory.add(name, name, [Membership("default", "agent", queues)])
+    agent_id = await instance.services.db.run(
+        lambda conn: conn.execute(select(agents.c.id).where(agents.c.username == name)).scalar()
+    )
+    await service(instance).set_presence(str(agent_id), "available")
+    return str(agent_id)
+
+
+def service(instance: Instance) -> QueueService:
+    queues = instance.services.tenants["default"].queues
+    assert queues is not None
+    return queues
+
+
+async def states(instance: Instance, ids: list[str]) -> list[str]:
+    conversations = instance.services.conversations
+    assert conversations is not None
+    return [(await conversations.get(i)).state for i in ids]
+
+
+async def test_places_and_expected_waits(make_app: AppFactory, tmp_path: Any) -> None:
+    inst: Instance = await make_app(
+        demo_settings(
+            tmp_path,
+            queues=[{"tag": "general", "handle_seconds": 240, "long_wait_seconds": 300}],
+        )
+    )
+    first = await waiting_conversation(inst)
+    second = await waiting_conversation(inst, "123456782")
+    places = await service(inst).places()
+    assert places[first].position == 1 and places[second].position == 2
+    assert places[first].expected_seconds is None  # nobody staffed: unknown, and said so
+    assert places[first].long_wait
+
+    await available_agent(inst, "anna", ("other",))  # not a member of this queue
+    assert (await service(inst).places())[first].expected_seconds is None
+
+    await available_agent(inst, "bert")  # takes both (chats), so count a third resident
+    third = await waiting_conversation(inst, "111222333")
+    await service(inst).tick()
+    place = (await service(inst).places())[third]
+    # Offered conversations still count as in line until accepted: third is position 3.
+    assert place.position == 3
+    assert place.expected_seconds == pytest.approx(3 * 240 / 1)
+    assert place.long_wait  # 720 s > 300 s
+    estimate = await service(inst).estimate("general")
+    assert estimate.available_agents == 1 and estimate.handle_seconds == 240
+
+
+async def test_closed_queue_makes_no_offers_and_says_when_it_opens(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    settings = demo_settings(
+        tmp_path, queues=[{"tag": "general", "opening_hours": {"mon": ["08:30-17:00"]}}]
+    )
+    inst: Instance = await make_app(settings, clock=lambda: SUNDAY_NOON)
+    conversation_id = await waiting_conversation(inst)
+    await available_agent(inst, "anna")
+    await service(inst).tick()
+    assert await states(inst, [conversation_id]) == ["waiting"]
+    estimate = await service(inst).estimate("general")
+    assert not estimate.is_open and estimate.opens_at is not None
+    opens = datetime.fromtimestamp(estimate.opens_at, ZoneInfo("Europe/Amsterdam"))
+    assert (opens.weekday(), opens.hour, opens.minute) == (0, 8, 30)
+
+
+async def test_handle_time_moves_with_finished_conversations(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    now = [SUNDAY_NOON]
+    inst: Instance = await make_app(
+        demo_settings(tmp_path, queues=[{"tag": "general", "handle_seconds": 300}]),
+        clock=lambda: now[0],
+    )
+    conversation_id = await waiting_conversation(inst)
+    agent_id = await available_agent(inst, "anna")
+    await service(inst).tick()
+    await service(inst).accept(conversation_id, agent_id)
+    now[0] += 100  # a 100-second conversation
+    await service(inst).close(conversation_id, agent_id)
+    estimate = await service(inst).estimate("general")
+    assert estimate.handle_seconds == pytest.approx(300 + 0.1 * (100 - 300))
+
+
+@pytest.mark.postgres
+async def test_two_dispatchers_never_offer_one_conversation_twice(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    url = postgres_url()
+    await _reset_postgres(url)
+    # One chat per agent, so every agent can hold exactly one offer.
+    settings = demo_settings(
+        tmp_path, database_url=url, queues=[{"tag": "general", "max_chats": 1}]
+    )
+    inst: Instance = await make_app(settings)
+    ids = [await waiting_conversation(inst, CANARY_BSN) for _ in range(6)]
+    for name in ("anna", "bert", "carla"):
+        await available_agent(inst, name)
+    other = QueueService(service(inst).conversations, LocalBus())  # a second instance
+    await asyncio.gather(*(q.tick() for q in (service(inst), other, service(inst), other)))
+    found = await asyncio.gather(*(service(inst).conversations.get(i) for i in ids))
+    holders = [c.agent_id for c in found if c.state == "offered"]
+    assert len(holders) == 3 and len(set(holders)) == 3  # one each, none twice
+    assert [c.state for c in found].count("waiting") == 3
