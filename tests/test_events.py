@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from idcontact.events import Event, LocalBus
+from tests.conftest import AppFactory, Instance, _reset_postgres, demo_settings
+from tests.flows.test_console import waiting_conversation
+from tests.services import postgres_url, redis_url
 
 pytestmark = pytest.mark.anyio
 
@@ -39,3 +44,24 @@ async def test_a_subscriber_that_falls_behind_is_dropped() -> None:
         assert await slow.next(0.01) is not None
         with pytest.raises(ConnectionResetError):
             await slow.next(0.01)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_a_change_on_one_instance_reaches_consoles_on_another(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    url = postgres_url()
+    await _reset_postgres(url)
+    settings = demo_settings(tmp_path, database_url=url, redis_url=redis_url())
+    first: Instance = await make_app(settings)
+    second: Instance = await make_app(settings)
+    async with second.services.bus.subscribe("default", "queue") as console:
+        conversation_id = await waiting_conversation(first)  # created and queued on `first`
+        seen: list[object] = []
+        while "waiting" not in seen:
+            event = await console.next(5.0)
+            assert event is not None, "no event reached the other instance within 5 s"
+            if event.data.get("id") == conversation_id:
+                seen.append(event.data.get("state"))
+    assert seen[-1] == "waiting"

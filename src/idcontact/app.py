@@ -30,7 +30,7 @@ from idcontact.agents.directory import AgentDirectory
 from idcontact.conversations import Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
-from idcontact.events import LocalBus
+from idcontact.events import Bus, LocalBus, RedisBus
 from idcontact.keyring import KeyRing, load_keyring
 from idcontact.logs import quiet_libraries
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
@@ -73,7 +73,7 @@ class Services:
     db: Database | None
     keystore: KeyStore | None
     tenants: dict[str, TenantServices]
-    bus: LocalBus
+    bus: Bus
     agents: AgentDirectory | None = None
 
     @property
@@ -131,7 +131,8 @@ def create_app(
     db: Database | None = None
     keystore: KeyStore | None = None
     vault: Vault | None = None
-    bus = LocalBus()
+    # With Redis, events reach the consoles connected to every instance.
+    bus: Bus = RedisBus(Redis.from_url(settings.redis_url)) if settings.redis_url else LocalBus()
     if "comm" in roles:
         db = Database(settings.resolved_database_url)
         keystore = keystore_for(settings, db.engine)
@@ -175,6 +176,8 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if db is not None and settings.auto_migrate:
             await upgrade(db.engine)
+        if isinstance(bus, RedisBus):
+            await bus.start()
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
         tasks: list[asyncio.Task[None]] = []
         if stores and db is not None:
@@ -191,6 +194,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await http.aclose()
+            if isinstance(bus, RedisBus):
+                await bus.close()
             if keystore is not None:
                 await keystore.close()
             if db is not None:

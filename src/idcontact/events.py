@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
 
 Topic = Literal["queue", "conversation", "agent"]
 
@@ -101,3 +107,54 @@ class LocalBus:
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
+
+
+class RedisBus:
+    """Events across instances: published to one Redis pub/sub channel, and every instance
+    (this one too) fans what it hears out to its own subscribers.
+
+    Events are hints, not the record: the database is. A publish that fails is logged and
+    dropped; consoles reload their list when they reconnect, and the dispatcher ticks anyway.
+    """
+
+    def __init__(self, redis: Redis, channel: str = "idcontact:events") -> None:
+        self._redis = redis
+        self._channel = channel
+        self._local = LocalBus()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._channel)
+        self._reader = asyncio.create_task(self._read(pubsub))
+
+    async def _read(self, pubsub: Any) -> None:
+        try:
+            async for message in pubsub.listen():
+                try:
+                    await self._local.publish(Event(**json.loads(message["data"])))
+                except (TypeError, ValueError):
+                    log.warning("ignored a malformed event on the bus")
+        finally:
+            await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._redis.aclose()
+
+    async def publish(self, event: Event) -> None:
+        try:
+            await self._redis.publish(self._channel, json.dumps(event.as_dict()))
+        except Exception:  # the change itself is committed; see the class docstring
+            log.warning("could not publish an event", exc_info=True)
+
+    def subscribe(
+        self, tenant: str, topic: Topic, key: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self._local.subscribe(tenant, topic, key)
+
+    def has_subscribers(self, tenant: str, topic: Topic, key: str) -> bool:
+        return self._local.has_subscribers(tenant, topic, key)

@@ -34,7 +34,7 @@ from idcontact.agents.credentials import (
 )
 from idcontact.agents.directory import AgentDirectory, AgentSession, Membership, Role
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
-from idcontact.events import Event, LocalBus
+from idcontact.events import Bus, Event
 from idcontact.queues import QueueService, serves
 from idcontact.settings import Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
@@ -86,7 +86,7 @@ def agent_router(
     settings: Settings,
     directory: AgentDirectory,
     tenants: Mapping[str, tuple[Tenant, QueueService]],
-    bus: LocalBus,
+    bus: Bus,
     templates: Jinja2Templates,
     secret: bytes,
     clock: Callable[[], float],
