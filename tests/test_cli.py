@@ -329,3 +329,18 @@ def test_agents_lifecycle_on_the_command_line(runner: CliRunner, tmp_path: Path)
     assert bad_role.exit_code == 2 and "tenant:role:queues" in bad_role.output
     bad_tenant = runner.invoke(main, ["agents", "add", "bert", "--member", "leiden:agent:*", *data])
     assert bad_tenant.exit_code == 2 and "unknown tenant" in bad_tenant.output
+
+
+def test_the_embedded_demo_creates_one_demo_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from idcontact.cli import _demo_agent
+
+    settings = load_settings(
+        DEMO_CONFIG, {"data_dir": tmp_path / "data", "public_url": "http://127.0.0.1:8765"}
+    )
+    _demo_agent(settings)
+    first = capsys.readouterr().out
+    assert "http://127.0.0.1:8765/agent/enrol/" in first  # where this server listens
+    _demo_agent(settings)  # the next start: the account exists, no new link
+    assert capsys.readouterr().out == ""

@@ -101,6 +101,8 @@ def serve(
     except ConfigError as exc:
         _fail(exc)
         return
+    if config is None and "comm" in roles:
+        _demo_agent(settings)
     click.echo(f"ID Contact ({', '.join(roles)}) — open {settings.public_url}/")
     options: dict[str, Any] = {
         "host": host,
@@ -383,16 +385,20 @@ def agents() -> None:
 
 def _agents_run(config: Path | None, data_dir: Path | None, work: Any) -> Any:
     """Run ``await work(directory, settings)`` on the migrated database."""
-    from idcontact.agents.directory import AgentDirectory
-    from idcontact.keyring import load_keyring
-    from idcontact.sealing import Sealer
-    from idcontact.storage.db import Database, upgrade
-
     try:
         settings = _load(config, data_dir)
     except ConfigError as exc:
         _fail(exc)
         return None
+    return _with_directory(settings, work)
+
+
+def _with_directory(settings: Settings, work: Any) -> Any:
+    from idcontact.agents.directory import AgentDirectory
+    from idcontact.keyring import load_keyring
+    from idcontact.sealing import Sealer
+    from idcontact.storage.db import Database, upgrade
+
     sealer = Sealer(load_keyring(settings, settings.default_tenant).internal_secret)
 
     async def run() -> Any:
@@ -408,6 +414,21 @@ def _agents_run(config: Path | None, data_dir: Path | None, work: Any) -> Any:
     except IdContactError as exc:
         click.echo(f"error: {exc.detail}", err=True)
         sys.exit(1)
+
+
+def _demo_agent(settings: Settings) -> None:
+    """The embedded demo's first run: an admin ``demo`` to try the console with."""
+    from idcontact.agents.directory import Membership
+
+    async def work(directory: Any, settings: Settings) -> None:
+        if await directory.all():
+            return
+        code = await directory.add(
+            "demo", "Demo-medewerker", [Membership("default", "admin", ("*",))]
+        )
+        click.echo(_enrol_message(settings, "demo", code))
+
+    _with_directory(settings, work)
 
 
 def _enrol_message(settings: Settings, username: str, code: str) -> str:
