@@ -37,13 +37,31 @@ async def test_events_reach_only_matching_subscribers() -> None:
 async def test_a_subscriber_that_falls_behind_is_dropped() -> None:
     bus = LocalBus(limit=2)
     async with bus.subscribe("a", "queue") as slow:
+        await bus.publish(Event("a", "queue", "q", {"n": 0}))
+        assert (await slow.next(0.01)) is not None  # keeping up
         for n in range(3):
             await bus.publish(Event("a", "queue", "q", {"n": n}))
         assert slow.dropped
-        assert await slow.next(0.01) is not None
-        assert await slow.next(0.01) is not None
-        with pytest.raises(ConnectionResetError):
+        with pytest.raises(ConnectionResetError):  # stale events are not handed out
             await slow.next(0.01)
+
+
+async def test_a_subscriber_that_lags_in_time_is_dropped() -> None:
+    now = [1000.0]
+    bus = LocalBus(max_lag=5.0, clock=lambda: now[0])
+    async with bus.subscribe("a", "queue") as slow:
+        await bus.publish(Event("a", "queue", "q"))
+        now[0] += 6  # the oldest undelivered event is now older than 5 s
+        await bus.publish(Event("a", "queue", "q"))
+        assert slow.dropped
+
+
+async def test_events_are_encoded_once_for_every_console() -> None:
+    event = Event("a", "queue", "general", {"id": "c1", "state": "waiting"}, at=1.5)
+    assert event.sse == (
+        b'event: queue\ndata: {"key":"general","at":1.5,"id":"c1","state":"waiting"}\n\n'
+    )
+    assert event.sse is event.sse
 
 
 @pytest.mark.postgres

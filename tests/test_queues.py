@@ -13,7 +13,7 @@ from sqlalchemy import select
 from idcontact.agents.directory import Membership
 from idcontact.events import LocalBus
 from idcontact.queues import QueueService
-from idcontact.storage.db import agents
+from idcontact.storage.db import agents, queue_stats
 from tests.conftest import CANARY_BSN, AppFactory, Instance, _reset_postgres, demo_settings
 from tests.flows.test_console import waiting_conversation
 from tests.services import postgres_url
@@ -130,3 +130,29 @@ async def test_two_dispatchers_never_offer_one_conversation_twice(
     holders = [c.agent_id for c in found if c.state == "offered"]
     assert len(holders) == 3 and len(set(holders)) == 3  # one each, none twice
     assert [c.state for c in found].count("waiting") == 3
+
+
+@pytest.mark.postgres
+async def test_agents_closing_at_once_both_count_in_the_handle_time(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    url = postgres_url()
+    await _reset_postgres(url)
+    settings = demo_settings(
+        tmp_path, database_url=url, queues=[{"tag": "general", "max_chats": 1}]
+    )
+    inst: Instance = await make_app(settings)
+    ids = [await waiting_conversation(inst, CANARY_BSN) for _ in range(4)]
+    agent_ids = [await available_agent(inst, name) for name in ("anna", "bert", "carla", "dirk")]
+    await service(inst).tick()
+    held = {c.agent_id: c.id for c in [await service(inst).conversations.get(i) for i in ids]}
+    assert set(held) == set(agent_ids)  # one each
+    for agent_id, conversation_id in held.items():
+        await service(inst).accept(conversation_id, agent_id)
+    # The first finished conversations of the queue, closed at the same moment.
+    await asyncio.gather(*(service(inst).close(c, a) for a, c in held.items()))
+    assert inst.services.db is not None
+    handled = await inst.services.db.run(
+        lambda conn: conn.execute(select(queue_stats.c.handled)).scalar_one()
+    )
+    assert handled == 4

@@ -9,6 +9,7 @@ transaction, so a refused or failed delivery changes nothing.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -398,24 +399,39 @@ class Conversations:
         return conversation
 
     def _record_handle_time(self, conn: Connection, queue: str, seconds: float) -> None:
-        """Move the queue's average handle time (which the expected waits come from)."""
+        """Move the queue's average handle time (which the expected waits come from).
+
+        One atomic statement, so agents closing at the same moment on several instances
+        neither collide nor lose an update.
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            return
+        weight = HandleTime(0).weight
         key = and_(queue_stats.c.tenant == self._tenant, queue_stats.c.queue == queue)
-        row = conn.execute(select(queue_stats).where(key)).first()
-        if row is None:
-            seed = next((q.handle_seconds for q in self._config.all_queues if q.tag == queue), 300)
-            moved = HandleTime(seed).add(seconds)
-            conn.execute(
-                insert(queue_stats).values(
-                    tenant=self._tenant, queue=queue, handle_seconds=moved.seconds, handled=1
+        move = (
+            update(queue_stats)
+            .where(key)
+            .values(
+                handle_seconds=queue_stats.c.handle_seconds
+                + weight * (seconds - queue_stats.c.handle_seconds),
+                handled=queue_stats.c.handled + 1,
+            )
+        )
+        if conn.execute(move).rowcount == 1:
+            return
+        seed = next((q.handle_seconds for q in self._config.all_queues if q.tag == queue), 300.0)
+        try:
+            with conn.begin_nested():  # the first one for this queue, unless someone else was
+                conn.execute(
+                    insert(queue_stats).values(
+                        tenant=self._tenant,
+                        queue=queue,
+                        handle_seconds=HandleTime(seed).add(seconds).seconds,
+                        handled=1,
+                    )
                 )
-            )
-        else:
-            moved = HandleTime(row.handle_seconds).add(seconds)
-            conn.execute(
-                update(queue_stats)
-                .where(key)
-                .values(handle_seconds=moved.seconds, handled=row.handled + 1)
-            )
+        except IntegrityError:
+            conn.execute(move)
 
     async def _changed(self, conversation_id: str) -> None:
         if self._bus is not None:
@@ -426,9 +442,12 @@ class Conversations:
         if self._bus is None:
             return
         now = self._clock()
-        await self._bus.publish(
-            Event(self._tenant, "queue", conversation.queue or "", conversation.summary(), now)
-        )
+        # Consoles list the queue and what agents hold; a conversation that never got there
+        # (created, authenticated, failed) is not theirs to hear about.
+        if conversation.waiting_since is not None:
+            await self._bus.publish(
+                Event(self._tenant, "queue", conversation.queue or "", conversation.summary(), now)
+            )
         await self._bus.publish(
             Event(self._tenant, "conversation", conversation.id, {"state": conversation.state}, now)
         )

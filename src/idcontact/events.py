@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -20,18 +23,18 @@ from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
-Topic = Literal["queue", "conversation", "agent"]
+Topic = Literal["queue", "conversation"]
 
 
 @dataclass(frozen=True)
 class Event:
-    """One change. ``queue`` events go to a tenant's consoles, ``conversation`` events to
-    the resident of that one conversation, ``agent`` events (presence) to consoles too."""
+    """One change. ``queue`` events go to a tenant's consoles (conversations by queue tag, an
+    agent's presence as ``agent:<id>``), ``conversation`` events to that one resident."""
 
     tenant: str
     topic: Topic
     key: str
-    """``queue``: the queue tag; ``conversation``: the conversation id; ``agent``: its id."""
+    """``queue``: the queue tag or ``agent:<id>``; ``conversation``: the conversation id."""
     data: dict[str, object] = field(default_factory=dict)
     """Ids, states, numbers and times only."""
     at: float = 0.0
@@ -39,29 +42,61 @@ class Event:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @functools.cached_property
+    def sse(self) -> bytes:
+        """This event as one Server-Sent Event, encoded once for every console."""
+        body = json.dumps({"key": self.key, "at": self.at, **self.data}, separators=(",", ":"))
+        return f"event: {self.topic}\ndata: {body}\n\n".encode()
+
 
 class Subscription:
-    """An async iterator of events; closed when it falls ``limit`` events behind."""
+    """Events for one subscriber, in order. A subscriber that falls ``limit`` events or
+    ``max_lag`` seconds behind is dropped: stale events help nobody, and a console that
+    reconnects reloads its list anyway."""
 
-    def __init__(self, limit: int) -> None:
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(limit)
+    def __init__(
+        self, limit: int, max_lag: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._items: deque[tuple[float, Event]] = deque()
+        self._ready = asyncio.Event()
+        self._limit = limit
+        self._max_lag = max_lag
         self.dropped = False
 
     def offer(self, event: Event) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if self.dropped:
+            return
+        now = self._clock()
+        if len(self._items) >= self._limit or (
+            self._items and now - self._items[0][0] > self._max_lag
+        ):
             self.dropped = True
+            self._items.clear()
+        else:
+            self._items.append((now, event))
+        self._ready.set()
 
     async def next(self, heartbeat: float) -> Event | None:
         """The next event, or ``None`` after ``heartbeat`` seconds (time for a keep-alive)."""
-        if self.dropped and self._queue.empty():
+        if not self._items and not self.dropped:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(heartbeat):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        if self.dropped:
             raise ConnectionResetError("subscriber fell behind")
-        try:
-            async with asyncio.timeout(heartbeat):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+        return self._items.popleft()[1]
+
+    def drain(self) -> list[Event]:
+        """The events already waiting, without waiting for more."""
+        if self.dropped:
+            raise ConnectionResetError("subscriber fell behind")
+        out = [event for _, event in self._items]
+        self._items.clear()
+        return out
 
 
 class Bus(Protocol):
@@ -71,14 +106,18 @@ class Bus(Protocol):
         self, tenant: str, topic: Topic, key: str | None = None
     ) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
-    def has_subscribers(self, tenant: str, topic: Topic, key: str) -> bool: ...
+    def has_subscribers(self, tenant: str, topic: Topic, key: str | None = None) -> bool: ...
 
 
 class LocalBus:
     """In-process fan-out: publishing costs one dictionary lookup per matching subscriber."""
 
-    def __init__(self, limit: int = 1000) -> None:
+    def __init__(
+        self, limit: int = 1000, max_lag: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._limit = limit
+        self._max_lag = max_lag
+        self._clock = clock
         # (tenant, topic, key or None for "all keys of the topic") → subscribers
         self._subs: dict[tuple[str, Topic, str | None], set[Subscription]] = {}
 
@@ -87,14 +126,17 @@ class LocalBus:
             for sub in self._subs.get((event.tenant, event.topic, key), ()):
                 sub.offer(event)
 
-    def has_subscribers(self, tenant: str, topic: Topic, key: str) -> bool:
+    def has_subscribers(self, tenant: str, topic: Topic, key: str | None = None) -> bool:
+        """Whether anyone listens to ``key`` (any key of the topic when ``None``)."""
+        if key is None:
+            return any(t == tenant and tp == topic for t, tp, _ in self._subs)
         return bool(self._subs.get((tenant, topic, key)) or self._subs.get((tenant, topic, None)))
 
     @contextlib.asynccontextmanager
     async def subscribe(
         self, tenant: str, topic: Topic, key: str | None = None
     ) -> AsyncIterator[Subscription]:
-        sub = Subscription(self._limit)
+        sub = Subscription(self._limit, self._max_lag, self._clock)
         subs = self._subs.setdefault((tenant, topic, key), set())
         subs.add(sub)
         try:
@@ -156,5 +198,5 @@ class RedisBus:
     ) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self._local.subscribe(tenant, topic, key)
 
-    def has_subscribers(self, tenant: str, topic: Topic, key: str) -> bool:
+    def has_subscribers(self, tenant: str, topic: Topic, key: str | None = None) -> bool:
         return self._local.has_subscribers(tenant, topic, key)

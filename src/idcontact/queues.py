@@ -229,8 +229,8 @@ class QueueService:
             queue = self.queue(tag)
             is_open = self.is_open(queue)
             line.sort(key=lambda r: (r.waiting_since or 0.0, r.id))
+            available = sum(1 for a in pool if serves(a.queues, tag) and _staffed(a))
             for index, row in enumerate(line, start=1):
-                available = sum(1 for a in pool if serves(a.queues, tag) and _staffed(a))
                 expected = expected_wait(index, handles.get(tag, queue.handle_seconds), available)
                 result[row.id] = Place(
                     index,
@@ -265,7 +265,7 @@ class QueueService:
 
         await self._db.run(work, write=True)
         await self._bus.publish(
-            Event(self._tenant.slug, "agent", agent_id, {"presence": presence}, now)
+            Event(self._tenant.slug, "queue", f"agent:{agent_id}", {"presence": presence}, now)
         )
         self.poke()
 
@@ -457,6 +457,11 @@ class QueueService:
         return made
 
     async def _offer_one(self, queue: Queue) -> bool:
+        def anyone(conn: Connection) -> bool:
+            return any(a.state == "available" for a in self._agents(conn, queue.tag))
+
+        if not await self._db.run(anyone):
+            return False  # nobody can take anything: no write lock, no read of the line
         now = self._clock()
 
         def work(conn: Connection) -> Any:
@@ -515,6 +520,8 @@ class QueueService:
     async def _push_places(self) -> None:
         """Each waiting resident who is watching gets their position and expected wait."""
         slug = self._tenant.slug
+        if not self._bus.has_subscribers(slug, "conversation"):
+            return  # nobody is watching a waiting page on this instance
         places = await self.places()
         now = self._clock()
         for conversation_id, place in places.items():

@@ -9,9 +9,7 @@ so they cannot even be counted. Every form carries a CSRF token bound to the ses
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -350,42 +348,27 @@ def agent_router(
         s = await seat(request, slug)
         me = s.agent.agent_id
 
+        def wanted(event: Event) -> bool:
+            if event.key.startswith("agent:"):  # presence: only the agent's own
+                return event.key == f"agent:{me}"
+            return serves(s.member.queues, event.key)
+
         async def stream() -> AsyncIterator[bytes]:
-            async with (
-                bus.subscribe(slug, "queue") as changes,
-                bus.subscribe(slug, "agent", me) as mine,
-            ):
+            # Each event is encoded once for all consoles; what queued up meanwhile goes out
+            # as one chunk. Starlette ends the stream when the browser goes away.
+            async with bus.subscribe(slug, "queue") as changes:
                 yield b"retry: 2000\nevent: hello\ndata: {}\n\n"
-                waiters: dict[str, asyncio.Task[Event | None]] = {}
-                while not await request.is_disconnected():
-                    for name, sub in (("queue", changes), ("agent", mine)):
-                        if name not in waiters:
-                            waiters[name] = asyncio.create_task(sub.next(HEARTBEAT))
-                    done, _ = await asyncio.wait(
-                        waiters.values(), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    sent = False
-                    for name in list(waiters):
-                        task = waiters[name]
-                        if task not in done:
-                            continue
-                        del waiters[name]
-                        try:
-                            event = task.result()
-                        except ConnectionResetError:  # fell behind: the browser reconnects
-                            for other in waiters.values():
-                                other.cancel()
-                            return
-                        if event is None:
-                            continue
-                        if name == "queue" and not serves(s.member.queues, event.key):
-                            continue
-                        sent = True
-                        yield _sse(name, event)
-                    if not sent:
+                while True:
+                    try:
+                        first = await changes.next(HEARTBEAT)
+                        batch = [] if first is None else [first, *changes.drain()]
+                    except ConnectionResetError:  # fell behind: the browser reconnects
+                        return
+                    chunk = b"".join(e.sse for e in batch if wanted(e))
+                    if chunk:
+                        yield chunk
+                    elif first is None:
                         yield b": keep-alive\n\n"
-                for task in waiters.values():
-                    task.cancel()
 
         return StreamingResponse(
             stream(),
@@ -534,11 +517,6 @@ def agent_router(
         )
 
     return router
-
-
-def _sse(name: str, event: Event) -> bytes:
-    body = json.dumps({"key": event.key, "at": event.at, **event.data}, separators=(",", ":"))
-    return f"event: {name}\ndata: {body}\n\n".encode()
 
 
 ASSURANCE_NL = {"low": "laag", "substantial": "substantieel", "high": "hoog"}

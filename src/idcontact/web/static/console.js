@@ -19,7 +19,9 @@
   }
   function soon() { if (!pending) pending = setTimeout(reload, 150); }
   var source = new EventSource(live.dataset.events);
-  source.addEventListener("queue", soon);
-  source.addEventListener("agent", function () { location.reload(); });
+  source.addEventListener("queue", function (message) {
+    // This agent's own presence changed (on another tab, say): redraw the whole page.
+    if (JSON.parse(message.data).key.indexOf("agent:") === 0) { location.reload(); } else { soon(); }
+  });
   source.addEventListener("hello", soon);  // after a reconnect, catch up
 }());
