@@ -335,6 +335,8 @@ class Consoles:
         if name not in ("queue", "agent") or not data:
             return
         payload = json.loads(data)
+        if str(payload.get("key", "")).startswith("agent:"):
+            name = "agent"  # an agent's own presence, sent to that agent's console only
         at = float(payload["at"])
         self.total[name] += 1
         rec = self.recording
