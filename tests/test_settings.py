@@ -417,3 +417,9 @@ def test_demo_labels() -> None:
     assert move.label.get("en") == "Report a move"
     assert move.label.get("nl") == "Verhuizing doorgeven"
     assert settings.attribute_label("bsn", "nl") == "Burgerservicenummer (BSN)"
+
+
+def test_a_phone_number_is_digits_and_punctuation_only() -> None:
+    assert load_settings(None, {"phone_number": "+31 26 377 7000"}).phone_number
+    with pytest.raises(ConfigError, match="phone_number"):
+        load_settings(None, {"phone_number": "<script>"})

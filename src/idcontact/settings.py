@@ -230,6 +230,8 @@ class TenantFields(_Model):
     logo: str = Field(default="", pattern=r"^(/[^\s\"'<>]*)?$")
     """Path of the logo on this instance (``/static/…``); no third-party hosts."""
     design: Design = Design()
+    phone_number: str = Field(default="", pattern=r"^(\+?[0-9][0-9 ()-]{2,24})?$")
+    """The municipality's general phone number, told to residents who face a long wait."""
     pseudonym_secret: LongSecret | None = None
     """Keys the residents' pseudonyms in the audit log (≥ 32 characters). Unset: derived from
     the internal secret and the slug; set it in production, since rotating the internal secret

@@ -511,3 +511,12 @@ async def test_english_in_band_delivery_keeps_the_language(
     assert dropped.status_code == 303
     assert dropped.headers["location"].endswith("?lang=en")
     assert "result=" not in dropped.headers["location"]
+
+
+async def test_a_long_wait_names_the_municipality_phone_number(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    inst: Instance = await make_app(demo_settings(tmp_path, phone_number="+31 26 377 7000"))
+    url = await authenticated(inst)
+    line = status_text((await inst.client.get(path_of(url))).text)
+    assert "langer dan 5 minuten" in line and "Ons telefoonnummer is +31 26 377 7000." in line

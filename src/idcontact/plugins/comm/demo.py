@@ -82,6 +82,7 @@ TEXT: dict[str, dict[str, str]] = {
         "retry": "Opnieuw proberen",
         "back": "Terug naar de onderwerpen",
         "refresh": "Vernieuwen",
+        "call_us": "Ons telefoonnummer is {phone}.",
         "end": "Gesprek beëindigen",
     },
     "en": {
@@ -113,6 +114,7 @@ TEXT: dict[str, dict[str, str]] = {
         "retry": "Try again",
         "back": "Back to the topics",
         "refresh": "Refresh",
+        "call_us": "Our phone number is {phone}.",
         "end": "End conversation",
     },
 }
@@ -194,13 +196,15 @@ class DemoCommPlugin:
             queue = self._queues.queue(conversation.queue)
         n = queue.long_wait_seconds // 60  # "more than": rounded down stays true
         m = t["minute"] if n == 1 else t["minutes"].format(n=n)
+        phone = self._ctx.tenant.phone_number
+        call_us = f" {t['call_us'].format(phone=phone)}" if phone else ""
         return {
             "in_line": t["in_line"],
             "position": t["position"],
             "wait": t["wait"],
             "wait_one": t["wait_one"],
             "wait_unknown": t["wait_unknown"],
-            "long": t["long"].format(m=m) if n else t["long_short"],
+            "long": (t["long"].format(m=m) if n else t["long_short"]) + call_us,
             "closed": t["closed"],
         }
 
