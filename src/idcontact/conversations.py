@@ -456,42 +456,37 @@ class Conversations:
         """Destroy attributes past retention or idle too long; safe to run on every instance."""
         now = self._clock()
 
+        # The same condition selects and, again, guards each purge: a conversation that became
+        # live (or active) meanwhile is left alone.
+        is_due = and_(
+            conversations.c.tenant == self._tenant,
+            conversations.c.state != "purged",
+            or_(
+                conversations.c.purge_at <= now,
+                and_(
+                    # A live connection is never idle.
+                    conversations.c.state.not_in(tuple(LIVE)),
+                    conversations.c.last_activity + conversations.c.idle_seconds <= now,
+                ),
+                conversations.c.state == "ended",
+                and_(conversations.c.state == "wrap_up", conversations.c.wrap_up_until <= now),
+            ),
+        )
+
         def due(conn: Connection) -> list[str]:
-            rows = conn.execute(
-                select(conversations.c.id).where(
-                    and_(
-                        conversations.c.tenant == self._tenant,
-                        conversations.c.state != "purged",
-                        or_(
-                            conversations.c.purge_at <= now,
-                            and_(
-                                # A live connection is never idle.
-                                conversations.c.state.not_in(tuple(LIVE)),
-                                conversations.c.last_activity + conversations.c.idle_seconds <= now,
-                            ),
-                            conversations.c.state == "ended",
-                            and_(
-                                conversations.c.state == "wrap_up",
-                                conversations.c.wrap_up_until <= now,
-                            ),
-                        ),
-                    )
-                )
-            ).all()
-            return [str(r.id) for r in rows]
+            return [str(r.id) for r in conn.execute(select(conversations.c.id).where(is_due))]
 
-        ids = await self._db.run(due)
-        for conversation_id in ids:
-            await self._vault.destroy(conversation_id)
+        purged = 0
+        for conversation_id in await self._db.run(due):
 
-            def mark(conn: Connection, conversation_id: str = conversation_id) -> None:
+            def mark(conn: Connection, conversation_id: str = conversation_id) -> bool:
                 marked = conn.execute(
                     update(conversations)
-                    .where(conversations.c.id == conversation_id, conversations.c.state != "purged")
+                    .where(conversations.c.id == conversation_id, is_due)
                     .values(state="purged", slot_hash=None)
                 )
                 if marked.rowcount != 1:
-                    return  # another instance's sweeper was first
+                    return False  # no longer due, or another instance's sweeper was first
                 audit(
                     conn,
                     now,
@@ -500,16 +495,21 @@ class Conversations:
                     conversation_id,
                     tenant=self._tenant,
                 )
+                return True
 
-            await self._db.run(mark, write=True)
-            await self._changed(conversation_id)
+            if await self._db.run(mark, write=True):
+                # Marked first, then the key: a crash in between leaves a key that expires
+                # by its own time-to-live, never readable data of a purged conversation.
+                await self._vault.destroy(conversation_id)
+                await self._changed(conversation_id)
+                purged += 1
 
         def forget_tokens(conn: Connection) -> None:
             conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))
 
         await self._db.run(forget_tokens, write=True)
         await self._vault.keys.purge_expired()
-        return len(ids)
+        return purged
 
 
 @dataclass(frozen=True)
