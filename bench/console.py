@@ -1387,16 +1387,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2) + "\n"
-    stamped = RESULTS_DIR / f"console-{stamp}.json"
-    latest = RESULTS_DIR / "console-latest.json"
-    stamped.write_text(text)
-    latest.write_text(text)
-    return stamped, latest
-
-
 # --------------------------------------------------------------------------------------------
 # Main
 
@@ -1571,7 +1561,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_to is not None:
         flows.render_profiles([args.profile_to])
     if not args.no_write and not args.profile:
-        stamped, latest = write_results(report, stamp)
+        stamped, latest = flows.write_results(report, stamp, "console")
         log(f"\nwrote {stamped.relative_to(REPO)} and {latest.relative_to(REPO)}")
     if report["result"].get("errors"):
         log("\nFAILED: the run itself failed (see above); missed targets never fail it")

@@ -1188,11 +1188,12 @@ def render_tables(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
+def write_results(report: dict[str, Any], stamp: str, name: str = "flows") -> tuple[Path, Path]:
+    """``bench/results/<name>-<stamp>.json`` and ``<name>-latest.json``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, sort_keys=False) + "\n"
-    stamped = RESULTS_DIR / f"flows-{stamp}.json"
-    latest = RESULTS_DIR / "flows-latest.json"
+    stamped = RESULTS_DIR / f"{name}-{stamp}.json"
+    latest = RESULTS_DIR / f"{name}-latest.json"
     stamped.write_text(text)
     latest.write_text(text)
     return stamped, latest

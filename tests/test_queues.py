@@ -110,17 +110,22 @@ async def test_handle_time_moves_with_finished_conversations(
     assert estimate.handle_seconds == pytest.approx(300 + 0.1 * (100 - 300))
 
 
-@pytest.mark.postgres
-async def test_two_dispatchers_never_offer_one_conversation_twice(
-    make_app: AppFactory, tmp_path: Any
-) -> None:
+async def one_chat_each_on_postgres(make_app: AppFactory, tmp_path: Any) -> Instance:
+    """An instance on a fresh PostgreSQL database where every agent holds one chat at most."""
     url = postgres_url()
     await _reset_postgres(url)
-    # One chat per agent, so every agent can hold exactly one offer.
     settings = demo_settings(
         tmp_path, database_url=url, queues=[{"tag": "general", "max_chats": 1}]
     )
     inst: Instance = await make_app(settings)
+    return inst
+
+
+@pytest.mark.postgres
+async def test_two_dispatchers_never_offer_one_conversation_twice(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    inst = await one_chat_each_on_postgres(make_app, tmp_path)
     ids = [await waiting_conversation(inst, CANARY_BSN) for _ in range(6)]
     for name in ("anna", "bert", "carla"):
         await available_agent(inst, name)
@@ -136,12 +141,7 @@ async def test_two_dispatchers_never_offer_one_conversation_twice(
 async def test_agents_closing_at_once_both_count_in_the_handle_time(
     make_app: AppFactory, tmp_path: Any
 ) -> None:
-    url = postgres_url()
-    await _reset_postgres(url)
-    settings = demo_settings(
-        tmp_path, database_url=url, queues=[{"tag": "general", "max_chats": 1}]
-    )
-    inst: Instance = await make_app(settings)
+    inst = await one_chat_each_on_postgres(make_app, tmp_path)
     ids = [await waiting_conversation(inst, CANARY_BSN) for _ in range(4)]
     agent_ids = [await available_agent(inst, name) for name in ("anna", "bert", "carla", "dirk")]
     await service(inst).tick()
