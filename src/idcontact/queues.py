@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, text, update
 
 from idcontact.conversations import Conversation, Conversations, _conversation
 from idcontact.domain.lifecycle import InvalidTransitionError
@@ -41,6 +41,8 @@ from idcontact.storage.db import agent_memberships, agents, conversations, queue
 log = logging.getLogger(__name__)
 
 ACTIVE = ("waiting", "offered", "connected", "wrap_up")
+RACED = object()
+"""A dispatcher's update found the conversation changed by another one."""
 """The states a console lists."""
 
 
@@ -452,19 +454,29 @@ class QueueService:
         for queue in self._tenant.all_queues:
             if not self.is_open(queue):
                 continue
-            while await self._offer_one(queue):
-                made += 1
+            while (offered := await self._offer_one(queue)) is not None:
+                made += int(offered)
         return made
 
-    async def _offer_one(self, queue: Queue) -> bool:
+    async def _offer_one(self, queue: Queue) -> bool | None:
+        """``True``: an offer was made; ``False``: another dispatcher changed the line first,
+        try again; ``None``: nothing (more) to offer."""
+
         def anyone(conn: Connection) -> bool:
             return any(a.state == "available" for a in self._agents(conn, queue.tag))
 
         if not await self._db.run(anyone):
-            return False  # nobody can take anything: no write lock, no read of the line
+            return None  # nobody can take anything: no write lock, no read of the line
         now = self._clock()
 
         def work(conn: Connection) -> Any:
+            if conn.dialect.name == "postgresql":
+                # One dispatcher per queue at a time across instances, so an agent's load is
+                # read and raised in one step (SQLite has one writer anyway).
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                    {"k": f"dispatch:{self._tenant.slug}:{queue.tag}"},
+                )
             rows = conn.execute(
                 select(
                     conversations.c.id, conversations.c.channel, conversations.c.waiting_since
@@ -497,7 +509,7 @@ class QueueService:
                 )
             )
             if offered.rowcount != 1:
-                return None  # another instance offered it first; the next tick sees that
+                return RACED  # another instance changed it first
             audit(
                 conn,
                 now,
@@ -513,6 +525,8 @@ class QueueService:
 
         row = await self._db.run(work, write=True)
         if row is None:
+            return None
+        if row is RACED:
             return False
         await self._conversations.publish(_conversation(row))
         return True
