@@ -26,7 +26,6 @@ from idcontact.domain.lifecycle import InvalidTransitionError
 from idcontact.domain.queueing import (
     Agent,
     AgentState,
-    Channel,
     Waiting,
     announce_long_wait,
     expected_wait,
@@ -135,7 +134,7 @@ class QueueService:
         self.poke()
         return moved
 
-    async def estimate(self, tag: str | None, *, channel: Channel = "chat") -> Estimate:
+    async def estimate(self, tag: str | None) -> Estimate:
         queue = self.queue(tag)
 
         def work(conn: Connection) -> tuple[int, float | None, list[Member]]:

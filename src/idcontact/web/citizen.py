@@ -16,7 +16,6 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from idcontact.core import Core
-from idcontact.domain.queueing import Channel
 from idcontact.queues import Estimate, QueueService
 from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.web.pages import language, render
@@ -266,25 +265,21 @@ def citizen_router(
     router = APIRouter(prefix=core.prefix, include_in_schema=False)
 
     async def waits(purposes: list[Purpose], lang: str) -> dict[str, str]:
-        """Each purpose's expected wait, by purpose tag; one estimate per queue and channel."""
+        """Each purpose's expected wait, by purpose tag; one estimate per queue."""
         if queues is None:
             return {}
-        found: dict[tuple[str, Channel], str] = {}
+        found: dict[str, str] = {}
         result: dict[str, str] = {}
         for p in purposes:
             queue = tenant.queue_of(p)
-            # The channel of the method the topic form preselects (the first one offered).
-            offered = [tenant.comm_method(m.tag) for m in core.options(p).comm_methods]
-            channel: Channel = next((m.channel for m in offered if m is not None), "chat")
-            key = (queue.tag, channel)
-            if key not in found:
+            if queue.tag not in found:
                 try:
-                    estimate = await queues.estimate(queue.tag, channel=channel)
+                    estimate = await queues.estimate(queue.tag)
                 except Exception:  # the wait is a courtesy: the topics still show without it
                     log.exception("expected wait unavailable", extra={"queue": queue.tag})
                     return result
-                found[key] = expected_wait_text(estimate, queue.time_zone, lang)
-            result[p.tag] = found[key]
+                found[queue.tag] = expected_wait_text(estimate, queue.time_zone, lang)
+            result[p.tag] = found[queue.tag]
         return result
 
     def describe(p: Purpose, lang: str) -> dict[str, object]:
