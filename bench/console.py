@@ -1490,13 +1490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seconds = 5.0 if args.quick else 10.0
     if args.offer_agents > args.consoles:
         parser.error("--offer-agents cannot exceed --consoles")
-    env: dict[str, str] = {}
-    for item in args.server_env:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--server-env: expected NAME=VALUE, got {item!r}")
-        env[name] = value
-    args.server_env = env
+    args.server_env = flows.server_env(parser, args.server_env)
     return args
 
 

@@ -1247,14 +1247,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.duration = args.duration or (5.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 5.0)
     args.serial = args.serial if args.serial is not None else (1.5 if args.quick else 3.0)
+    args.server_env = server_env(parser, args.server_env)
+    return args
+
+
+def server_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--server-env NAME=VALUE`` options as a mapping (a clear error for anything else)."""
     env: dict[str, str] = {}
-    for item in args.server_env:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
             parser.error(f"--server-env: expected NAME=VALUE, got {item!r}")
         env[name] = value
-    args.server_env = env
-    return args
+    return env
 
 
 def selected_scenarios(args: argparse.Namespace) -> list[Scenario]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
@@ -77,15 +78,19 @@ def browser(playwright: Playwright, chromium_path: Path) -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    """A fresh context (no cookies) that enforces the app's Content-Security-Policy."""
-    ctx = browser.new_context()
+def _context(browser: Browser, **options: Any) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(**options)
     ctx.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         yield ctx
     finally:
         ctx.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh context (no cookies) that enforces the app's Content-Security-Policy."""
+    yield from _context(browser)
 
 
 @pytest.fixture
@@ -124,12 +129,7 @@ def axe_context(browser: Browser) -> Iterator[BrowserContext]:
     ``add_script_tag`` injects, so this context, and only this one, bypasses CSP. Every other
     context (``context``, the no-JavaScript test) keeps the policy in force.
     """
-    ctx = browser.new_context(bypass_csp=True)
-    ctx.set_default_timeout(PAGE_TIMEOUT_MS)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
+    yield from _context(browser, bypass_csp=True)
 
 
 @pytest.fixture
