@@ -84,7 +84,7 @@ def test_demo_config_loads() -> None:
     settings = load_settings(DEMO_CONFIG)
     assert [p.tag for p in settings.purposes] == ["report_move", "waste_collection", "senior_pass"]
     assert [m.tag for m in settings.auth_methods] == ["demo"]
-    assert [m.tag for m in settings.comm_methods] == ["demo"]
+    assert [m.tag for m in settings.comm_methods] == ["demo", "phone"]
     for p in settings.purposes:
         # "*" is expanded at load time: no wildcard survives into the model.
         assert p.allowed_auth == ("demo",)

@@ -33,6 +33,9 @@ from idcontact.errors import ConfigError
 from idcontact.events import Bus, LocalBus, RedisBus
 from idcontact.keyring import KeyRing, load_keyring
 from idcontact.logs import quiet_libraries
+from idcontact.phone.ari import AriClient
+from idcontact.phone.calls import Calls, PhoneLine
+from idcontact.phone.codes import LinkCodes
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
@@ -62,6 +65,7 @@ class TenantServices:
     keys: KeyRing
     conversations: Conversations | None
     queues: QueueService | None = None
+    links: LinkCodes | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class Services:
     tenants: dict[str, TenantServices]
     bus: Bus
     agents: AgentDirectory | None = None
+    calls: Calls | None = None
+    """The phone channel's call logic, when a PBX is configured (``[telephony]``)."""
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -170,7 +176,10 @@ def create_app(
                 bus=bus,
             )
         queues = QueueService(conversations, bus, clock) if conversations is not None else None
-        tenants[tenant.slug] = TenantServices(tenant, keys, conversations, queues)
+        links = LinkCodes(conversations, tenant.phone, clock) if conversations is not None else None
+        tenants[tenant.slug] = TenantServices(tenant, keys, conversations, queues, links)
+
+    ari, calls = _telephony(settings, tenants, bus, directory, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -186,6 +195,8 @@ def create_app(
         for t in tenants.values():
             if t.queues is not None:
                 tasks.append(asyncio.create_task(t.queues.run()))
+        if ari is not None and calls is not None:
+            tasks.append(asyncio.create_task(calls.run(ari.events())))
         try:
             yield
         finally:
@@ -194,6 +205,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await http.aclose()
+            if ari is not None:
+                await ari.close()
             if isinstance(bus, RedisBus):
                 await bus.close()
             if keystore is not None:
@@ -214,7 +227,7 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
-    app.state.services = Services(settings, http, db, keystore, tenants, bus, directory)
+    app.state.services = Services(settings, http, db, keystore, tenants, bus, directory, calls)
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
@@ -247,6 +260,38 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     return app
+
+
+def _telephony(
+    settings: Settings,
+    tenants: Mapping[str, TenantServices],
+    bus: Bus,
+    directory: AgentDirectory | None,
+    clock: Callable[[], float],
+) -> tuple[AriClient | None, Calls | None]:
+    """The PBX adapter and the call logic, for the tenants with a ``phone`` comm method."""
+    telephony = settings.telephony
+    if telephony.ari_url is None or directory is None:
+        return None, None
+    lines = []
+    for t in tenants.values():
+        method = next((m for m in t.tenant.comm_methods if m.plugin == "phone"), None)
+        if method is None or t.conversations is None or t.queues is None or t.links is None:
+            continue
+        lines.append(PhoneLine(t.tenant, t.conversations, t.queues, t.links, method.tag))
+    if not lines:
+        return None, None
+    password = telephony.ari_password.get_secret_value() if telephony.ari_password else ""
+    ari = AriClient(telephony.ari_url, telephony.ari_user, password, telephony.app)
+    calls = Calls(
+        ari,
+        lines,
+        bus,
+        directory.phone_endpoint,
+        ring_seconds=telephony.agent_ring_seconds,
+        clock=clock,
+    )
+    return ari, calls
 
 
 def _mount_tenant(
@@ -291,6 +336,7 @@ def _mount_tenant(
                 encrypt_to=keys.encryption_public if kind == "auth" else None,
                 conversations=services.conversations if kind == "comm" else None,
                 queues=services.queues if kind == "comm" else None,
+                links=services.links if kind == "comm" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
             router = plugin.router

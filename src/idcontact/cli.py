@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -167,6 +169,15 @@ def check_config(file: Path) -> None:
         f"OK: {len(settings.all_tenants)} tenant(s), {len(settings.purposes)} purposes, "
         f"{len(settings.auth_methods)} auth methods, {len(settings.comm_methods)} comm methods"
     )
+    for tenant in settings.all_tenants:
+        if any(m.channel == "phone" for m in tenant.comm_methods):
+            p = tenant.phone
+            click.echo(
+                f"phone ({tenant.slug}): chance that guessing links a call to someone's live "
+                f"code: {p.hijack_chance():.1e} per day (limit 1e-06; {p.code_length} digits, "
+                f"{p.failed_link_budget} failed attempts a day, {p.max_linkable_codes} codes "
+                "linkable at once)"
+            )
 
 
 def _load_keys(tenant: Tenant, where: str) -> None:
@@ -380,7 +391,7 @@ def audit_subject(config: Path | None, data_dir: Path | None, tenant: str) -> No
 
 @main.group()
 def agents() -> None:
-    """Agent accounts of the console: add, list, reset, disable, enable."""
+    """Agent accounts of the console: add, list, reset, disable, enable, phone."""
 
 
 def _agents_run(config: Path | None, data_dir: Path | None, work: Any) -> Any:
@@ -531,9 +542,101 @@ def agents_list(config: Path | None, data_dir: Path | None) -> None:
     async def work(directory: Any, _settings: Settings) -> None:
         for a in await directory.all():
             status = "disabled" if a["disabled"] else ("enrolled" if a["enrolled"] else "invited")
-            click.echo(f"{a['username']}\t{status}\t{' '.join(a['memberships'])}")
+            phone = f"\tphone={a['phone']}" if a["phone"] else ""
+            click.echo(f"{a['username']}\t{status}\t{' '.join(a['memberships'])}{phone}")
 
     _agents_run(config, data_dir, work)
+
+
+@agents.command("phone")
+@config_option
+@data_dir_option
+@click.argument("username")
+@click.argument("endpoint", required=False)
+def agents_phone(
+    config: Path | None, data_dir: Path | None, username: str, endpoint: str | None
+) -> None:
+    """Set the agent's desk phone for the phone channel (ENDPOINT like PJSIP/agent1); without
+    ENDPOINT, remove it."""
+
+    async def work(directory: Any, _settings: Settings) -> None:
+        await directory.set_phone(username, endpoint)
+        click.echo(f"{username}: phone {endpoint or 'removed'}")
+
+    _agents_run(config, data_dir, work)
+
+
+@main.group()
+def phone() -> None:
+    """The phone channel (ID Bellen)."""
+
+
+@phone.command("prompts")
+@config_option
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory for the sound files (the PBX plays sound:idcontact/<lang>/<key>).",
+)
+def phone_prompts(config: Path | None, out: Path) -> None:
+    """Render every phone prompt of the configuration to 8 kHz WAV files with espeak-ng and
+    sox (a demo voice; record your own under the same names for production)."""
+    from idcontact.phone.prompts import keys, text
+
+    try:
+        settings = _load(config, None)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    tools: dict[str, str] = {}
+    for tool in ("espeak-ng", "sox"):
+        found = shutil.which(tool)
+        if found is None:
+            click.echo(f"error: {tool} is not installed (Debian: apt-get install {tool})", err=True)
+            sys.exit(1)
+        tools[tool] = found
+    thresholds = {q.long_wait_seconds for t in settings.all_tenants for q in t.all_queues}
+    voices = {"nl": "nl", "en": "en-gb"}
+    count = 0
+    for lang in sorted({t.phone.language for t in settings.all_tenants}):
+        folder = out / lang
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in keys(thresholds):
+            raw = folder / f"{key}.espeak.wav"
+            subprocess.run(  # noqa: S603 - our own arguments, no shell
+                [
+                    tools["espeak-ng"],
+                    "-v",
+                    voices[lang],
+                    "-s",
+                    "150",
+                    "-w",
+                    str(raw),
+                    text(lang, key),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(  # noqa: S603 - our own arguments, no shell
+                [
+                    tools["sox"],
+                    str(raw),
+                    "-r",
+                    "8000",
+                    "-c",
+                    "1",
+                    "-b",
+                    "16",
+                    str(folder / f"{key}.wav"),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            raw.unlink()
+            count += 1
+    click.echo(f"{count} prompts written to {out}")
 
 
 @main.command()

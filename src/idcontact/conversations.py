@@ -9,6 +9,8 @@ transaction, so a refused or failed delivery changes nothing.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import math
 import secrets
 import time
@@ -57,6 +59,13 @@ class Conversation:
     connected_at: float | None = None
     wrap_up_until: float | None = None
     last_activity: float = 0.0
+    linked_at: float | None = None
+    link_detail: dict[str, object] | None = None
+    """How a phone call linked (phone/codes.py): ``via``, ``shown``, ``caller``, ``seconds``."""
+    hijack_at: float | None = None
+    """When another call presented this conversation's code again: a possible hijack."""
+    call_state: str | None = None
+    """The phone call: ``waiting``, ``ringing`` (the agent's phone), ``connected``, ``ended``."""
 
     @property
     def identified(self) -> bool:
@@ -77,6 +86,8 @@ class Conversation:
             "offer_expires": self.offer_expires,
             "connected_at": self.connected_at,
             "wrap_up_until": self.wrap_up_until,
+            "call_state": self.call_state,
+            "hijack": self.hijack_at is not None,
         }
 
 
@@ -340,6 +351,31 @@ class Conversations:
         await self.transition(conversation_id, "ended", actor=actor)
         return "ended"
 
+    def keyed(self, label: str, value: str) -> str:
+        """A keyed hash of a secret or identifying value (a link code, a caller number), so a
+        copy of the database reveals neither; stable per tenant."""
+        message = f"{label}:{value}".encode()
+        return hmac.new(self._pseudonym_secret, message, hashlib.sha256).hexdigest()
+
+    async def annotate(
+        self, conversation_id: str, values: dict[str, Any], *, where: Any = None
+    ) -> bool:
+        """Change details that are no lifecycle step (a call ringing, a hijack flag) and tell
+        the consoles; ``False`` when ``where`` no longer holds."""
+
+        def work(conn: Connection) -> Any:
+            guard = [self._mine(conversation_id)] + ([where] if where is not None else [])
+            changed = conn.execute(update(conversations).where(*guard).values(**values))
+            if changed.rowcount != 1:
+                return None
+            return conn.execute(select(conversations).where(self._mine(conversation_id))).one()
+
+        row = await self._db.run(work, write=True)
+        if row is None:
+            return False
+        await self.publish(_conversation(row))
+        return True
+
     async def touch(self, conversation_id: str) -> None:
         """The resident is still there (their waiting page is open): not idle."""
         now = self._clock()
@@ -483,7 +519,8 @@ class Conversations:
                 marked = conn.execute(
                     update(conversations)
                     .where(conversations.c.id == conversation_id, is_due)
-                    .values(state="purged", slot_hash=None)
+                    # Its link code is free again: codes are unique among live ones only.
+                    .values(state="purged", slot_hash=None, link_hash=None)
                 )
                 if marked.rowcount != 1:
                     return False  # no longer due, or another instance's sweeper was first
@@ -557,4 +594,8 @@ def _conversation(row: Any) -> Conversation:
         connected_at=row.connected_at,
         wrap_up_until=row.wrap_up_until,
         last_activity=row.last_activity,
+        linked_at=row.linked_at,
+        link_detail=json.loads(row.link_detail) if row.link_detail else None,
+        hijack_at=row.hijack_at,
+        call_state=row.call_state,
     )

@@ -7,8 +7,11 @@ The core holds no attributes: it only forwards opaque tokens.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,11 +23,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from idcontact.agents.credentials import qr_svg
 from idcontact.errors import (
     InvalidStartRequestError,
     MethodNotAllowedForPurposeError,
     PluginError,
     PluginTimeoutError,
+    ServiceBusyError,
     TokenError,
     UnknownPurposeError,
     UnsupportedMediaTypeError,
@@ -45,6 +50,7 @@ from idcontact.web.pages import LANGUAGES, TOKEN_PAGE_HEADERS, language, render
 log = logging.getLogger(__name__)
 
 TEL_TOKEN_LIFETIME = 3600
+TEL_COOKIE = "idc_tel"
 SHIM_STATE_LIFETIME = 1800
 
 
@@ -217,6 +223,8 @@ class Core:
             if client_token and response.status_code == 400:
                 # The caller's auth_result was refused: the caller's fault, not the plugin's.
                 raise TokenError("The comm method did not accept the auth_result")
+            if response.status_code == 503:  # e.g. too many phone codes live: try later
+                raise ServiceBusyError()
             raise PluginError(f"A plugin answered with status {response.status_code}")
         try:
             data = response.json()
@@ -249,11 +257,21 @@ class Core:
                 raise TokenError("The comm method did not accept the auth_result")
 
     async def start_communication(
-        self, purpose: Purpose, comm: CommMethod, auth_result: str | None = None
+        self,
+        purpose: Purpose,
+        comm: CommMethod,
+        auth_result: str | None = None,
+        *,
+        shown_on_page: bool | None = None,
     ) -> dict[str, Any]:
+        """``shown_on_page`` (our extension, ignored by original plugins): whether a ``tel:``
+        continuation will be shown on the tel page, or go to a wallet that dials it itself;
+        the phone channel gives a code shown on a page a longer window."""
         body: dict[str, object] = {"purpose": purpose.tag}
         if auth_result is not None:
             body["auth_result"] = auth_result
+        if shown_on_page is not None:
+            body["shown_on_page"] = shown_on_page
         return await self._call(
             f"{self._url('comm', comm)}/start_communication",
             body,
@@ -261,16 +279,29 @@ class Core:
         )
 
     async def start_authentication(
-        self, purpose: Purpose, auth: AuthMethod, continuation: str, attr_url: str | None
+        self,
+        purpose: Purpose,
+        auth: AuthMethod,
+        continuation: str,
+        attr_url: str | None,
+        *,
+        browser: str | None = None,
     ) -> str:
-        """Call the auth plugin, applying the tel and attr-url shims first (in that order)."""
+        """Call the auth plugin, applying the tel and attr-url shims first (in that order).
+
+        ``browser``: the hash of the starting browser's binding cookie; the tel page shows the
+        code only to that browser.
+        """
         if auth.shim_tel_url and continuation.startswith("tel:"):
             now = int(self._clock())
-            token = sign_jwt(
-                {"continuation": continuation, "iat": now, "exp": now + TEL_TOKEN_LIFETIME},
-                self._keys.ui_signing,
-                typ=None,
-            )
+            claims: dict[str, object] = {
+                "continuation": continuation,
+                "iat": now,
+                "exp": now + TEL_TOKEN_LIFETIME,
+            }
+            if browser is not None:
+                claims["bind"] = browser
+            token = sign_jwt(claims, self._keys.ui_signing, typ=None)
             continuation = f"{self._settings.public_url}{self.prefix}/tel/{token}"
         if auth.disable_attr_url and attr_url is not None:
             now = int(self._clock())
@@ -296,18 +327,22 @@ class Core:
 
     # -- the four start forms -------------------------------------------------------------
 
-    async def start_full(self, body: Mapping[str, object], *, lang: str | None = None) -> str:
-        """``lang``: the resident's language choice, carried to the auth and comm pages."""
+    async def start_full(
+        self, body: Mapping[str, object], *, lang: str | None = None, browser: str | None = None
+    ) -> str:
+        """``lang``: the resident's language choice, carried to the auth and comm pages;
+        ``browser``: see :meth:`start_authentication`."""
         purpose = self._purpose(body.get("purpose"))
         auth = self._auth(purpose, body.get("auth_method"))
         comm = self._comm(purpose, body.get("comm_method"))
-        started = await self.start_communication(purpose, comm)
+        started = await self.start_communication(purpose, comm, shown_on_page=auth.shim_tel_url)
         attr_url = started.get("attr_url")
         client_url = await self.start_authentication(
             purpose,
             auth,
             with_language(str(started["client_url"]), lang),
             attr_url if isinstance(attr_url, str) else None,
+            browser=browser,
         )
         return with_language(client_url, lang)
 
@@ -379,7 +414,8 @@ class Core:
         await self._post_token(attr_url, result)
         return continuation
 
-    def tel_continuation(self, token: str) -> str:
+    def tel_continuation(self, token: str) -> tuple[str, str | None]:
+        """The ``tel:`` continuation and the hash of the browser it is bound to."""
         claims = verify_jwt(
             token,
             {},
@@ -390,7 +426,8 @@ class Core:
         continuation = claims.get("continuation")
         if not isinstance(continuation, str) or not continuation.startswith("tel:"):
             raise TokenError("The tel token carries no tel: continuation")
-        return continuation
+        bind = claims.get("bind")
+        return continuation, bind if isinstance(bind, str) else None
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -416,12 +453,18 @@ class Core:
             """Start a session: full (JSON or form), comm-only (JSON) or auth-only (signed JWT)."""
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             raw = await request.body()
+            # The browser that starts is the only one the tel page will show a code to.
+            binding = request.cookies.get(TEL_COOKIE) or ""
+            fresh = not _valid_binding(binding)
+            if fresh:
+                binding = secrets.token_urlsafe(24)
+            browser = _sha256(binding)
             if media == "application/json":
                 body = _json_object(raw)
                 if all(
                     isinstance(body.get(k), str) for k in ("purpose", "auth_method", "comm_method")
                 ):
-                    client_url = await self.start_full(body)
+                    client_url = await self.start_full(body, browser=browser)
                 elif all(
                     isinstance(body.get(k), str) for k in ("purpose", "auth_result", "comm_method")
                 ):
@@ -459,16 +502,29 @@ class Core:
                 )
                 # The topic page's "without identifying" choice sends an empty auth_method.
                 if "auth_method" in form:
-                    client_url = await self.start_full(form, lang=chosen)
+                    client_url = await self.start_full(form, lang=chosen, browser=browser)
                 else:
                     client_url = with_language(await self.start_unidentified(form), chosen)
             else:
                 raise UnsupportedMediaTypeError(
                     "Use application/json, application/jwt or application/x-www-form-urlencoded"
                 )
+            answer: Response
             if request.headers.get("accept") == "application/json":
-                return JSONResponse({"client_url": client_url}, headers=TOKEN_PAGE_HEADERS)
-            return RedirectResponse(client_url, status_code=303, headers=TOKEN_PAGE_HEADERS)
+                answer = JSONResponse({"client_url": client_url}, headers=TOKEN_PAGE_HEADERS)
+            else:
+                answer = RedirectResponse(client_url, status_code=303, headers=TOKEN_PAGE_HEADERS)
+            if fresh:
+                answer.set_cookie(
+                    TEL_COOKIE,
+                    binding,
+                    max_age=TEL_TOKEN_LIFETIME,
+                    path=f"{self.prefix}/tel/",
+                    secure=self._settings.public_url.startswith("https://"),
+                    httponly=True,
+                    samesite="lax",  # sent on the auth plugin's redirect back to us
+                )
+            return answer
 
         @router.get("/auth_attr_shim/{state}", status_code=303, response_class=RedirectResponse)
         async def auth_attr_shim(state: str, result: str) -> RedirectResponse:
@@ -478,16 +534,37 @@ class Core:
 
         @router.get("/tel/{token}", response_class=HTMLResponse)
         async def tel_page(request: Request, token: str) -> HTMLResponse:
-            """The number and code to call, from a signed tel: continuation."""
-            continuation = self.tel_continuation(token)
+            """The number and code to call, from a signed tel: continuation; shown only in
+            the browser that started (its binding cookie), never to whoever has the link."""
+            continuation, bind = self.tel_continuation(token)
+            lang = language(request, self._settings)
+            binding = request.cookies.get(TEL_COOKIE, "")
+            if bind is None or not hmac.compare_digest(bind, _sha256(binding)):
+                response = render(
+                    self._templates,
+                    request,
+                    "tel.html",
+                    {"refused": True},
+                    tenant=self._tenant,
+                    lang=lang,
+                    carries_token=True,
+                )
+                response.status_code = 403
+                return response
             number, code = split_tel(continuation)
             return render(
                 self._templates,
                 request,
                 "tel.html",
-                {"number": number, "code": code, "tel_uri": continuation},
+                {
+                    "number": number,
+                    "code": code,
+                    "code_groups": group_digits(code),
+                    "tel_uri": continuation,
+                    "qr": qr_svg(continuation, "QR-code: bel het nummer met de code"),
+                },
                 tenant=self._tenant,
-                lang=language(request, self._settings),
+                lang=lang,
                 carries_token=True,
             )
 
@@ -527,6 +604,22 @@ def with_language(url: str, lang: str | None) -> str:
     # Added to the query as it is (not re-encoded): a plugin's own parameters stay untouched.
     query = f"{parts.query}&lang={lang}" if parts.query else f"lang={lang}"
     return urlunsplit(parts._replace(query=query))
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _valid_binding(value: str) -> bool:
+    return 24 <= len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value)
+
+
+def group_digits(code: str) -> list[str]:
+    """``1234567890`` → ``["123", "456", "7890"]``: easier to read aloud and to type."""
+    if len(code) <= 4:
+        return [code] if code else []
+    head, rest = code[:3], code[3:]
+    return [head, *group_digits(rest)] if len(rest) > 4 else [head, rest]
 
 
 def split_tel(uri: str) -> tuple[str, str]:

@@ -149,3 +149,15 @@ class PluginTimeoutError(PluginError):
 class VaultError(IdContactError):
     slug = "vault-error"
     title = "Stored attributes could not be opened"
+
+
+class ServiceBusyError(IdContactError):
+    status = 503
+    slug = "busy"
+    title = "Too busy right now; try again in a few minutes"
+
+
+class UnauthorizedError(IdContactError):
+    status = 401
+    slug = "unauthorized"
+    title = "Missing or wrong credentials"

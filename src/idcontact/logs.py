@@ -42,9 +42,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-# Libraries that log URLs or SQL parameters at INFO/DEBUG: URLs carry attr_url slots and
+# Libraries that log URLs, SQL parameters or frames at INFO/DEBUG: URLs carry attr_url slots and
 # ?result= tokens, SQL parameters carry ciphertexts and hashes. They speak at WARNING only.
-CHATTY_LOGGERS = ("httpx", "httpcore", "aiosqlite", "sqlalchemy.engine", "asyncpg", "alembic")
+CHATTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "aiosqlite",
+    "sqlalchemy.engine",
+    "asyncpg",
+    "alembic",
+    "websockets",  # frames of the PBX event stream carry caller numbers
+)
 
 
 def quiet_libraries() -> None:

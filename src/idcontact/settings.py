@@ -6,6 +6,7 @@ offending setting (``purposes[2].allowed_auth``) and never its value, because va
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from enum import IntEnum
@@ -219,6 +220,97 @@ class Design(_Model):
     font_family: str = Field(default="system-ui, sans-serif", pattern=r"^[A-Za-z0-9 ,'\"-]{1,200}$")
 
 
+PHONE_PATTERN = r"^(\+?[0-9][0-9 ()-]{2,24})?$"
+
+
+def phone_digits(number: str) -> str:
+    """A number as the digits a PBX delivers: ``+31 20 123 4567`` → ``0201234567``."""
+    digits = "".join(c for c in number if c.isdigit())
+    if number.strip().startswith("+31"):
+        return "0" + digits[2:]
+    if digits.startswith("0031"):
+        return "0" + digits[4:]
+    return digits
+
+
+class Phone(_Model):
+    """ID Bellen for one tenant: the line residents call and how its link codes behave.
+
+    The defaults keep the chance that an attacker links a call to someone's live code below
+    1 in a million per day (``idcontact check-config`` prints it and refuses more).
+    """
+
+    number: str = Field(default="", pattern=PHONE_PATTERN)
+    """The ID Bellen number residents dial (national, ``14 0xx`` or international); the
+    tenant's ``phone_number`` when empty."""
+    dialled: tuple[str, ...] = ()
+    """Further forms in which the PBX may deliver that number, for routing calls to tenants."""
+    code_length: int = Field(default=10, ge=6, le=16)
+    wallet_window_seconds: int = Field(default=300, ge=30, le=3600)
+    """How long after the attributes arrive a code links when a wallet dials it."""
+    typed_window_seconds: int = Field(default=900, ge=30, le=3600)
+    """The same when the code was shown on a page and may be typed by hand."""
+    max_linkable_codes: int = Field(default=50, ge=1, le=1_000_000)
+    """Codes that may be linkable at once; a new phone conversation beyond it is refused."""
+    failed_link_budget: int = Field(default=100, ge=1, le=10_000_000)
+    """Failed link attempts per rolling 24 hours for the whole tenant; beyond it linking stops
+    (calls still reach an agent, unidentified) and an alarm is logged."""
+    caller_failures_per_hour: int = Field(default=6, ge=1, le=1000)
+    """Failed attempts per caller number (or per "withheld") per hour, on top of the budget."""
+    tries_per_call: int = Field(default=3, ge=1, le=10)
+    fallback_purpose: str | None = None
+    """Purpose of calls that link no code (must allow unidentified conversations); without it
+    such calls are told to identify first and are ended."""
+    announce_every_seconds: int = Field(default=120, ge=30, le=3600)
+    """How often a waiting caller hears their place and expected wait again."""
+    language: Literal["nl", "en"] = "nl"
+    """The language of the phone prompts."""
+    webhook_secret: LongSecret | None = None
+    """Enables ``/link_phone`` and ``/session_info`` for another contact-centre platform, which
+    authenticates with it as a bearer token or an HMAC signature (docs/phone.md)."""
+
+    @model_validator(mode="after")
+    def _guessing_bound(self) -> Phone:
+        chance = self.hijack_chance()
+        if chance > MAX_HIJACK_CHANCE:
+            raise ValueError(
+                f"an attacker would link a call to someone's live code with a chance of "
+                f"{chance:.1e} per day (more than 1 in a million); use longer codes, a smaller "
+                "failed_link_budget or fewer max_linkable_codes"
+            )
+        return self
+
+    def hijack_chance(self) -> float:
+        """Chance per day that an attacker guessing codes links to someone's live code: at most
+        ``failed_link_budget`` guesses, each hitting one of ``max_linkable_codes`` out of
+        ``10**code_length`` (spoofed caller IDs make the per-caller limit no bound)."""
+        p = self.max_linkable_codes / 10**self.code_length
+        return float(-math.expm1(self.failed_link_budget * math.log1p(-min(p, 1.0))))
+
+
+MAX_HIJACK_CHANCE = 1e-6
+
+
+class Telephony(_Model):
+    """Asterisk's REST interface (ARI), shared by every tenant's phone line."""
+
+    ari_url: str | None = None
+    """E.g. ``http://127.0.0.1:8088/ari``; unset: no PBX (the webhook and demo page remain)."""
+    ari_user: str = "idcontact"
+    ari_password: SecretStr | None = None
+    app: str = Field(default="idcontact", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """The Stasis application name in the PBX dialplan: ``Stasis(idcontact,inbound)``."""
+    agent_ring_seconds: int = Field(default=25, ge=5, le=120)
+    """How long an agent's phone rings before the call goes back to the head of the line."""
+
+    @field_validator("ari_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else v
+
+
 class TenantFields(_Model):
     """What each municipality configures for itself: name, look, purposes, methods and keys.
 
@@ -230,7 +322,7 @@ class TenantFields(_Model):
     logo: str = Field(default="", pattern=r"^(/[^\s\"'<>]*)?$")
     """Path of the logo on this instance (``/static/…``); no third-party hosts."""
     design: Design = Design()
-    phone_number: str = Field(default="", pattern=r"^(\+?[0-9][0-9 ()-]{2,24})?$")
+    phone_number: str = Field(default="", pattern=PHONE_PATTERN)
     """The municipality's general phone number, told to residents who face a long wait."""
     pseudonym_secret: LongSecret | None = None
     """Keys the residents' pseudonyms in the audit log (≥ 32 characters). Unset: derived from
@@ -251,6 +343,8 @@ class TenantFields(_Model):
     """After a conversation ends the agent keeps its data this long (wrap-up), then it is gone."""
     audit_retention_days: int = Field(default=365, ge=1, le=3650)
     """Audit events older than this are deleted (the chain stays verifiable from its start)."""
+    phone: Phone = Phone()
+    """ID Bellen: the phone line and its link codes (docs/phone.md)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TenantFields:
@@ -304,6 +398,18 @@ class TenantFields(_Model):
                 p.model_copy(update={"allowed_auth": allowed_auth, "allowed_comm": allowed_comm})
             )
         object.__setattr__(self, "purposes", tuple(expanded))
+        fallback = self.phone.fallback_purpose
+        if fallback is not None:
+            target = next((p for p in expanded if p.tag == fallback), None)
+            if target is None:
+                raise ValueError(f"phone.fallback_purpose: unknown purpose {fallback!r}")
+            if not target.allow_unidentified:
+                raise ValueError(
+                    f"phone.fallback_purpose: purpose {fallback!r} does not allow unidentified "
+                    "conversations (allow_unidentified)"
+                )
+        if any(m.channel == "phone" for m in self.comm_methods) and not self.phone_line:
+            raise ValueError("phone.number: a phone comm method needs the number to call")
         return self
 
     # -- derived values -------------------------------------------------------------------
@@ -325,6 +431,11 @@ class TenantFields(_Model):
         """The queue a purpose's conversations wait in."""
         tag = purpose.queue or self.all_queues[0].tag
         return next(q for q in self.all_queues if q.tag == tag)
+
+    @property
+    def phone_line(self) -> str:
+        """The number residents dial for ID Bellen."""
+        return self.phone.number or self.phone_number
 
     def attribute_label(self, tag: str, lang: str) -> str:
         label = self.attribute_labels.get(tag)
@@ -382,6 +493,8 @@ class Settings(TenantFields, BaseSettings):
 
     tenants: tuple[Tenant, ...] = ()
     """Further municipalities in this deployment, each at ``/t/<slug>/``."""
+    telephony: Telephony = Telephony()
+    """The PBX behind the phone channel (Asterisk through ARI)."""
 
     @field_validator("public_url", "internal_url")
     @classmethod

@@ -18,9 +18,11 @@ from idcontact.settings import (
     Keys,
     Labels,
     LegalBasis,
+    Phone,
     Purpose,
     Queue,
     Settings,
+    Telephony,
     Tenant,
 )
 
@@ -41,6 +43,8 @@ MODELS: list[type[BaseModel]] = [
     EligibilityRule,
     Labels,
     Queue,
+    Phone,
+    Telephony,
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ ROLES: tuple[Role, ...] = ("agent", "supervisor", "admin")
 ENROL_SECONDS = 72 * 3600
 TOTP_SEAL = "agent-totp"
 TEN_YEARS = 10 * 365 * 24 * 3600
+PHONE_ENDPOINT = re.compile(r"(PJSIP|SIP|IAX2|Local)/[A-Za-z0-9_.@+-]{1,80}")
 T = TypeVar("T")
 
 
@@ -197,6 +199,28 @@ class AgentDirectory:
 
         await self._db.run(work, write=True)
 
+    async def set_phone(self, username: str, endpoint: str | None) -> None:
+        """The agent's desk phone for the phone channel (``PJSIP/agent1``), or none."""
+        if endpoint is not None and not PHONE_ENDPOINT.fullmatch(endpoint):
+            raise BadRequestError("A phone endpoint looks like PJSIP/agent1")
+
+        def work(conn: Connection) -> None:
+            agent_id = _agent_id(conn, username)
+            conn.execute(
+                update(agents).where(agents.c.id == agent_id).values(phone_endpoint=endpoint)
+            )
+
+        await self._db.run(work, write=True)
+
+    async def phone_endpoint(self, agent_id: str) -> str | None:
+        def work(conn: Connection) -> str | None:
+            row = conn.execute(
+                select(agents.c.phone_endpoint).where(agents.c.id == agent_id)
+            ).first()
+            return None if row is None else row.phone_endpoint
+
+        return await self._db.run(work)
+
     async def all(self) -> list[dict[str, object]]:
         def work(conn: Connection) -> list[dict[str, object]]:
             out = []
@@ -210,6 +234,7 @@ class AgentDirectory:
                         "name": a.display_name,
                         "enrolled": a.password_hash is not None,
                         "disabled": bool(a.disabled),
+                        "phone": a.phone_endpoint,
                         "memberships": [
                             f"{m.tenant}:{m.role}:{','.join(json.loads(m.queues))}" for m in ms
                         ],

@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from idcontact.conversations import Conversations
 from idcontact.errors import ConfigError
 from idcontact.keys import JoseKey
+from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import Method, Settings, Tenant
@@ -53,6 +54,8 @@ class PluginContext:
     conversations: Conversations | None = None
     queues: QueueService | None = None
     """Comm plugins: the shared queue model; call ``enqueue`` when the resident is present."""
+    links: LinkCodes | None = None
+    """Comm plugins: the tenant's phone link codes (the phone channel)."""
 
 
 class Plugin(Protocol):

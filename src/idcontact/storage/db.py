@@ -56,7 +56,29 @@ conversations = Table(
     Column("offer_expires", Float, nullable=True),
     Column("connected_at", Float, nullable=True),
     Column("wrap_up_until", Float, nullable=True),
+    # The phone channel (phone/codes.py): a keyed hash of the link code, never the code;
+    # how and when it linked (JSON without numbers); a second use of the code; the call.
+    Column("link_hash", String(64), nullable=True),
+    Column("link_shown", Integer, nullable=True),
+    Column("linked_at", Float, nullable=True),
+    Column("link_detail", Text, nullable=True),
+    Column("hijack_at", Float, nullable=True),
+    Column("call_ref_hash", String(64), nullable=True),
+    Column("call_state", String(16), nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
+    Index("ix_conversations_link_hash", "link_hash", unique=True),
+    Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),
+)
+
+link_failures = Table(
+    "link_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(64), nullable=False),
+    # "caller:<keyed hash>" or "withheld": never a phone number.
+    Column("caller_key", String(80), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_link_failures_tenant_at", "tenant", "at"),
 )
 
 agents = Table(
@@ -77,6 +99,8 @@ agents = Table(
     # available or paused, as the agent chose; busy and wrap-up follow from conversations.
     Column("presence", String(16), nullable=False, default="paused"),
     Column("presence_since", Float, nullable=False),
+    # The agent's desk phone for the phone channel, e.g. ``PJSIP/agent1``.
+    Column("phone_endpoint", String(100), nullable=True),
 )
 
 agent_memberships = Table(

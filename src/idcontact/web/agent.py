@@ -101,7 +101,14 @@ def agent_router(
         return templates.TemplateResponse(
             request,
             name,
-            {**context, "tenant": t, "prefix": t.prefix, "lang": "nl", "home": "/agent/"},
+            {
+                **context,
+                "tenant": t,
+                "prefix": t.prefix,
+                "lang": "nl",
+                "home": "/agent/",
+                "call_states": CALL_STATES_NL,
+            },
         )
 
     def set_cookie(response: Response, name: str, value: str, max_age: int | None) -> None:
@@ -413,6 +420,14 @@ def agent_router(
         if action == "close":
             await s.queues.close(conversation_id, me)
             return RedirectResponse(f"/agent/{slug}/", status_code=303)
+        if action == "ring":  # the phone channel: ring my phone again
+            conversation = await s.queues.held(conversation_id, me)
+            if conversation.channel != "phone" or conversation.state != "connected":
+                raise BadRequestError("Only a connected phone call can ring again")
+            await bus.publish(
+                Event(s.tenant.slug, "conversation", conversation_id, {"command": "ring"}, clock())
+            )
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "reveal":
             return await panel(request, s, conversation_id, reveal=attribute)
         raise NotFoundError("No such action")
@@ -473,6 +488,11 @@ def agent_router(
                 "provenance": provenance,
                 "wrap_up_until": _time(conversation.wrap_up_until),
                 "offer_until": _time(conversation.offer_expires),
+                "hijack_time": _time(conversation.hijack_at),
+                "link": _link(conversation.link_detail),
+                "phone": (
+                    await directory.phone_endpoint(me) if conversation.channel == "phone" else None
+                ),
                 "base": f"/agent/{s.tenant.slug}",
             },
             s.tenant,
@@ -517,6 +537,35 @@ def agent_router(
         )
 
     return router
+
+
+CALL_STATES_NL = {
+    "waiting": "in de wachtrij",
+    "ringing": "uw telefoon gaat over",
+    "connected": "verbonden",
+    "unreachable": "uw telefoon nam niet op",
+    "ended": "opgehangen",
+}
+
+
+def _link(detail: Mapping[str, object] | None) -> dict[str, object] | None:
+    """How a phone call was linked, in words for the agent (never a number or a code)."""
+    if not detail:
+        return None
+    if detail.get("via") in ("webhook", "demo"):
+        how = "code ingevoerd in het telefoonsysteem"
+    elif "shown" not in detail:
+        how = "niet gekoppeld: gebeld zonder (werkende) code"
+    elif detail.get("shown"):
+        how = "code van een webpagina (getypt, of met de telefoon gescand)"
+    else:
+        how = "de wallet-app belde zelf met de code (zelfde telefoon)"
+    seconds = detail.get("seconds")
+    return {
+        "how": how,
+        "seconds": seconds if isinstance(seconds, int) else None,
+        "caller": "afgeschermd" if detail.get("caller") == "withheld" else "zichtbaar",
+    }
 
 
 ASSURANCE_NL = {"low": "laag", "substantial": "substantieel", "high": "hoog"}

@@ -29,10 +29,10 @@ from idcontact.errors import (
     ConfigError,
     MethodNotAllowedForPurposeError,
     UnknownPurposeError,
-    UnsupportedMediaTypeError,
 )
 from idcontact.events import Bus
 from idcontact.plugins.base import Kind, PluginContext
+from idcontact.plugins.comm.common import add_attr_route
 from idcontact.queues import Place, QueueService
 from idcontact.settings import Purpose
 from idcontact.web.citizen import opening_time, wait_minutes
@@ -295,23 +295,7 @@ class DemoCommPlugin:
                 attr_url=f"{ctx.internal_base}/attr/{slot}",
             )
 
-        @router.post(
-            "/attr/{slot}",
-            openapi_extra={
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/jwt": {"schema": {"type": "string"}}},
-                }
-            },
-        )
-        async def receive_attributes(request: Request, slot: str) -> dict[str, str]:
-            """Out-of-band delivery of an attribute token (``application/jwt``)."""
-            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media != "application/jwt":
-                raise UnsupportedMediaTypeError("Send the token as application/jwt")
-            token = (await request.body()).decode("ascii", errors="replace").strip()
-            state = await conversations.deliver_to_slot(slot, token)
-            return {"state": state}
+        add_attr_route(router, conversations)
 
         @router.get("/c/{conversation_id}", response_class=HTMLResponse, response_model=None)
         async def landing(

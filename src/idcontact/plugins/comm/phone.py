@@ -1,0 +1,244 @@
+"""The ``phone`` comm plugin: ID Bellen, the resident calls with a link code.
+
+``start_communication`` answers the original's ``tel:<number>,<code>`` (the comma makes a phone
+send the code as DTMF once the call connects). The call itself is handled by the PBX adapter
+(``idcontact.phone.calls``) or, on another contact-centre platform, through the original's two
+webhooks, kept wire-compatible but authenticated:
+
+- ``POST /link_phone {"dtmf", "sessionid"}``: link the platform's call to the code's
+  conversation (single use; 404 when it does not link, without saying why);
+- ``GET /session_info/{sessionid}``: ``{"purpose", "auth_result"}`` for that call.
+
+Both take the tenant's ``phone.webhook_secret`` as a bearer token or an HMAC signature. With
+``demo_acd = true`` the plugin also serves a page that plays such a platform's part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any, ClassVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from idcontact.conversations import Conversations
+from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES
+from idcontact.errors import (
+    ConfigError,
+    InvalidStartRequestError,
+    MethodNotAllowedForPurposeError,
+    NotFoundError,
+    ServiceBusyError,
+    UnauthorizedError,
+    UnknownPurposeError,
+)
+from idcontact.phone.codes import Caller, LinkCodes, Linked
+from idcontact.plugins.base import Kind, PluginContext
+from idcontact.plugins.comm.common import add_attr_route
+from idcontact.settings import CommMethod, Purpose
+from idcontact.web.pages import language, render
+
+MAX_TOKEN = 60_000
+SIGNATURE_TOLERANCE = 300
+"""An HMAC signature is accepted for this many seconds around its timestamp."""
+
+
+class StartPhoneRequest(BaseModel):
+    purpose: str = Field(max_length=64)
+    auth_result: str | None = Field(default=None, max_length=MAX_TOKEN)
+    unidentified: bool = False
+    shown_on_page: bool = True
+    """Our extension: ``false`` when a wallet dials the code itself (the shorter window)."""
+
+
+class StartPhoneResponse(BaseModel):
+    client_url: str
+    attr_url: str | None = None
+
+
+class LinkPhoneRequest(BaseModel):
+    dtmf: str = Field(max_length=32)
+    sessionid: str = Field(min_length=8, max_length=128)
+
+
+class SessionInfo(BaseModel):
+    purpose: str
+    auth_result: dict[str, Any] | None
+
+
+def tel_uri(number: str, code: str | None = None) -> str:
+    """``tel:+31201234567,1234567890``: the digits (and a leading ``+``) only."""
+    plus = "+" if number.strip().startswith("+") else ""
+    digits = "".join(c for c in number if c.isdigit())
+    return f"tel:{plus}{digits}" + (f",{code}" if code else "")
+
+
+def signature(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
+    """``hex(HMAC-SHA256(secret, "<t>.<METHOD>.<path>." + body))``, as docs/phone.md says."""
+    message = f"{timestamp}.{method}.{path}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+class PhoneCommPlugin:
+    kind: ClassVar[Kind] = "comm"
+
+    def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
+        if ctx.conversations is None or ctx.links is None:
+            raise ConfigError("comm plugin 'phone': needs the conversation store")
+        if not isinstance(ctx.method, CommMethod) or ctx.method.channel != "phone":
+            raise ConfigError(
+                f"comm_methods {ctx.method.tag!r}: the phone plugin needs channel = 'phone'"
+            )
+        self._ctx = ctx
+        self._conversations: Conversations = ctx.conversations
+        self._links: LinkCodes = ctx.links
+        self._demo_acd = bool(config.get("demo_acd", False))
+        self._clock = time.time
+
+    def _purpose(self, tag: str) -> Purpose:
+        purpose = self._ctx.tenant.purpose(tag)
+        if purpose is None:
+            raise UnknownPurposeError()
+        return purpose
+
+    async def _authorize(self, request: Request, body: bytes) -> None:
+        """The platform's credentials: ``Authorization: Bearer <secret>`` or
+        ``X-IDContact-Signature: t=<unix time>,v1=<hex HMAC>``."""
+        secret = self._ctx.tenant.phone.webhook_secret
+        if secret is None:
+            raise NotFoundError("The phone webhook is not enabled for this municipality")
+        key = secret.get_secret_value()
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            if hmac.compare_digest(auth[7:].strip().encode(), key.encode()):
+                return
+            raise UnauthorizedError()
+        parts = dict(
+            p.split("=", 1)
+            for p in request.headers.get("x-idcontact-signature", "").split(",")
+            if "=" in p
+        )
+        stamp, given = parts.get("t", ""), parts.get("v1", "")
+        if not stamp.isdigit() or abs(self._clock() - int(stamp)) > SIGNATURE_TOLERANCE:
+            raise UnauthorizedError()
+        expected = signature(key, stamp, request.method, request.url.path, body)
+        if not hmac.compare_digest(expected, given):
+            raise UnauthorizedError()
+
+    @property
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix=self._ctx.mount_path, tags=["comm plugin: phone"])
+        ctx, conversations, links = self._ctx, self._conversations, self._links
+        tag = ctx.method.tag
+        number = ctx.tenant.phone_line
+
+        @router.post(
+            "/start_communication",
+            response_model=StartPhoneResponse,
+            response_model_exclude_none=True,
+        )
+        async def start_communication(body: StartPhoneRequest) -> StartPhoneResponse:
+            """A conversation with a fresh link code: ``tel:<number>,<code>``. Without
+            identification only the number: the call gets its conversation when it comes."""
+            purpose = self._purpose(body.purpose)
+            if body.unidentified:
+                if not purpose.allow_unidentified:
+                    raise MethodNotAllowedForPurposeError("This topic needs identification")
+                return StartPhoneResponse(client_url=tel_uri(number))
+            slot: str | None = None
+            if body.auth_result is not None:
+                conversation_id = await conversations.create_with_token(
+                    purpose, tag, body.auth_result
+                )
+            else:
+                conversation_id, slot = await conversations.create(purpose, tag, with_slot=True)
+            try:
+                code = await links.issue(conversation_id, shown=body.shown_on_page)
+            except ServiceBusyError:
+                await conversations.end(conversation_id, actor=f"comm:{tag}:busy")
+                raise
+            return StartPhoneResponse(
+                client_url=tel_uri(number, code),
+                attr_url=f"{ctx.internal_base}/attr/{slot}" if slot else None,
+            )
+
+        add_attr_route(router, conversations)
+
+        @router.post("/link_phone")
+        async def link_phone(request: Request) -> dict[str, str]:
+            """The platform's call presented a code (original shape, authenticated)."""
+            raw = await request.body()
+            await self._authorize(request, raw)
+            try:
+                body = LinkPhoneRequest.model_validate_json(raw)
+            except ValueError:
+                raise InvalidStartRequestError('Send {"dtmf": ..., "sessionid": ...}') from None
+            outcome = await links.link(
+                body.dtmf, Caller(None, via="webhook"), call_ref=body.sessionid
+            )
+            if not isinstance(outcome, Linked):
+                raise NotFoundError("No conversation links to this code")
+            if ctx.queues is not None:
+                ctx.queues.poke()
+            return {"status": "linked"}
+
+        @router.get("/session_info/{sessionid}", response_model=SessionInfo)
+        async def session_info(request: Request, sessionid: str) -> SessionInfo:
+            """What the platform's agent screen shows for its call; audited like every view."""
+            await self._authorize(request, b"")
+            conversation = await links.by_call(sessionid)
+            if conversation is None or conversation.state not in HOLDS_ATTRIBUTES:
+                raise NotFoundError("No such call")
+            _, attributes = await conversations.view(conversation.id, actor="platform:webhook")
+            auth_result = (
+                {"status": ctx.settings.status_spelling, "attributes": attributes.get("attributes")}
+                if attributes
+                else None
+            )
+            return SessionInfo(purpose=conversation.purpose, auth_result=auth_result)
+
+        if self._demo_acd:
+
+            @router.get("/demo-acd", response_class=HTMLResponse, include_in_schema=False)
+            async def demo_acd(request: Request) -> HTMLResponse:
+                """Demo only: type the code as if into a phone menu."""
+                return render(
+                    ctx.templates,
+                    request,
+                    "phone_demo_acd.html",
+                    {"action": f"{ctx.public_base}/demo-acd", "length": links.settings.code_length},
+                    tenant=ctx.tenant,
+                    lang=language(request, ctx.settings),
+                )
+
+            @router.post("/demo-acd", response_class=HTMLResponse, include_in_schema=False)
+            async def demo_acd_link(request: Request) -> HTMLResponse:
+                form = await request.form()
+                code = str(form.get("code", ""))[:32].replace(" ", "")
+                outcome = await links.link(
+                    code, Caller(None, via="demo"), call_ref=secrets.token_urlsafe(16)
+                )
+                if isinstance(outcome, Linked) and ctx.queues is not None:
+                    ctx.queues.poke()
+                response = render(
+                    ctx.templates,
+                    request,
+                    "phone_demo_acd.html",
+                    {
+                        "action": f"{ctx.public_base}/demo-acd",
+                        "length": links.settings.code_length,
+                        "linked": isinstance(outcome, Linked),
+                        "failed": not isinstance(outcome, Linked),
+                    },
+                    tenant=ctx.tenant,
+                    lang=language(request, ctx.settings),
+                )
+                if not isinstance(outcome, Linked):
+                    response.status_code = 404
+                return response
+
+        return router

@@ -1,0 +1,310 @@
+"""ID Bellen end to end, with real peers: sipp callers and baresip desk phones on a real
+Asterisk 22, the app's ARI adapter, the queue and the agent console.
+
+Every call here really crosses the PBX: digits arrive as RFC 4733 events, SIP INFO or in-band
+tones; the agent's phone really rings and answers; what callers hear is read from Asterisk's
+own playback events (a second ARI application that sees everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from idcontact.agents.directory import Membership
+from tests.conftest import CANARY_BSN, CANARY_NAME, AppFactory, Instance, demo_settings
+from tests.flows.test_console import Agent, enrol
+from tests.flows.test_core_flows import issue
+from tests.telephony.pbx import Pbx, observe, pbx
+from tests.telephony.peers import Baresip, SippCall, ports, sipp_call, start_baresip
+
+pytestmark = [pytest.mark.anyio, pytest.mark.telephony]
+
+DIALLED = "+31851234567"  # the demo configuration's ID Bellen number
+CALLER = "+31612399887"  # a canary: no trace of it may stay anywhere
+SECOND_NAME = "Second-Caller-Q7Z1"
+SECOND_BSN = "999990020"
+DUMP = text(
+    "SELECT id, state, link_hash, link_detail, call_ref_hash, call_state, NULL FROM conversations"
+    " UNION ALL SELECT actor, action, detail, conversation_id, tenant, hash, NULL"
+    " FROM audit_events UNION ALL SELECT tenant, caller_key, NULL, NULL, NULL, NULL, at"
+    " FROM link_failures"
+)
+
+
+@pytest.fixture
+def asterisk() -> Pbx:
+    return pbx()
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
+    """Wait for ``check()`` to return something truthy (a condition, polled, with a deadline)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def phone_app(make_app: AppFactory, tmp_path: Path, p: Pbx, **overrides: Any) -> Instance:
+    settings = demo_settings(tmp_path, telephony=p.telephony(), **overrides)
+    instance: Instance = await make_app(settings)
+    calls = instance.services.calls
+    assert calls is not None
+    await asyncio.wait_for(calls.ready.wait(), 10)
+    return instance
+
+
+async def phone_conversation(
+    instance: Instance, name: str = CANARY_NAME, bsn: str = CANARY_BSN, *, deliver: bool = True
+) -> tuple[str, str, str]:
+    """A phone conversation through the channel's own start (as the core calls it): its id,
+    its code and its attr_url; the attributes are delivered there unless not ``deliver``."""
+    response = await instance.client.post(
+        "/comm/phone/start_communication", json={"purpose": "report_move"}
+    )
+    assert response.status_code == 200, response.text
+    started = response.json()
+    number, code = started["client_url"].removeprefix("tel:").split(",", 1)
+    assert number == DIALLED
+    attr_url = path_of_internal(started["attr_url"])
+    if deliver:
+        await deliver_to(instance, attr_url, name, bsn)
+    conversations = instance.services.conversations
+    assert conversations is not None
+    rows = await conversations.db.run(
+        lambda conn: list(conn.execute(text("SELECT id FROM conversations ORDER BY created_at")))
+    )
+    return str(rows[-1].id), code, attr_url
+
+
+def path_of_internal(url: str) -> str:
+    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+async def deliver_to(instance: Instance, attr_url: str, name: str, bsn: str) -> None:
+    token = issue(instance, {"fullname": name, "bsn": bsn})
+    delivered = await instance.client.post(
+        attr_url, content=token, headers={"Content-Type": "application/jwt"}
+    )
+    assert delivered.status_code == 200, delivered.text
+
+
+async def conversation(instance: Instance, conversation_id: str) -> Any:
+    conversations = instance.services.conversations
+    assert conversations is not None
+    return await conversations.get(conversation_id)
+
+
+async def call(p: Pbx, tmp_path: Path, digits: str, **kwargs: Any) -> SippCall:
+    sip_port, media_port = ports(2)
+    return await sipp_call(
+        p.sip, DIALLED, digits, tmp_path, sip_port=sip_port, media_port=media_port, **kwargs
+    )
+
+
+@pytest.fixture
+async def desk_phones(tmp_path: Path, asterisk: Pbx) -> AsyncIterator[dict[str, Baresip]]:
+    """Two agents' desk phones (baresip, answering by themselves), registered to the PBX."""
+    phones: dict[str, Baresip] = {}
+    try:
+        for n in (1, 2):
+            sip_port, ctrl_port, rtp_low = ports(3)
+            account = (
+                f"<sip:agent{n}@{asterisk.sip}>;auth_pass=agent{n}-test-secret;regint=60;"
+                "answermode=auto;audio_codecs=PCMU"
+            )
+            phone = start_baresip(
+                tmp_path / f"agent{n}",
+                account,
+                sip_port=sip_port,
+                ctrl_port=ctrl_port,
+                rtp_ports=(rtp_low, rtp_low + 20),
+            )
+            phones[f"agent{n}"] = phone
+            await phone.connect()
+
+            async def online(n: int = n) -> bool:
+                endpoint = await asterisk.get(f"/endpoints/PJSIP/agent{n}")
+                return endpoint.get("state") == "online"
+
+            await until(online, f"agent{n}'s phone to register")
+        yield phones
+    finally:
+        for phone in phones.values():
+            await phone.stop()
+
+
+async def agent_at_phone(instance: Instance, username: str, endpoint: str) -> Agent:
+    agent = await enrol(instance, username, [Membership("default", "agent", ("*",))])
+    assert (await agent.login()).status_code == 303
+    directory = instance.services.agents
+    assert directory is not None
+    await directory.set_phone(username, endpoint)
+    return agent
+
+
+async def channel_of(instance: Instance, conversation_id: str) -> str:
+    calls = instance.services.calls
+    assert calls is not None
+    found = [c.channel for c in calls._calls.values() if c.conversation_id == conversation_id]
+    assert found, "no call for this conversation"
+    return found[0]
+
+
+@pytest.mark.parametrize("mode", ["rfc4733", "info", "inband"])
+async def test_a_code_links_the_call_by_each_kind_of_dtmf(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx, mode: str
+) -> None:
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    conversation_id, code, _ = await phone_conversation(instance)
+    caller = await call(asterisk, tmp_path, code, mode=mode)  # type: ignore[arg-type]
+    try:
+        linked = await until(lambda: _linked(instance, conversation_id), f"the {mode} call to link")
+        assert linked.state == "waiting" and linked.call_state == "waiting"
+        assert linked.link_detail == {
+            "via": "pbx",
+            "shown": True,
+            "caller": "shown",
+            "seconds": linked.link_detail["seconds"],
+        }
+    finally:
+        caller.stop()
+
+
+async def _linked(instance: Instance, conversation_id: str) -> Any:
+    c = await conversation(instance, conversation_id)
+    return c if c.linked_at is not None else None
+
+
+def assert_no_trace(asterisk: Pbx, *secrets_: str) -> None:
+    """Nothing Asterisk wrote to disk holds a caller number or a code."""
+    for path in asterisk.log_dir.rglob("*"):
+        if path.is_file():
+            content = path.read_text(errors="replace")
+            for secret in secrets_:
+                assert secret not in content, f"{secret[:3]}… found in {path.name}"
+    for folder in ("cdr-csv", "cdr-custom"):
+        assert not (asterisk.log_dir / folder).exists() or not any(
+            (asterisk.log_dir / folder).iterdir()
+        )
+
+
+async def test_two_concurrent_calls_each_reach_their_agent_with_only_their_own_data(
+    make_app: AppFactory,
+    tmp_path: Path,
+    asterisk: Pbx,
+    desk_phones: dict[str, Baresip],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG")
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    anna = await agent_at_phone(instance, "anna", "PJSIP/agent1")
+    bert = await agent_at_phone(instance, "bert", "PJSIP/agent2")
+    first, first_code, _ = await phone_conversation(instance)
+    second, second_code, _ = await phone_conversation(instance, SECOND_NAME, SECOND_BSN)
+    callers = [await call(asterisk, tmp_path, first_code, mode="rfc4733", name="first")]
+    # The second caller is a phone we can hang up on cue: baresip, digits by RFC 4733.
+    sip_port, ctrl_port, rtp_low = ports(3)
+    resident = start_baresip(
+        tmp_path / "resident",
+        f"<sip:{CALLER}@127.0.0.1>;regint=0;audio_codecs=PCMU",
+        sip_port=sip_port,
+        ctrl_port=ctrl_port,
+        rtp_ports=(rtp_low, rtp_low + 20),
+    )
+    try:
+        await resident.connect()
+        await resident.command("dial", f"sip:{DIALLED}@{asterisk.sip}")
+        await resident.wait_for("CALL_ESTABLISHED")
+        await resident.dial_digits(second_code)
+        await until(lambda: _linked(instance, first), "the first call to link")
+        await until(lambda: _linked(instance, second), "the second call to link")
+        for agent in (anna, bert):
+            assert (
+                await agent.post("/agent/default/presence", presence="available")
+            ).status_code == 303
+
+        async def both_offered() -> bool:
+            return {(await conversation(instance, c)).state for c in (first, second)} == {"offered"}
+
+        await until(both_offered, "both calls to be offered, one to each agent")
+        holder = {(await conversation(instance, c)).agent_id: c for c in (first, second)}
+        assert len(holder) == 2  # one call per agent: a phone is no chat
+        seen = {}
+        for agent, phone in ((anna, desk_phones["agent1"]), (bert, desk_phones["agent2"])):
+            mine = holder[await agent_id(instance, agent.username)]
+            accepted = await agent.post(f"/agent/default/c/{mine}/accept")
+            assert accepted.status_code == 303
+            await phone.wait_for("CALL_ESTABLISHED")  # the desk phone rang and answered
+            connected = await until(
+                lambda mine=mine: _call_state(instance, mine, "connected"), "the bridge"
+            )
+            assert connected.state == "connected"
+            panel = await agent.client.get(f"/agent/default/c/{mine}")
+            assert panel.status_code == 200
+            assert "verbonden" in panel.text and "zichtbaar" in panel.text
+            seen[mine] = panel.text
+        assert CANARY_NAME in seen[first] and SECOND_NAME not in seen[first]
+        assert SECOND_NAME in seen[second] and CANARY_NAME not in seen[second]
+
+        # The agent ends the first call in the console: the PBX hangs up the caller.
+        first_agent = anna if holder[await agent_id(instance, "anna")] == first else bert
+        finished = await first_agent.post(f"/agent/default/c/{first}/finish")
+        assert finished.status_code == 303
+        assert await callers[0].finished(20) == 0, callers[0].log()  # it got a BYE
+        assert (await conversation(instance, first)).state == "wrap_up"
+        # The second caller hangs up: wrap-up for the agent, then purge.
+        assert (await conversation(instance, second)).state == "connected"
+        await resident.command("hangup")
+        ended = await until(lambda: _state_in(instance, second, {"wrap_up"}), "the hang-up")
+        assert ended.call_state == "ended"
+    finally:
+        for c in callers:
+            c.stop()
+        await resident.stop()
+    conversations = instance.services.conversations
+    assert conversations is not None
+    for c in (first, second):
+        await conversations.end(c, actor="test")  # end the wrap-up now
+    assert await conversations.purge_expired() >= 2
+    assert (await conversation(instance, second)).state == "purged"
+    assert await conversations.attributes(second, actor="test") is None  # the key is gone
+
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    for secret in (CALLER, first_code, second_code, CANARY_BSN, SECOND_BSN):
+        assert secret not in logged
+    dump = await conversations.db.run(lambda conn: str([list(r) for r in conn.execute(DUMP)]))
+    for secret in (CALLER, first_code, second_code, CANARY_NAME, SECOND_NAME):
+        assert secret not in dump
+    assert_no_trace(asterisk, CALLER, first_code, second_code)
+
+
+async def agent_id(instance: Instance, username: str) -> str:
+    db = instance.services.db
+    assert db is not None
+    row = await db.run(
+        lambda conn: conn.execute(
+            text("SELECT id FROM agents WHERE username = :u"), {"u": username}
+        ).one()
+    )
+    return str(row.id)
+
+
+async def _call_state(instance: Instance, conversation_id: str, wanted: str) -> Any:
+    c = await conversation(instance, conversation_id)
+    return c if c.call_state == wanted else None
+
+
+async def _state_in(instance: Instance, conversation_id: str, states: set[str]) -> Any:
+    c = await conversation(instance, conversation_id)
+    return c if c.state in states else None
