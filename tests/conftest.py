@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,20 @@ async def instance(make_app: AppFactory, database: str) -> Instance:
     """The embedded demo on each database."""
     result: Instance = await make_app(database=database)
     return result
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
+    """Wait for ``check()`` to return something truthy: a condition, polled every 50 ms, with
+    a deadline (for state that lives in a database or another process)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
 
 
 def path_of(url: str) -> str:

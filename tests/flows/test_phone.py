@@ -9,7 +9,7 @@ own playback events (a second ARI application that sees everything).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from idcontact.agents.directory import Membership
-from tests.conftest import CANARY_BSN, CANARY_NAME, AppFactory, Instance, demo_settings
+from tests.conftest import CANARY_BSN, CANARY_NAME, AppFactory, Instance, demo_settings, until
 from tests.flows.test_console import Agent, enrol
 from tests.flows.test_core_flows import issue
 from tests.telephony.pbx import Pbx, observe, pbx
@@ -40,19 +40,6 @@ DUMP = text(
 @pytest.fixture
 def asterisk() -> Pbx:
     return pbx()
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
-    """Wait for ``check()`` to return something truthy (a condition, polled, with a deadline)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def phone_app(make_app: AppFactory, tmp_path: Path, p: Pbx, **overrides: Any) -> Instance:
@@ -308,3 +295,196 @@ async def _call_state(instance: Instance, conversation_id: str, wanted: str) -> 
 async def _state_in(instance: Instance, conversation_id: str, states: set[str]) -> Any:
     c = await conversation(instance, conversation_id)
     return c if c.state in states else None
+
+
+async def test_a_wrong_code_is_prompted_again_and_a_right_one_then_links(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    conversation_id, code = (await phone_conversation(instance))[:2]
+    wrong = "1" * len(code) if code != "1" * len(code) else "2" * len(code)
+    async with observe(asterisk) as pbx_events:
+        caller = await call(asterisk, tmp_path, wrong + code)
+        try:
+            await until(lambda: _linked(instance, conversation_id), "the second code to link")
+            channel = await channel_of(instance, conversation_id)
+            played = pbx_events.played(channel)
+            assert "sound:idcontact/nl/code-wrong" in played  # the caller heard "try again"
+            assert played.index("sound:idcontact/nl/code-wrong") < played.index(
+                "sound:idcontact/nl/code-ok"
+            )
+        finally:
+            caller.stop()
+    links = instance.services.tenants["default"].links
+    assert links is not None
+    assert (await links.failures())[0] == 1  # the wrong code counted against the budget
+
+
+async def test_a_code_before_its_attributes_does_not_link(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    conversation_id, code, attr_url = await phone_conversation(instance, deliver=False)
+    async with observe(asterisk) as pbx_events:
+        early = await call(asterisk, tmp_path, code, name="early")
+        try:
+            await pbx_events.wait_for(
+                lambda e: (
+                    e.get("type") == "PlaybackStarted"
+                    and e["playback"]["media_uri"] == "sound:idcontact/nl/code-wrong"
+                )
+            )
+            assert (await conversation(instance, conversation_id)).linked_at is None
+        finally:
+            early.stop()
+    # Once the attributes are there, the same (unused) code links a new call.
+    await deliver_to(instance, attr_url, CANARY_NAME, CANARY_BSN)
+    later = await call(asterisk, tmp_path, code, name="later")
+    try:
+        await until(lambda: _linked(instance, conversation_id), "the code to link now")
+    finally:
+        later.stop()
+
+
+async def test_a_used_code_again_flags_a_possible_hijack_to_the_agent(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    conversation_id, code = (await phone_conversation(instance))[:2]
+    agent = await agent_at_phone(instance, "anna", "PJSIP/agent1")
+    first = await call(asterisk, tmp_path, code, name="first")
+    try:
+        await until(lambda: _linked(instance, conversation_id), "the first call to link")
+        second = await call(asterisk, tmp_path, code, name="second", caller="anonymous")
+        try:
+            flagged = await until(
+                lambda: _flagged(instance, conversation_id), "the hijack flag", 30
+            )
+            assert flagged.state == "waiting"  # the second call linked to nothing
+            calls = instance.services.calls
+            assert calls is not None
+            linked = [c for c in calls._calls.values() if c.conversation_id == conversation_id]
+            assert len(linked) == 1
+        finally:
+            second.stop()
+        assert (
+            await agent.post("/agent/default/presence", presence="available")
+        ).status_code == 303
+        await until(lambda: _state_in(instance, conversation_id, {"offered"}), "the offer")
+        board = await agent.client.get("/agent/default/board")
+        assert "mogelijk gekaapt" in board.text
+        accepted = await agent.post(f"/agent/default/c/{conversation_id}/accept")
+        panel = await agent.client.get(accepted.headers["location"])
+        assert 'role="alert"' in panel.text and "dezelfde code" in panel.text
+        # No desk phone is registered for agent1 here: the console says so, and offers to ring.
+        await until(lambda: _call_state(instance, conversation_id, "unreachable"), "no answer")
+        panel = await agent.client.get(f"/agent/default/c/{conversation_id}")
+        assert "uw telefoon nam niet op" in panel.text
+        assert f"/c/{conversation_id}/ring" in panel.text
+    finally:
+        first.stop()
+
+
+async def _flagged(instance: Instance, conversation_id: str) -> Any:
+    c = await conversation(instance, conversation_id)
+    return c if c.hijack_at is not None else None
+
+
+async def test_the_wait_is_announced_and_a_long_one_said_plainly(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx, desk_phones: dict[str, Baresip]
+) -> None:
+    # One agent, busy with the first call; ten minutes a call: the second caller waits long.
+    instance = await phone_app(
+        make_app, tmp_path, asterisk, queues=[{"tag": "general", "handle_seconds": 600}]
+    )
+    agent = await agent_at_phone(instance, "anna", "PJSIP/agent1")
+    first, first_code = (await phone_conversation(instance))[:2]
+    second, second_code = (await phone_conversation(instance, SECOND_NAME, SECOND_BSN))[:2]
+    async with observe(asterisk) as pbx_events:
+        callers = [await call(asterisk, tmp_path, first_code, name="first")]
+        try:
+            await until(lambda: _linked(instance, first), "the first call to link")
+            assert (
+                await agent.post("/agent/default/presence", presence="available")
+            ).status_code == 303
+            await until(lambda: _state_in(instance, first, {"offered"}), "the offer")
+            await agent.post(f"/agent/default/c/{first}/accept")
+            await until(lambda: _call_state(instance, first, "connected"), "the first bridge")
+            callers.append(await call(asterisk, tmp_path, second_code, name="second"))
+            await until(lambda: _linked(instance, second), "the second call to link")
+            channel = await channel_of(instance, second)
+            await pbx_events.wait_for(
+                lambda e: (
+                    e.get("type") == "PlaybackStarted"
+                    and e["playback"]["target_uri"] == f"channel:{channel}"
+                    and "long-wait" in e["playback"]["media_uri"]
+                )
+            )
+            played = pbx_events.played(channel)
+            # Position 1, about ten minutes (1 × 600 s ÷ 1 agent), and "more than 5 minutes".
+            assert (
+                played[-1]
+                == (
+                    "sound:idcontact/nl/position-1,sound:idcontact/nl/wait-10,"
+                    "sound:idcontact/nl/long-wait-5"
+                )
+                or "sound:idcontact/nl/long-wait-5" in played
+            )
+            moh = await asterisk.get(f"/channels/{channel}")
+            assert moh["state"] == "Up"
+        finally:
+            for c in callers:
+                c.stop()
+
+
+async def test_outside_opening_hours_the_caller_hears_so_and_the_data_goes(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    today = datetime.now(ZoneInfo("Europe/Amsterdam")).weekday()
+    other = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(today + 3) % 7]
+    instance = await phone_app(
+        make_app,
+        tmp_path,
+        asterisk,
+        queues=[{"tag": "general", "opening_hours": {other: ["09:00-10:00"]}}],
+    )
+    conversation_id, code = (await phone_conversation(instance))[:2]
+    async with observe(asterisk) as pbx_events:
+        caller = await call(asterisk, tmp_path, code)
+        try:
+            assert await caller.finished(40) == 0, caller.log()  # the PBX hung up on it
+        finally:
+            caller.stop()
+        assert "sound:idcontact/nl/closed" in [
+            e["playback"]["media_uri"]
+            for e in pbx_events.events
+            if e.get("type") == "PlaybackStarted"
+        ]
+    ended = await until(lambda: _state_in(instance, conversation_id, {"ended"}), "the end")
+    assert ended.call_state == "ended"
+
+
+async def test_a_call_without_a_code_reaches_an_agent_unidentified(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    caller = await call(asterisk, tmp_path, "", caller="anonymous")
+    try:
+        conversations = instance.services.conversations
+        assert conversations is not None
+
+        async def unidentified() -> Any:
+            rows = await conversations.db.run(
+                lambda conn: list(conn.execute(text("SELECT id FROM conversations")))
+            )
+            return rows and await conversation(instance, rows[0].id)
+
+        waiting = await until(unidentified, "the call to queue unidentified", 30)
+        assert waiting.state == "waiting" and not waiting.identified
+        assert waiting.purpose == "waste_collection"  # the configured fallback purpose
+        assert waiting.link_detail == {"via": "pbx", "caller": "withheld"}
+    finally:
+        caller.stop()

@@ -418,9 +418,9 @@ class Calls:
                     await self._unreachable(call)
                 continue
             if self._finished(call, event):
-                if closing:
-                    await self._pbx.hangup(call.channel)
+                if closing:  # the data goes first, then the line
                     await self._end(call, actor="phone:closed")
+                    await self._pbx.hangup(call.channel)
                     return
                 if call.bridge is None:
                     await self._pbx.start_moh(call.channel)
