@@ -69,6 +69,21 @@ def test_check_config_demo_ok(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("OK")
     assert "3 purposes, 1 auth methods, 2 comm methods" in result.stdout
+    assert (
+        "phone (default): chance that guessing links a call to someone's live code: 5.0e-07 per day"
+        in result.stdout
+    )
+
+
+def test_check_config_refuses_phone_codes_that_are_too_easy_to_guess(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "weak.toml"
+    path.write_text(DEMO_CONFIG.read_text().replace("[phone]\n", "[phone]\ncode_length = 8\n"))
+    result = runner.invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert "5.0e-05 per day (more than 1 in a million)" in result.stderr
+    assert "OK" not in result.stdout
 
 
 def test_check_config_invalid_file(runner: CliRunner, invalid_config: Path) -> None:

@@ -251,7 +251,16 @@ def create_app(
             keyrings[DEFAULT_TENANT].internal_secret, b"agent-csrf", hashlib.sha256
         ).digest()
         app.include_router(
-            agent_router(settings, directory, seats, bus, templates, csrf_secret, clock)
+            agent_router(
+                settings,
+                directory,
+                seats,
+                bus,
+                templates,
+                csrf_secret,
+                clock,
+                links={slug: t.links for slug, t in tenants.items() if t.links is not None},
+            )
         )
 
     @app.get("/healthz", include_in_schema=False)

@@ -173,6 +173,16 @@ async def _linked(instance: Instance, conversation_id: str) -> Any:
     return c if c.linked_at is not None else None
 
 
+async def test_the_pbx_keeps_no_call_records(asterisk: Pbx) -> None:
+    """No CDR or CEL back end, no recording or voicemail application is loaded (the core
+    engines cannot be unloaded; cdr.conf and cel.conf switch them off)."""
+    modules = {m["name"].removesuffix(".so") for m in await asterisk.get("/asterisk/modules")}
+    assert "res_pjsip" in modules and "res_ari" in modules  # the list is real
+    banned = {m for m in modules if m.startswith(("cdr_", "cel_"))}
+    banned |= modules & {"app_mixmonitor", "app_voicemail", "app_minivm", "res_pjsip_logger"}
+    assert not banned
+
+
 def assert_no_trace(asterisk: Pbx, *secrets_: str) -> None:
     """Nothing Asterisk wrote to disk holds a caller number or a code."""
     for path in asterisk.log_dir.rglob("*"):

@@ -186,3 +186,23 @@ async def test_the_demo_phone_system_page_links_a_code(
     conversations = instance.services.conversations
     assert conversations is not None
     assert (await conversations.get(conversation_id)).state == "waiting"
+
+
+async def test_supervisors_see_failed_link_attempts_against_the_budget(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    from idcontact.agents.directory import Membership
+    from idcontact.phone.codes import Caller
+    from tests.flows.test_console import enrol
+
+    instance = await phone_app(make_app, tmp_path)
+    links = instance.services.tenants["default"].links
+    assert links is not None
+    for _ in range(2):
+        await links.link("0" * 10, Caller(None), call_ref="x")
+    supervisor = await enrol(instance, "sara", [Membership("default", "supervisor", ("*",))])
+    assert (await supervisor.login()).status_code == 303
+    stats = await supervisor.client.get("/agent/default/stats?format=json")
+    assert stats.json()["phone"] == {"failed_links_24h": 2, "failed_link_budget": 100}
+    page = await supervisor.client.get("/agent/default/stats")
+    assert "Mislukte koppelpogingen" in page.text and "<strong>2</strong>" in page.text

@@ -1,8 +1,8 @@
 """The real Asterisk of the phone tests, started by ``scripts/services/asterisk``.
 
 ``scripts/test`` starts it and exports ``IDCONTACT_TEST_ASTERISK_*``. When they are missing,
-the first test that needs the PBX starts it itself (the root is built once and cached); when
-that fails the test skips locally and fails under ``CI=true``, like every real-service test.
+a test that needs the PBX skips locally and fails under ``CI=true``, like every real-service
+test.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import httpx
 import websockets
 
 from tests.services import _unavailable
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "services" / "asterisk"
 
 
 @dataclass(frozen=True)
@@ -50,16 +47,6 @@ class Pbx:
             return response.json()
 
 
-def _env_from_script() -> dict[str, str]:
-    if os.environ.get("IDC_NO_ASTERISK"):
-        _unavailable(f"Asterisk disabled: IDC_NO_ASTERISK={os.environ['IDC_NO_ASTERISK']}")
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        _unavailable(f"Asterisk could not be started: {started.stderr.strip()[-500:]}")
-    listed = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True)
-    return dict(line.split("=", 1) for line in listed.stdout.splitlines() if "=" in line)
-
-
 _PBX: Pbx | None = None
 
 
@@ -68,9 +55,15 @@ def pbx() -> Pbx:
     global _PBX
     if _PBX is not None:
         return _PBX
+    if os.environ.get("IDC_NO_ASTERISK"):
+        _unavailable(f"Asterisk unavailable: {os.environ['IDC_NO_ASTERISK']}")
     env = {k: v for k, v in os.environ.items() if k.startswith("IDCONTACT_TEST_ASTERISK_")}
     if "IDCONTACT_TEST_ASTERISK_ARI_URL" not in env:
-        env = _env_from_script()
+        _unavailable(
+            "Asterisk not configured: IDCONTACT_TEST_ASTERISK_* are not set; run `bash "
+            "scripts/test`, or `bash scripts/services/asterisk start` and export the lines of "
+            "`bash scripts/services/asterisk env`"
+        )
     password_file = Path(env["IDCONTACT_TEST_ASTERISK_ARI_PASSWORD_FILE"])
     result = Pbx(
         ari_url=env["IDCONTACT_TEST_ASTERISK_ARI_URL"],

@@ -123,11 +123,14 @@ class AriClient:
                             continue
                         if isinstance(event, dict):
                             yield event
+                error = "closed"
             except (TimeoutError, OSError, WebSocketException) as exc:
-                log.warning(
-                    "ARI event stream lost; reconnecting",
-                    extra={"error": type(exc).__name__, "retry_in": round(delay, 2)},
-                )
+                error = type(exc).__name__
+            log.warning(
+                "ARI event stream lost; reconnecting",
+                extra={"error": error, "retry_in": round(delay, 2)},
+            )
+            yield {"type": DISCONNECTED}
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
             delay = min(delay * 2, self._backoff[1])
 

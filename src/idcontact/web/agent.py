@@ -33,6 +33,7 @@ from idcontact.agents.credentials import (
 from idcontact.agents.directory import AgentDirectory, AgentSession, Membership, Role
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
+from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
 from idcontact.settings import Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
@@ -88,7 +89,10 @@ def agent_router(
     templates: Jinja2Templates,
     secret: bytes,
     clock: Callable[[], float],
+    links: Mapping[str, LinkCodes] | None = None,
 ) -> APIRouter:
+    """``links``: each tenant's phone link codes, for the failed-attempt figures in the
+    supervisors' statistics."""
     router = APIRouter(prefix="/agent", include_in_schema=False)
     secure = settings.public_url.startswith("https://")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.public_url))
@@ -513,12 +517,20 @@ def agent_router(
         s = await seat(request, slug)
         require(s, "supervisor")
         numbers = await s.queues.stats()
+        phone: dict[str, int] | None = None
+        if (
+            links is not None
+            and slug in links
+            and any(m.channel == "phone" for m in s.tenant.comm_methods)
+        ):
+            failed, budget = await links[slug].failures()
+            phone = {"failed_links_24h": failed, "failed_link_budget": budget}
         if format == "json":
-            return JSONResponse({"queues": numbers})
+            return JSONResponse({"queues": numbers, "phone": phone})
         return page(
             request,
             "agent_stats.html",
-            {"s": s, "queues": numbers, "base": f"/agent/{slug}"},
+            {"s": s, "queues": numbers, "phone": phone, "base": f"/agent/{slug}"},
             s.tenant,
         )
 
