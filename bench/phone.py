@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import os
 import secrets
 import ssl
 import subprocess
@@ -174,12 +173,12 @@ class Bench:
         )
 
 
-async def agent_stream(
-    base: str, account: Any, offers: asyncio.Queue[tuple[str, float]]
-) -> None:
+async def agent_stream(base: str, account: Any, offers: asyncio.Queue[tuple[str, float]]) -> None:
     """The console's event stream: every offer to this agent, with its arrival time."""
     headers = {"Cookie": account.cookie}
-    async with httpx.AsyncClient(base_url=base, timeout=None) as client:
+    # No read timeout: the stream is quiet between offers (heartbeats come every 15 s).
+    timeout = httpx.Timeout(10.0, read=None)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
         async with client.stream("GET", "/agent/default/events", headers=headers) as response:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -192,9 +191,7 @@ async def agent_stream(
 async def latency(bench: Bench, observer: Observer, account: Any, samples: int) -> dict[str, Any]:
     offers: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
     stream = asyncio.create_task(agent_stream(bench.base, account, offers))
-    agent = httpx.AsyncClient(
-        base_url=bench.base, timeout=30, headers={"Cookie": account.cookie}
-    )
+    agent = httpx.AsyncClient(base_url=bench.base, timeout=30, headers={"Cookie": account.cookie})
     await agent.post(
         "/agent/default/presence", data={"presence": "available", "csrf": account.csrf}
     )
@@ -264,7 +261,9 @@ async def concurrent(bench: Bench, observer: Observer, count: int) -> dict[str, 
         await asyncio.sleep(0.1)
     took = time.monotonic() - started
     wrong = sum(
-        1 for channel, name in linked.items() if names[numbers.index(observer.callers[channel])] != name
+        1
+        for channel, name in linked.items()
+        if names[numbers.index(observer.callers[channel])] != name
     )
     for caller in callers:
         caller.stop()
@@ -294,8 +293,10 @@ def config_file(workdir: Path, env: dict[str, str]) -> Path:
     return path
 
 
-async def exercise(args: argparse.Namespace, base: str, settings: Any, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
-    password = Path(env["IDCONTACT_TEST_ASTERISK_ARI_PASSWORD_FILE"]).read_text().strip()
+async def exercise(
+    args: argparse.Namespace, base: str, settings: Any, workdir: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    password = env["ARI_PASSWORD"]
     observer = Observer(env["IDCONTACT_TEST_ASTERISK_ARI_URL"], "idcontact", password)
     await observer.start()
     bench = Bench(base, settings, workdir, env["IDCONTACT_TEST_ASTERISK_SIP"])
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_file(workdir, env)
         password = Path(env["IDCONTACT_TEST_ASTERISK_ARI_PASSWORD_FILE"]).read_text().strip()
         server_env = {**flows.clean_env(), "IDCONTACT_TELEPHONY__ARI_PASSWORD": password}
+        env["ARI_PASSWORD"] = password
         settings = console.settings_for(data_dir, config, None)
         port = flows.free_port()
         server = flows.start_server(

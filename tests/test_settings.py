@@ -88,7 +88,7 @@ def test_demo_config_loads() -> None:
     for p in settings.purposes:
         # "*" is expanded at load time: no wildcard survives into the model.
         assert p.allowed_auth == ("demo",)
-        assert p.allowed_comm == ("demo",)
+        assert p.allowed_comm == ("demo", "phone")
     move = settings.purpose("report_move")
     assert move is not None
     assert move.min_assurance == "substantial"

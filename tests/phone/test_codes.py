@@ -203,6 +203,30 @@ async def test_one_caller_is_throttled_per_hour_and_withheld_numbers_share_a_cou
     assert await links.refusal(withheld) is None
 
 
+async def test_another_platforms_calls_count_per_call_without_a_number(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    instance = await app_with(make_app, tmp_path, "sqlite", Clock(), caller_failures_per_hour=2)
+    links = links_of(instance)
+    conversation_id, code = await new_code(instance)
+    first = Caller(None, via="webhook", session="contact-1")
+    for _ in range(2):
+        await links.link("0" * 10, first, call_ref="contact-1")
+    assert await links.refusal(first) == "caller"
+    second = Caller(None, via="webhook", session="contact-2")
+    linked = await links.link(code, second, call_ref="contact-2")
+    assert isinstance(linked, Linked)
+    # The platform handles that call; our console shows no line state for it.
+    assert linked.conversation.call_state is None
+    assert linked.conversation.link_detail == {
+        "via": "webhook",
+        "shown": True,
+        "caller": "withheld",
+        "seconds": 0,
+    }
+    assert linked.conversation.id == conversation_id
+
+
 async def test_too_many_linkable_codes_refuse_a_new_phone_conversation(
     make_app: AppFactory, tmp_path: Path
 ) -> None:

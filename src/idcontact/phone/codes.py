@@ -65,6 +65,9 @@ class Caller:
 
     number: str | None
     via: Literal["pbx", "webhook", "demo"] = "pbx"
+    session: str | None = None
+    """Another platform's call id: without a number, the per-caller limit counts per call, so
+    one platform's callers do not share one count."""
 
     @property
     def withheld(self) -> bool:
@@ -91,6 +94,8 @@ class LinkCodes:
         return self._conversations.keyed("link-code", code)
 
     def _caller_key(self, caller: Caller) -> str:
+        if caller.withheld and caller.session is not None:
+            return "session:" + self._conversations.keyed("session", caller.session)[:40]
         if caller.withheld:
             return "withheld"
         digits = "".join(c for c in caller.number or "" if c.isdigit())
@@ -252,7 +257,8 @@ class LinkCodes:
                     "linked_at": now,
                     "link_detail": json.dumps(detail),
                     "call_ref_hash": self._conversations.keyed("call", call_ref),
-                    "call_state": "waiting",
+                    # Our PBX reports the line; another platform's calls are its own business.
+                    "call_state": "waiting" if caller.via == "pbx" else None,
                 },
                 where=conversations.c.linked_at.is_(None),
                 detail={k: v for k, v in detail.items() if k != "caller"},

@@ -63,6 +63,9 @@ class StartPhoneResponse(BaseModel):
 class LinkPhoneRequest(BaseModel):
     dtmf: str = Field(max_length=32)
     sessionid: str = Field(min_length=8, max_length=128)
+    caller: str | None = Field(default=None, max_length=32)
+    """Our extension: the caller's number, for the per-caller limit (hashed, kept an hour at
+    most); without it the limit counts per ``sessionid``."""
 
 
 class SessionInfo(BaseModel):
@@ -177,9 +180,8 @@ class PhoneCommPlugin:
                 body = LinkPhoneRequest.model_validate_json(raw)
             except ValueError:
                 raise InvalidStartRequestError('Send {"dtmf": ..., "sessionid": ...}') from None
-            outcome = await links.link(
-                body.dtmf, Caller(None, via="webhook"), call_ref=body.sessionid
-            )
+            caller = Caller(body.caller, via="webhook", session=body.sessionid)
+            outcome = await links.link(body.dtmf, caller, call_ref=body.sessionid)
             if not isinstance(outcome, Linked):
                 raise NotFoundError("No conversation links to this code")
             if ctx.queues is not None:
@@ -219,8 +221,9 @@ class PhoneCommPlugin:
             async def demo_acd_link(request: Request) -> HTMLResponse:
                 form = await request.form()
                 code = str(form.get("code", ""))[:32].replace(" ", "")
+                call_ref = secrets.token_urlsafe(16)
                 outcome = await links.link(
-                    code, Caller(None, via="demo"), call_ref=secrets.token_urlsafe(16)
+                    code, Caller(None, via="demo", session=call_ref), call_ref=call_ref
                 )
                 if isinstance(outcome, Linked) and ctx.queues is not None:
                     ctx.queues.poke()
