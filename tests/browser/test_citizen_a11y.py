@@ -38,6 +38,7 @@ PAGES = [
     ("/privacy?lang=en", "en", "How we handle your data"),
     ("/accessibility", "nl", "Toegankelijkheidsverklaring"),
     ("/accessibility?lang=en", "en", "Accessibility statement"),
+    ("/comm/phone/demo-acd", "nl", "Toets de code in, zoals de beller dat doet"),
 ]
 
 
@@ -110,12 +111,30 @@ def to_comm_unidentified(page: Page, server: LiveServer) -> None:
     expect(page.locator("main")).to_contain_text("zonder u te identificeren")
 
 
+def to_tel_page(page: Page, server: LiveServer) -> None:
+    """ID Bellen: after sharing, the number and the code to call, in this browser only."""
+    page.goto(server.url("/"))
+    card = topic(page, 0)
+    card.get_by_role("radio", name="Bellen (ID Bellen)").check()
+    card.get_by_role("button", name="Verder").click()
+    page.wait_for_url(AUTH_CONFIRM)
+    page.get_by_role("button", name="Delen").click()
+    page.wait_for_url(re.compile(r"/tel/[^/?#]+$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("U kunt nu bellen")
+    expect(page.locator("p.big.code")).to_have_text(re.compile(r"^[0-9]{3} [0-9]{3} [0-9]{4}$"))
+    expect(page.get_by_role("link", name=re.compile("Nu bellen"))).to_have_attribute(
+        "href", re.compile(r"^tel:\+31851234567,[0-9]{10}$")
+    )
+    expect(page.locator("div.qr svg")).to_be_visible()
+
+
 FLOWS: dict[str, Callable[[Page, LiveServer], None]] = {
     "auth-confirm": to_auth_confirm,
     "comm-waiting": to_comm_waiting,
     "comm-ended": to_comm_ended,
     "comm-failed": to_comm_failed,
     "comm-unidentified": to_comm_unidentified,
+    "tel-page": to_tel_page,
 }
 
 
