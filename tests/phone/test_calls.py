@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from idcontact.agents.directory import Membership
 from idcontact.events import Event
 from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import Caller
@@ -252,13 +253,7 @@ async def test_accept_rings_the_agent_bridges_and_a_hang_up_ends_with_wrap_up(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
     instance, pbx, calls, line = await setup(make_app, tmp_path)
-    agents = instance.services.agents
-    assert agents is not None
-    from idcontact.agents.directory import Membership
-
-    await agents.add("anna", "Anna", [Membership("default", "agent", ("*",))])
-    await agents.set_phone("anna", "PJSIP/agent1")
-    anna = await agent_id(instance, "anna")
+    anna = await agent_with_phone(instance, "anna", "PJSIP/agent1")
     conversation_id, code = await new_code(instance)
     await feed(calls, pbx, until_event(replay(code), "ChannelDtmfReceived", 13))
     await pbx.wait_for(played("code-ok"))
@@ -297,7 +292,12 @@ async def state(line: PhoneLine, conversation_id: str, wanted: str) -> Any:
     return c if c.state == wanted else None
 
 
-async def agent_id(instance: Instance, username: str) -> str:
+async def agent_with_phone(instance: Instance, username: str, endpoint: str) -> str:
+    """An agent of every queue with a desk phone; their id."""
+    agents = instance.services.agents
+    assert agents is not None
+    await agents.add(username, username.title(), [Membership("default", "agent", ("*",))])
+    await agents.set_phone(username, endpoint)
     db = instance.services.db
     assert db is not None
     row = await db.run(
@@ -312,13 +312,7 @@ async def test_an_unreachable_desk_phone_is_told_to_the_console_and_rings_again_
     make_app: AppFactory, tmp_path: Path
 ) -> None:
     instance, pbx, calls, line = await setup(make_app, tmp_path)
-    agents = instance.services.agents
-    assert agents is not None
-    from idcontact.agents.directory import Membership
-
-    await agents.add("bert", "Bert", [Membership("default", "agent", ("*",))])
-    await agents.set_phone("bert", "PJSIP/agent2")
-    bert = await agent_id(instance, "bert")
+    bert = await agent_with_phone(instance, "bert", "PJSIP/agent2")
     conversation_id, code = await new_code(instance)
     pbx.fail_originate = True
     await feed(calls, pbx, until_event(replay(code), "ChannelDtmfReceived", 13))

@@ -5,7 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from idcontact.conversations import Conversations
-from idcontact.errors import UnsupportedMediaTypeError
+from idcontact.errors import UnknownPurposeError, UnsupportedMediaTypeError
+from idcontact.settings import Purpose, Tenant
+
+
+def purpose_of(tenant: Tenant, tag: str) -> Purpose:
+    """The tenant's purpose ``tag``, or 400 unknown-purpose."""
+    purpose = tenant.purpose(tag)
+    if purpose is None:
+        raise UnknownPurposeError()
+    return purpose
 
 
 def add_attr_route(router: APIRouter, conversations: Conversations) -> None:

@@ -28,11 +28,10 @@ from idcontact.domain.lifecycle import State
 from idcontact.errors import (
     ConfigError,
     MethodNotAllowedForPurposeError,
-    UnknownPurposeError,
 )
 from idcontact.events import Bus
 from idcontact.plugins.base import Kind, PluginContext
-from idcontact.plugins.comm.common import add_attr_route
+from idcontact.plugins.comm.common import add_attr_route, purpose_of
 from idcontact.queues import Place, QueueService
 from idcontact.settings import Purpose
 from idcontact.web.citizen import opening_time, wait_minutes
@@ -170,10 +169,7 @@ class DemoCommPlugin:
         self._base_path = urlsplit(ctx.public_base).path
 
     def _purpose(self, tag: str) -> Purpose:
-        purpose = self._ctx.tenant.purpose(tag)
-        if purpose is None:
-            raise UnknownPurposeError()
-        return purpose
+        return purpose_of(self._ctx.tenant, tag)
 
     def _lang_query(self, lang: str) -> str:
         """``?lang=en`` when the resident chose another language than the default."""

@@ -34,11 +34,10 @@ from idcontact.errors import (
     NotFoundError,
     ServiceBusyError,
     UnauthorizedError,
-    UnknownPurposeError,
 )
 from idcontact.phone.codes import Caller, LinkCodes, Linked
 from idcontact.plugins.base import Kind, PluginContext
-from idcontact.plugins.comm.common import add_attr_route
+from idcontact.plugins.comm.common import add_attr_route, purpose_of
 from idcontact.settings import CommMethod, Purpose
 from idcontact.web.pages import language, render
 
@@ -103,10 +102,7 @@ class PhoneCommPlugin:
         self._clock = time.time
 
     def _purpose(self, tag: str) -> Purpose:
-        purpose = self._ctx.tenant.purpose(tag)
-        if purpose is None:
-            raise UnknownPurposeError()
-        return purpose
+        return purpose_of(self._ctx.tenant, tag)
 
     async def _authorize(self, request: Request, body: bytes) -> None:
         """The platform's credentials: ``Authorization: Bearer <secret>`` or
