@@ -498,3 +498,51 @@ async def test_a_call_without_a_code_reaches_an_agent_unidentified(
         assert waiting.link_detail == {"via": "pbx", "caller": "withheld"}
     finally:
         caller.stop()
+
+
+async def test_a_restart_keeps_the_waiting_caller_in_line(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    """The process that took the call stops; the next one adopts it from the PBX."""
+    from idcontact.app import create_app, services_of
+
+    settings = demo_settings(tmp_path, telephony=asterisk.telephony())
+    first = create_app(settings)
+    async with observe(asterisk) as pbx_events:
+        async with first.router.lifespan_context(first):
+            services = services_of(first)
+            assert services.calls is not None
+            await asyncio.wait_for(services.calls.ready.wait(), 10)
+            instance = Instance(first, _client(first), services, settings)
+            conversation_id, code = (await phone_conversation(instance))[:2]
+            caller = await call(asterisk, tmp_path, code)
+            await until(lambda: _linked(instance, conversation_id), "the call to link")
+            channel = await channel_of(instance, conversation_id)
+            await instance.client.aclose()
+        try:
+            assert caller.process.returncode is None  # stopping did not hang up on the caller
+            before = len(pbx_events.played(channel))
+            second: Instance = await make_app(settings)
+            calls = second.services.calls
+            assert calls is not None
+            await asyncio.wait_for(calls.ready.wait(), 10)
+            assert calls.active == 1
+            await pbx_events.wait_for(
+                lambda e: (
+                    e.get("type") == "PlaybackStarted"
+                    and e["playback"]["target_uri"] == f"channel:{channel}"
+                    and "position-1" in e["playback"]["media_uri"]
+                    and len(pbx_events.played(channel)) > before
+                )
+            )
+            assert (await conversation(second, conversation_id)).state == "waiting"
+        finally:
+            caller.stop()
+
+
+def _client(app: Any) -> Any:
+    import httpx
+
+    from tests.conftest import PUBLIC
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC)

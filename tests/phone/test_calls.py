@@ -21,7 +21,7 @@ import pytest
 from idcontact.agents.directory import Membership
 from idcontact.events import Event
 from idcontact.phone.calls import Calls, PhoneLine
-from idcontact.phone.codes import Caller
+from idcontact.phone.codes import Caller, Linked
 from tests.conftest import AppFactory, Instance, demo_settings, until
 from tests.phone.test_codes import new_code
 
@@ -41,6 +41,8 @@ class FakePbx:
         self.playing: dict[str, str] = {}  # channel → its current playback id
         self.changed = asyncio.Event()
         self.fail_originate = False
+        self.left: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+        """What ``inventory`` reports: channels and bridges a previous process left."""
 
     def _record(self, *op: Any) -> None:
         self.ops.append(op)
@@ -79,6 +81,9 @@ class FakePbx:
 
     async def destroy_bridge(self, bridge_id: str) -> None:
         self._record("destroy_bridge")
+
+    async def inventory(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return self.left
 
     def prompts(self) -> list[tuple[str, ...]]:
         return [op[2] for op in self.ops if op[0] == "play"]
@@ -332,3 +337,65 @@ async def test_an_unreachable_desk_phone_is_told_to_the_console_and_rings_again_
 def test_a_caller_without_number_counts_as_withheld() -> None:
     assert Caller(None).withheld and Caller("anonymous").withheld and Caller("").withheld
     assert not Caller("+31612399887").withheld
+
+
+async def test_after_a_restart_calls_are_adopted_not_dropped(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A new process finds calls in the application: the waiting caller keeps their place,
+    the connected call stays bridged (no second ring), a caller who had not linked yet is
+    asked again, and an agent leg whose caller is gone is hung up."""
+    instance, pbx, old_calls, line = await setup(make_app, tmp_path)
+    waiting_id, waiting_code = await new_code(instance)
+    talking_id, talking_code = await new_code(instance)
+    anna = await agent_with_phone(instance, "anna", "PJSIP/agent1")
+    links = line.links
+    assert isinstance(
+        await links.link(waiting_code, Caller("+31600000001"), call_ref="c-wait"), Linked
+    )
+    assert isinstance(
+        await links.link(talking_code, Caller("+31600000002"), call_ref="c-talk"), Linked
+    )
+    await line.queues.set_presence(anna, "available")
+    await line.queues.tick()
+    offered = [
+        c for c in (waiting_id, talking_id) if (await line.conversations.get(c)).state == "offered"
+    ]
+    assert len(offered) == 1
+    await line.queues.accept(offered[0], anna)
+    connected_ref = "c-wait" if offered[0] == waiting_id else "c-talk"
+    queued_ref = "c-talk" if connected_ref == "c-wait" else "c-wait"
+
+    def channel(channel_id: str, exten: str = "+31851234567") -> dict[str, Any]:
+        found = copy.deepcopy(RECORDED[0]["channel"])
+        found["id"] = channel_id
+        found["dialplan"]["exten"] = exten
+        return found
+
+    pbx.left = (
+        [channel(queued_ref), channel(connected_ref), channel("leg-1", "s"), channel("c-new"),
+         channel("leg-stray", "s")],
+        [{"id": "bridge-1", "channels": [connected_ref, "leg-1"]}],
+    )  # fmt: skip
+    calls = Calls(pbx, [line], instance.services.bus, line_endpoint(instance))
+    await calls.handle({"type": "IdContactConnected"})
+    assert calls.ready.is_set() and calls.active == 3
+    await pbx.wait_for(lambda op: op == ("hangup", "leg-stray"))
+    await pbx.wait_for(lambda op: op[:2] == ("play", queued_ref) and "position-1" in op[2])
+    await pbx.wait_for(lambda op: op[:2] == ("play", "c-new") and "enter-code" in op[2])
+    assert not any(op[0] == "originate" for op in pbx.ops)  # the connected call is not rung
+    assert ("hangup", "leg-1") not in pbx.ops
+    # The adopted connected call still ends properly when the agent's leg hangs up.
+    leg_gone = copy.deepcopy(next(e for e in RECORDED if e["type"] == "StasisEnd"))
+    leg_gone["channel"]["id"] = "leg-1"
+    await calls.handle(leg_gone)
+    await pbx.wait_for(lambda op: op == ("hangup", connected_ref))
+    await until(lambda: state(line, offered[0], "wrap_up"), "the wrap-up")
+    await calls.close()
+    await old_calls.close()
+
+
+def line_endpoint(instance: Instance) -> Any:
+    agents = instance.services.agents
+    assert agents is not None
+    return agents.phone_endpoint

@@ -183,6 +183,14 @@ class AriClient:
             "POST", f"/bridges/{bridge_id}/addChannel", {"channel": ",".join(channels)}
         )
 
+    async def inventory(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The channels in our application and every bridge (after a restart: what to adopt)."""
+        app = await self.request("GET", f"/applications/{self._app}")
+        ours = set(app.get("channel_ids", [])) if isinstance(app, dict) else set()
+        channels = await self.request("GET", "/channels") or []
+        bridges = await self.request("GET", "/bridges") or []
+        return [c for c in channels if c.get("id") in ours], list(bridges)
+
     async def destroy_bridge(self, bridge_id: str) -> None:
         with contextlib.suppress(PbxError):
             await self.request("DELETE", f"/bridges/{bridge_id}")

@@ -57,6 +57,7 @@ class Pbx(Protocol):
     ) -> None: ...
     async def bridge(self, bridge_id: str, channels: list[str]) -> None: ...
     async def destroy_bridge(self, bridge_id: str) -> None: ...
+    async def inventory(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ class Calls:
         return line
 
     async def run(self, events: AsyncIterator[dict[str, Any]]) -> None:
-        """Consume the PBX's event stream until cancelled; then hang up what we hold."""
+        """Consume the PBX's event stream until cancelled; calls in progress stay in the PBX
+        for the next process to adopt."""
         try:
             async for event in events:
                 try:
@@ -172,6 +174,7 @@ class Calls:
         """Route one PBX event to its call (and start a call on ``StasisStart``)."""
         kind = _kind(event)
         if kind == CONNECTED:
+            await self._adopt()
             self.ready.set()
             return
         if kind == DISCONNECTED:
@@ -195,6 +198,53 @@ class Calls:
         if call is not None:
             await call.inbox.put(event)
 
+    async def _adopt(self) -> None:
+        """Take over the calls a previous process left in the application (a restart, a
+        deploy): a waiting caller keeps their place, a connected call stays bridged, a caller
+        still typing is asked for the code again; agent legs without a caller are hung up."""
+        try:
+            channels, bridges = await self._pbx.inventory()
+        except IdContactError:
+            log.warning("could not list the calls in the PBX application")
+            return
+        partner: dict[str, tuple[str, str]] = {}  # channel → (bridge, the other channel)
+        for bridge in bridges:
+            members = [str(c) for c in bridge.get("channels", [])]
+            if len(members) == 2:
+                partner[members[0]] = (str(bridge["id"]), members[1])
+                partner[members[1]] = (str(bridge["id"]), members[0])
+        adopted = 0
+        for channel in channels:
+            channel_id = str(channel.get("id", ""))
+            if channel_id in self._calls or channel_id in self._legs:
+                continue
+            exten = str((channel.get("dialplan") or {}).get("exten", ""))
+            line = self._lines.get(phone_digits(exten))
+            if line is None:
+                continue  # an agent leg: adopted with its caller, or hung up below
+            number = str((channel.get("caller") or {}).get("number", "")) or None
+            call = Call(channel=channel_id, line=line, caller=Caller(number))
+            conversation = await line.links.by_call(channel_id)
+            if conversation is not None and conversation.state in (
+                "waiting",
+                "offered",
+                "connected",
+            ):
+                call.conversation_id = conversation.id
+                call.rang = conversation.state == "connected"
+                if channel_id in partner:
+                    call.bridge, call.leg = partner[channel_id]
+                    self._legs[call.leg] = call
+            self._calls[channel_id] = call
+            call.task = asyncio.create_task(self._run(call, adopted=True))
+            adopted += 1
+        for channel in channels:
+            channel_id = str(channel.get("id", ""))
+            if channel_id not in self._calls and channel_id not in self._legs:
+                await self._pbx.hangup(channel_id)
+        if adopted:
+            log.info("adopted calls left by a previous process", extra={"count": adopted})
+
     async def _start(self, channel_id: str, channel: dict[str, Any]) -> None:
         dialled = str((channel.get("dialplan") or {}).get("exten", ""))
         line = self.line_for(dialled)
@@ -209,8 +259,11 @@ class Calls:
 
     # -- one call -----------------------------------------------------------------------
 
-    async def _run(self, call: Call) -> None:
+    async def _run(self, call: Call, *, adopted: bool = False) -> None:
         try:
+            if adopted and call.conversation_id is not None:
+                await self._wait_and_talk(call)
+                return
             await self._pbx.answer(call.channel)
             outcome = await self._collect(call)
             if outcome == "unidentified":
@@ -218,7 +271,8 @@ class Calls:
             if outcome != "gone":
                 await self._wait_and_talk(call)
         except asyncio.CancelledError:
-            await self._pbx.hangup(call.channel)
+            # This process stops: the call stays in the PBX application, and the next
+            # process adopts it (``_adopt``) with its place in line or its bridge.
             raise
         except Exception:
             log.exception("phone call failed; hanging up")
