@@ -160,14 +160,22 @@ class Conversations:
         )
 
     async def create(
-        self, purpose: Purpose, comm_method: str, *, with_slot: bool, unidentified: bool = False
+        self,
+        purpose: Purpose,
+        comm_method: str,
+        *,
+        with_slot: bool,
+        unidentified: bool = False,
+        details: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
         """Create a conversation; return its id and, if asked, a fresh attr_url slot secret.
 
         An unidentified conversation goes straight to ``waiting``: no attributes will come.
+        ``details``: channel columns written with it (a call's reference and line state).
         """
         slot = secrets.token_urlsafe(32) if with_slot and not unidentified else None
         row = self._row(purpose, comm_method, slot)
+        row.values.update(details or {})
         if unidentified:
             row.values["state"] = change("created", "waiting")
             row.values["waiting_since"] = row.created_at

@@ -258,6 +258,11 @@ class Phone(_Model):
     caller_failures_per_hour: int = Field(default=6, ge=1, le=1000)
     """Failed attempts per caller number (or per "withheld") per hour, on top of the budget."""
     tries_per_call: int = Field(default=3, ge=1, le=10)
+    first_digit_seconds: float = Field(default=10.0, ge=2, le=60)
+    """After the greeting, how long a silent caller has to start typing before the call goes
+    on as one without a code."""
+    next_digit_seconds: float = Field(default=5.0, ge=1, le=30)
+    """The longest pause between two digits before the digits so far count as an attempt."""
     fallback_purpose: str | None = None
     """Purpose of calls that link no code (must allow unidentified conversations); without it
     such calls are told to identify first and are ended."""

@@ -38,11 +38,17 @@ DUMP = text(
 
 
 @pytest.fixture
-def asterisk() -> Pbx:
-    return pbx()
+async def asterisk() -> AsyncIterator[Pbx]:
+    """The test PBX; afterwards every call still in it is hung up (a killed sipp sends no BYE,
+    and the next test's app would adopt what this one left)."""
+    p = pbx()
+    yield p
+    await p.hang_up_everything()
 
 
 async def phone_app(make_app: AppFactory, tmp_path: Path, p: Pbx, **overrides: Any) -> Instance:
+    # A silent caller is taken as one without a code after 3 s (10 s by default).
+    overrides.setdefault("phone", {"first_digit_seconds": 3})
     settings = demo_settings(tmp_path, telephony=p.telephony(), **overrides)
     instance: Instance = await make_app(settings)
     calls = instance.services.calls

@@ -111,7 +111,8 @@ def played(prompt: str) -> Callable[[tuple[Any, ...]], bool]:
 async def setup(
     make_app: AppFactory, tmp_path: Path, **phone: Any
 ) -> tuple[Instance, FakePbx, Calls, PhoneLine]:
-    settings = demo_settings(tmp_path, phone={"number": "+31851234567", **phone})
+    phone = {"number": "+31851234567", "first_digit_seconds": 2, "next_digit_seconds": 1, **phone}
+    settings = demo_settings(tmp_path, phone=phone)
     instance: Instance = await make_app(settings)
     t = instance.services.tenants["default"]
     assert t.conversations and t.queues and t.links
@@ -119,14 +120,7 @@ async def setup(
     pbx = FakePbx()
     agents = instance.services.agents
     assert agents is not None
-    calls = Calls(
-        pbx,
-        [line],
-        instance.services.bus,
-        agents.phone_endpoint,
-        first_digit_seconds=0.5,
-        next_digit_seconds=0.5,
-    )
+    calls = Calls(pbx, [line], instance.services.bus, agents.phone_endpoint)
     return instance, pbx, calls, line
 
 

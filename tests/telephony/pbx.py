@@ -40,6 +40,12 @@ class Pbx:
         """The ``[telephony]`` settings for an app under test."""
         return {"ari_url": self.ari_url, "ari_user": self.user, "ari_password": self.password}
 
+    async def hang_up_everything(self) -> None:
+        async with httpx.AsyncClient(auth=(self.user, self.password), timeout=5) as client:
+            channels = (await client.get(f"{self.ari_url}/channels")).json()
+            for channel in channels:
+                await client.delete(f"{self.ari_url}/channels/{channel['id']}")
+
     async def get(self, path: str) -> Any:
         async with httpx.AsyncClient(auth=(self.user, self.password), timeout=5) as client:
             response = await client.get(f"{self.ari_url}{path}")

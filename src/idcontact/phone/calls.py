@@ -34,10 +34,6 @@ from idcontact.settings import Tenant, phone_digits
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-FIRST_DIGIT_SECONDS = 10.0
-"""After the prompt: how long we wait for the first digit before treating the call as one
-without a code."""
-NEXT_DIGIT_SECONDS = 5.0
 ENDED_STATES = frozenset({"wrap_up", "ended", "purged"})
 CALLER_ID = '"ID Bellen" <0>'
 """What the agent's phone shows: never the resident's number."""
@@ -119,8 +115,6 @@ class Calls:
         *,
         ring_seconds: int = 25,
         clock: Clock = time.time,
-        first_digit_seconds: float = FIRST_DIGIT_SECONDS,
-        next_digit_seconds: float = NEXT_DIGIT_SECONDS,
     ) -> None:
         self._pbx = pbx
         self._lines: dict[str, PhoneLine] = {}
@@ -131,8 +125,6 @@ class Calls:
         self._agent_endpoint = agent_endpoint
         self._ring_seconds = ring_seconds
         self._clock = clock
-        self._first_digit = first_digit_seconds
-        self._next_digit = next_digit_seconds
         self._calls: dict[str, Call] = {}
         self._legs: dict[str, Call] = {}
         self.ready = asyncio.Event()
@@ -339,13 +331,13 @@ class Calls:
                 return "gone"
             elif self._finished(call, event):
                 if deadline is None:
-                    deadline = time.monotonic() + self._first_digit
+                    deadline = time.monotonic() + call.line.tenant.phone.first_digit_seconds
                 continue
             elif _kind(event) == "ChannelDtmfReceived":
                 digit = str(event.get("digit", ""))
                 if call.playback is not None:
                     await self._quiet(call)  # typing over the prompt is fine
-                deadline = time.monotonic() + self._next_digit
+                deadline = time.monotonic() + call.line.tenant.phone.next_digit_seconds
                 if digit == "*":
                     digits = ""
                     continue
@@ -383,19 +375,19 @@ class Calls:
             await self._until_quiet(call)
             await self._pbx.hangup(call.channel)
             return "gone"
-        conversation_id, _ = await line.conversations.create(
-            purpose, line.comm_method, with_slot=False, unidentified=True
-        )
-        call.conversation_id = conversation_id
         detail = {"via": call.caller.via, "caller": "withheld" if call.caller.withheld else "shown"}
-        await line.conversations.annotate(
-            conversation_id,
-            {
+        conversation_id, _ = await line.conversations.create(
+            purpose,
+            line.comm_method,
+            with_slot=False,
+            unidentified=True,
+            details={
                 "call_ref_hash": line.conversations.keyed("call", call.channel),
                 "call_state": "waiting",
                 "link_detail": json.dumps(detail),
             },
         )
+        call.conversation_id = conversation_id
         line.queues.poke()
         return "unidentified"
 
