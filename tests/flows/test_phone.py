@@ -256,7 +256,24 @@ async def test_two_concurrent_calls_each_reach_their_agent_with_only_their_own_d
             panel = await agent.client.get(f"/agent/default/c/{mine}")
             assert panel.status_code == 200
             assert "verbonden" in panel.text and "zichtbaar" in panel.text
+            assert "/static/panel.js" in panel.text  # keeps the line state live
             seen[mine] = panel.text
+            line = await agent.client.get(f"/agent/default/c/{mine}/line")
+            assert line.status_code == 200 and "verbonden" in line.text
+            assert CANARY_NAME not in line.text and SECOND_NAME not in line.text
+        # The line fragment is no read of the data: only the two panels were audited.
+        db = instance.services.db
+        assert db is not None
+        views = await db.run(
+            lambda conn: conn.execute(
+                text("SELECT count(*) FROM audit_events WHERE action = 'attributes.view'")
+            ).scalar_one()
+        )
+        assert views == 2
+        other = await anna.client.get(
+            f"/agent/default/c/{holder[await agent_id(instance, 'bert')]}/line"
+        )
+        assert other.status_code == 404  # not the holder: nothing, not even the line
         assert CANARY_NAME in seen[first] and SECOND_NAME not in seen[first]
         assert SECOND_NAME in seen[second] and CANARY_NAME not in seen[second]
 

@@ -31,6 +31,7 @@ from idcontact.agents.credentials import (
     qr_svg,
 )
 from idcontact.agents.directory import AgentDirectory, AgentSession, Membership, Role
+from idcontact.conversations import Conversation
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
 from idcontact.phone.codes import LinkCodes
@@ -482,8 +483,6 @@ def agent_router(
             request,
             "agent_conversation.html",
             {
-                "s": s,
-                "c": conversation,
                 "purpose_label": (
                     purpose.label.nl if purpose and purpose.label else conversation.purpose
                 ),
@@ -492,15 +491,31 @@ def agent_router(
                 "provenance": provenance,
                 "wrap_up_until": _time(conversation.wrap_up_until),
                 "offer_until": _time(conversation.offer_expires),
-                "hijack_time": _time(conversation.hijack_at),
-                "link": _link(conversation.link_detail),
-                "phone": (
-                    await directory.phone_endpoint(me) if conversation.channel == "phone" else None
-                ),
-                "base": f"/agent/{s.tenant.slug}",
+                **await line_context(s, conversation),
             },
             s.tenant,
         )
+
+    @router.get("/{slug}/c/{conversation_id}/line", response_class=HTMLResponse)
+    async def line(request: Request, slug: str, conversation_id: str) -> HTMLResponse:
+        """The phone line of a conversation I hold, for panel.js: no attributes, not audited."""
+        s = await seat(request, slug)
+        me = s.agent.agent_id
+        conversation = await s.queues.held(conversation_id, me)
+        return page(request, "agent_line.html", await line_context(s, conversation), s.tenant)
+
+    async def line_context(s: Seat, conversation: Conversation) -> dict[str, object]:
+        me = s.agent.agent_id
+        return {
+            "s": s,
+            "c": conversation,
+            "hijack_time": _time(conversation.hijack_at),
+            "link": _link(conversation.link_detail),
+            "phone": (
+                await directory.phone_endpoint(me) if conversation.channel == "phone" else None
+            ),
+            "base": f"/agent/{s.tenant.slug}",
+        }
 
     @router.get("/{slug}/c/{conversation_id}", response_class=HTMLResponse, response_model=None)
     async def conversation_page(request: Request, slug: str, conversation_id: str) -> Response:
