@@ -224,6 +224,7 @@ class Calls:
             ):
                 call.conversation_id = conversation.id
                 call.rang = conversation.state == "connected"
+                call.moh = not call.rang  # it had music: the next announcement stops it
                 if channel_id in partner:
                     call.bridge, call.leg = partner[channel_id]
                     self._legs[call.leg] = call
