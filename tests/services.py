@@ -21,6 +21,7 @@ import pytest
 
 POSTGRES_ENV = "IDCONTACT_TEST_POSTGRES_URL"
 REDIS_ENV = "IDCONTACT_TEST_REDIS_URL"
+YIVI_ENV = "IDCONTACT_TEST_YIVI_URL"
 
 _CONNECT_TIMEOUT_S = 1.0
 
@@ -33,6 +34,11 @@ def postgres_url() -> str:
 def redis_url() -> str:
     """The URL of the test Redis instance."""
     return _service_url(REDIS_ENV, "Redis", "redis", default_port=6379)
+
+
+def yivi_url() -> str:
+    """The reference IRMA server (the Go ``yivi irma server``) with the test schemes."""
+    return _service_url(YIVI_ENV, "The Go IRMA server", "yivi", default_port=48680)
 
 
 def _service_url(env: str, label: str, script: str, *, default_port: int) -> str:
