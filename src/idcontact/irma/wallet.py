@@ -18,7 +18,7 @@ from typing import Any
 
 from idcontact.irma.attributes import WEEK, Metadata, credential_id, decode_value, encode_value
 from idcontact.irma.der import hash_commit
-from idcontact.irma.gabi import ProofD, PublicKey
+from idcontact.irma.gabi import ProofD, PublicKey, powmod
 from idcontact.irma.request import DisclosureRequest
 from idcontact.irma.schemes import CredentialType, Schemes
 from idcontact.irma.xml import IDEMIX, SchemeError, read_xml, text
@@ -241,16 +241,16 @@ def _prove(items: Sequence[tuple[Credential, set[int]]], context: int, nonce: in
         if secret_commit is None:
             secret_commit = random_bits(p.lm_commit)  # one for all: the same secret key
         r_a = random_bits(p.ln + p.lstatzk)
-        a_prime = credential.A * pow(pk.S, r_a, n) % n
+        a_prime = credential.A * powmod(pk.S, r_a, n) % n
         v_prime = credential.v - credential.e * r_a
         e_prime = credential.e - (1 << (p.le - 1))
         e_commit = random_bits(p.le_commit)
         v_commit = random_bits(p.lv + p.lstatzk + p.lh)
         hidden = [i for i in range(len(credential.m)) if i not in disclosed and i != 1]
         m_commit = {i: secret_commit if i == 0 else random_bits(p.lm_commit) for i in hidden}
-        z_commit = pow(a_prime, e_commit, n) * pow(pk.S, v_commit, n) % n
+        z_commit = powmod(a_prime, e_commit, n) * powmod(pk.S, v_commit, n) % n
         for i, r in m_commit.items():
-            z_commit = z_commit * pow(pk.R[i], r, n) % n
+            z_commit = z_commit * powmod(pk.R[i], r, n) % n
         contributions += [a_prime, z_commit]
         states.append(
             (credential, disclosed, a_prime, v_prime, e_prime, e_commit, v_commit, m_commit)

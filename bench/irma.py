@@ -1,0 +1,163 @@
+"""IRMA disclosure verification, ours and the Go reference server's, on the same proofs
+(issue #5, point 7; the whole-session rate comes with our server).
+
+For each sample a session is started at the Go server (``scripts/services/yivi``); our test
+wallet opens it as the app and proves its credentials for that session's nonce. Timed:
+
+- **ours**: ``verify_disclosure`` on that disclosure, in this process (pure Python integers);
+- **Go**: ``POST /irma/session/<token>/proofs`` of the same disclosure to the Go server, a
+  loopback HTTP round trip that includes its JSON parsing and verification.
+
+With 1 credential (the 1024-bit ``irma-demo.RU`` key) and with 5 credentials (three issuers,
+1024- and 2048-bit keys, one of a keyshare scheme).
+
+    .venv/bin/python bench/irma.py             # 30 samples each
+    .venv/bin/python bench/irma.py --samples 10
+
+Results: bench/results/irma-<UTC stamp>.json and irma-latest.json (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import secrets
+import subprocess
+import sys
+import time
+import types
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SERVICE = REPO / "scripts" / "services" / "yivi"
+
+
+def _load(name: str) -> types.ModuleType:
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+flows = _load("flows")
+
+from tests.irma import test_wallet as fixtures  # noqa: E402
+
+from idcontact.irma.request import DisclosureRequest  # noqa: E402
+from idcontact.irma.verify import verify_disclosure  # noqa: E402
+from idcontact.irma.wallet import Wallet  # noqa: E402
+
+ONE = [[["irma-demo.RU.studentCard.studentID"]]]
+FIVE = [
+    [["irma-demo.RU.studentCard.studentID"]],
+    [["irma-demo.MijnOverheid.fullName.familyname"]],
+    [["irma-demo.MijnOverheid.singleton.BSN"]],
+    [["irma-demo.stemmen.stempas.election"]],
+    [["test.test.email.email"]],
+]
+
+
+def wallet() -> Wallet:
+    w = Wallet()
+    fixtures.student(w)
+    fixtures.name(w)
+    w.add(
+        fixtures.MIJN.issue(
+            fixtures.ctype("irma-demo.MijnOverheid.singleton"), {"BSN": "999990019"}, w.secret
+        )
+    )
+    stemmen_key = fixtures.SCHEMES.public_key("irma-demo.stemmen", 0)
+    assert stemmen_key is not None
+    stemmen = fixtures.Issuer(
+        stemmen_key,
+        fixtures.PrivateKey.load(fixtures.CONFIG / "irma-demo/stemmen/PrivateKeys/0.xml"),
+    )
+    w.add(
+        stemmen.issue(
+            fixtures.ctype("irma-demo.stemmen.stempas"),
+            {"election": "Gemeenteraad", "votingnumber": "42"},
+            w.secret,
+        )
+    )
+    w.add(fixtures.TEST.issue(fixtures.ctype("test.test.email"), {"email": "a@b.nl"}, w.secret))
+    return w
+
+
+def sample(client: httpx.Client, w: Wallet, disclose: list[Any]) -> tuple[float, float]:
+    started = client.post(
+        "/session",
+        json={"@context": "https://irma.app/ld/request/disclosure/v2", "disclose": disclose},
+    ).json()
+    url = started["sessionPtr"]["u"]
+    binding = secrets.token_urlsafe(16)
+    headers = {"X-IRMA-MinProtocolVersion": "2.8", "X-IRMA-MaxProtocolVersion": "2.8"}
+    raw = client.get(url + "/", headers={**headers, "Authorization": binding}).json()["request"]
+    request = DisclosureRequest.parse(raw)
+    disclosure = w.disclose(request)
+    t0 = time.perf_counter()
+    ours = verify_disclosure(disclosure, request, fixtures.SCHEMES)
+    t1 = time.perf_counter()
+    theirs = client.post(url + "/proofs", json=disclosure, headers={"Authorization": binding})
+    t2 = time.perf_counter()
+    if not ours.valid or theirs.json().get("proofStatus") != "VALID":
+        raise RuntimeError(f"not valid: ours {ours.status}, Go {theirs.text}")
+    return (t1 - t0) * 1000, (t2 - t1) * 1000
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(flows.percentile(ordered, 50), 2),
+        "p99": round(flows.percentile(ordered, 99), 2),
+        "mean": round(sum(ordered) / len(ordered), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=30)
+    args = parser.parse_args(argv)
+    started = subprocess.run(["bash", str(SERVICE), "status"], capture_output=True).returncode != 0
+    if started:
+        subprocess.run(["bash", str(SERVICE), "start"], check=True)
+    env = subprocess.run(["bash", str(SERVICE), "env"], capture_output=True, text=True, check=True)
+    url = env.stdout.strip().split("=", 1)[1]
+    w = wallet()
+    report: dict[str, Any] = {"benchmark": "irma", "machine": flows.machine_info()}
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for label, disclose in (("1 credential", ONE), ("5 credentials", FIVE)):
+                sample(client, w, disclose)  # warm-up
+                pairs = [sample(client, w, disclose) for _ in range(args.samples)]
+                report[label] = {
+                    "samples": args.samples,
+                    "ours_ms": summary([p[0] for p in pairs]),
+                    "go_http_ms": summary([p[1] for p in pairs]),
+                }
+    finally:
+        if started:
+            subprocess.run(["bash", str(SERVICE), "stop"], check=False)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report["at"] = stamp
+    stamped, _ = flows.write_results(report, stamp, "irma")
+    for label in ("1 credential", "5 credentials"):
+        r = report[label]
+        print(
+            f"{label}: ours p50 {r['ours_ms']['p50']} ms (p99 {r['ours_ms']['p99']}), "
+            f"Go server incl. HTTP p50 {r['go_http_ms']['p50']} ms (p99 {r['go_http_ms']['p99']})"
+        )
+    print(f"results: {stamped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
