@@ -20,12 +20,10 @@ Results: bench/results/irma-<UTC stamp>.json and irma-latest.json (see bench/REA
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import secrets
 import subprocess
 import sys
 import time
-import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,21 +35,10 @@ sys.path.insert(0, str(REPO))
 SERVICE = REPO / "scripts" / "services" / "yivi"
 
 
-def _load(name: str) -> types.ModuleType:
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-flows = _load("flows")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
 from tests.irma import test_wallet as fixtures  # noqa: E402
 
+import flows  # noqa: E402
 from idcontact.irma.request import DisclosureRequest  # noqa: E402
 from idcontact.irma.verify import verify_disclosure  # noqa: E402
 from idcontact.irma.wallet import Wallet  # noqa: E402

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import secrets
 import ssl
@@ -35,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,21 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/telephony: the sipp scenarios
 
 
-def _load(name: str) -> types.ModuleType:
-    if f"bench_{name}" in sys.modules:
-        return sys.modules[f"bench_{name}"]
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
+import console  # noqa: E402
 
+import flows  # noqa: E402
 
-flows = _load("flows")
-console = _load("console")
 log = flows.log
 from tests.telephony.peers import ports, sipp_call  # noqa: E402
 

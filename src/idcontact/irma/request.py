@@ -8,11 +8,12 @@ Both the current format (``@context …/disclosure/v2``) and the legacy one (``t
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from idcontact.irma.gabi import ProofFormatError, b64int, int_b64
 
 DISCLOSURE_CONTEXT = "https://irma.app/ld/request/disclosure/v2"
 SIGNATURE_CONTEXT = "https://irma.app/ld/request/signature/v2"
@@ -183,8 +184,8 @@ class DisclosureRequest:
         if self.message is not None:
             out["message"] = self.message
         if self.nonce is not None:
-            out["nonce"] = _int_b64(self.nonce)
-            out["context"] = _int_b64(self.context)
+            out["nonce"] = int_b64(self.nonce)
+            out["context"] = int_b64(self.context)
         if self.client_return_url is not None:
             out["clientReturnUrl"] = self.client_return_url
             out["augmentReturnUrl"] = self.augment_return_url
@@ -225,13 +226,9 @@ def _optional_str(value: object, name: str) -> str | None:
 
 
 def _b64int(value: object) -> int:
-    if not isinstance(value, str) or len(value) > 200:
-        raise RequestFormatError("nonce and context are base64 integers")
-    try:
-        return int.from_bytes(base64.b64decode(value, validate=True), "big")
-    except ValueError:
-        raise RequestFormatError("nonce and context are base64 integers") from None
-
-
-def _int_b64(value: int) -> str:
-    return base64.b64encode(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")).decode()
+    if isinstance(value, str) and len(value) <= 200:
+        try:
+            return b64int(value)
+        except ProofFormatError:
+            pass
+    raise RequestFormatError("nonce and context are base64 integers")

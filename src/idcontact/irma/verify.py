@@ -17,7 +17,7 @@ from typing import Any
 
 from idcontact.irma.attributes import AttributeError_, Metadata, decode_value
 from idcontact.irma.gabi import ProofD, ProofFormatError, PublicKey, verify_proofs
-from idcontact.irma.request import AttributeRequest, Conjunction, DisclosureRequest
+from idcontact.irma.request import Conjunction, DisclosureRequest
 from idcontact.irma.schemes import CredentialType, Schemes
 
 MAX_PROOFS = 20
@@ -207,16 +207,12 @@ def _answers(con: Conjunction, chosen: list[tuple[int, int, _Credential]]) -> bo
     instances: dict[str, int] = {}
     for wanted in con:
         found = by_type.get(wanted.type)
-        if found is None or not _satisfies(wanted, found[1]):
+        if found is None or not wanted.satisfied_by(found[1]):
             return False
         # Attributes of one credential type come from one credential.
         if instances.setdefault(wanted.credential_type, found[0]) != found[0]:
             return False
     return True
-
-
-def _satisfies(wanted: AttributeRequest, value: str | None) -> bool:
-    return wanted.satisfied_by(value)
 
 
 def _attribute(credential: _Credential, attr: int, *, present: bool) -> DisclosedAttribute:
