@@ -256,7 +256,7 @@ async def test_two_concurrent_calls_each_reach_their_agent_with_only_their_own_d
             panel = await agent.client.get(f"/agent/default/c/{mine}")
             assert panel.status_code == 200
             assert "verbonden" in panel.text and "zichtbaar" in panel.text
-            assert "/static/panel.js" in panel.text  # keeps the line state live
+            assert "/static/console.js" in panel.text  # keeps the line state live
             seen[mine] = panel.text
             line = await agent.client.get(f"/agent/default/c/{mine}/line")
             assert line.status_code == 200 and "verbonden" in line.text

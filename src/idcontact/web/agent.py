@@ -498,7 +498,7 @@ def agent_router(
 
     @router.get("/{slug}/c/{conversation_id}/line", response_class=HTMLResponse)
     async def line(request: Request, slug: str, conversation_id: str) -> HTMLResponse:
-        """The phone line of a conversation I hold, for panel.js: no attributes, not audited."""
+        """The phone line of a conversation I hold, for console.js: no attributes, not audited."""
         s = await seat(request, slug)
         me = s.agent.agent_id
         conversation = await s.queues.held(conversation_id, me)

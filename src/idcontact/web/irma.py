@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
 from idcontact.irma.request import DisclosureRequest, RequestFormatError
 from idcontact.irma.sessions import UNAUTHORIZED, Session, SessionError, Sessions, Status
@@ -27,8 +28,20 @@ OPTIONS_CONTEXT = "https://irma.app/ld/options/v1"
 FRONTEND_OPTIONS_CONTEXT = "https://irma.app/ld/request/frontendoptions/v1"
 
 
-def _error(exc: SessionError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=exc.status)
+class GoErrors(APIRoute):
+    """Routes whose ``SessionError`` becomes the Go server's error JSON (raised anywhere in
+    the handler, so no handler repeats the conversion)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SessionError as exc:
+                return JSONResponse(exc.to_json(), status_code=exc.status)
+
+        return handle
 
 
 async def _json(request: Request) -> Any:
@@ -63,7 +76,7 @@ def irma_router(
     dev_mode: bool = True,
 ) -> APIRouter:
     """``requestors``: name → token (``Authorization: <token>`` to start a session)."""
-    router = APIRouter(prefix=prefix, include_in_schema=False)
+    router = APIRouter(prefix=prefix, include_in_schema=False, route_class=GoErrors)
 
     def requestor(request: Request) -> str:
         given = request.headers.get("authorization", "")
@@ -80,24 +93,21 @@ def irma_router(
 
     @router.post("/session")
     async def start(request: Request) -> Response:
+        requestor(request)
+        body = await _json(request)
+        timeout = 300
+        if isinstance(body, dict) and "request" in body and "@context" not in body:
+            timeout = body.get("timeout", 300)
+            if type(timeout) is not int or not 0 < timeout <= 900:
+                raise SessionError(400, "INVALID_REQUEST", "timeout must be 1 to 900 s")
+            body = body["request"]
         try:
-            requestor(request)
-            body = await _json(request)
-            timeout = 300
-            if isinstance(body, dict) and "request" in body and "@context" not in body:
-                timeout = body.get("timeout", 300)
-                if type(timeout) is not int or not 0 < timeout <= 900:
-                    raise SessionError(400, "INVALID_REQUEST", "timeout must be 1 to 900 s")
-                body = body["request"]
-            try:
-                parsed = DisclosureRequest.parse(body)
-            except RequestFormatError as exc:
-                raise SessionError(400, "INVALID_REQUEST", str(exc)) from None
-            if parsed.kind != "disclosing":
-                raise SessionError(400, "INVALID_REQUEST", "only disclosure sessions")
-            session = sessions.start(parsed, timeout=timeout)
-        except SessionError as exc:
-            return _error(exc)
+            parsed = DisclosureRequest.parse(body)
+        except RequestFormatError as exc:
+            raise SessionError(400, "INVALID_REQUEST", str(exc)) from None
+        if parsed.kind != "disclosing":
+            raise SessionError(400, "INVALID_REQUEST", "only disclosure sessions")
+        session = sessions.start(parsed, timeout=timeout)
         return JSONResponse(
             {
                 "token": session.requestor_token,
@@ -116,36 +126,24 @@ def irma_router(
 
     @router.get("/session/{token}/status")
     async def status(token: str) -> Response:
-        try:
-            return JSONResponse(str(sessions.by_requestor(token).status))
-        except SessionError as exc:
-            return _error(exc)
+        return JSONResponse(str(sessions.by_requestor(token).status))
 
     @router.get("/session/{token}/result")
     async def result(token: str) -> Response:
-        try:
-            return JSONResponse(sessions.by_requestor(token).result_json())
-        except SessionError as exc:
-            return _error(exc)
+        return JSONResponse(sessions.by_requestor(token).result_json())
 
     @router.delete("/session/{token}")
     async def cancel(token: str) -> Response:
-        try:
-            sessions.cancel(sessions.by_requestor(token))
-        except SessionError as exc:
-            return _error(exc)
+        sessions.cancel(sessions.by_requestor(token))
         return Response(status_code=204)
 
     # -- the app -------------------------------------------------------------------------
 
     @router.get("/irma/session/{client}/")
     async def open_session(request: Request, client: str) -> Response:
-        try:
-            if not _version_ok(request):
-                raise SessionError(400, "PROTOCOL_VERSION", "Protocol version negotiation failed")
-            session = sessions.by_client(client, request.headers.get("authorization"))
-        except SessionError as exc:
-            return _error(exc)
+        if not _version_ok(request):
+            raise SessionError(400, "PROTOCOL_VERSION", "Protocol version negotiation failed")
+        session = sessions.by_client(client, request.headers.get("authorization"))
         pairing = session.status is Status.PAIRING
         body: dict[str, Any] = {
             "@context": CLIENT_CONTEXT,
@@ -161,38 +159,26 @@ def irma_router(
 
     @router.get("/irma/session/{client}/request")
     async def session_request(request: Request, client: str) -> Response:
-        try:
-            session = sessions.by_client(client, request.headers.get("authorization"))
-            if session.status is not Status.CONNECTED:
-                raise SessionError(400, "UNEXPECTED_REQUEST", "Pairing is not complete")
-        except SessionError as exc:
-            return _error(exc)
+        session = sessions.by_client(client, request.headers.get("authorization"))
+        if session.status is not Status.CONNECTED:
+            raise SessionError(400, "UNEXPECTED_REQUEST", "Pairing is not complete")
         return JSONResponse(client_request(session))
 
     @router.get("/irma/session/{client}/status")
     async def app_status(request: Request, client: str) -> Response:
-        try:
-            session = sessions.by_client(client, request.headers.get("authorization"))
-        except SessionError as exc:
-            return _error(exc)
+        session = sessions.by_client(client, request.headers.get("authorization"))
         return JSONResponse(str(session.status))
 
     @router.post("/irma/session/{client}/proofs")
     async def proofs(request: Request, client: str) -> Response:
-        try:
-            session = sessions.by_client(client, request.headers.get("authorization"))
-            disclosure = await _json(request)
-            verified = sessions.prove(session, disclosure)
-        except SessionError as exc:
-            return _error(exc)
+        session = sessions.by_client(client, request.headers.get("authorization"))
+        disclosure = await _json(request)
+        verified = sessions.prove(session, disclosure)
         return JSONResponse({"proofStatus": str(verified.status)})
 
     @router.delete("/irma/session/{client}")
     async def app_cancel(request: Request, client: str) -> Response:
-        try:
-            sessions.cancel(sessions.by_client(client, request.headers.get("authorization")))
-        except SessionError as exc:
-            return _error(exc)
+        sessions.cancel(sessions.by_client(client, request.headers.get("authorization")))
         return Response(status_code=204)
 
     # -- the frontend (the page that shows the QR code) -----------------------------------
@@ -206,19 +192,16 @@ def irma_router(
 
     @router.post("/irma/session/{client}/frontend/options")
     async def options(request: Request, client: str) -> Response:
-        try:
-            session = frontend(request, client)
-            body = await _json(request)
-            method = body.get("pairingMethod") if isinstance(body, dict) else None
-            if (
-                not isinstance(body, dict)
-                or body.get("@context") != FRONTEND_OPTIONS_CONTEXT
-                or method not in ("none", "pin")
-            ):
-                raise SessionError(400, "MALFORMED_INPUT", "Unknown frontend options")
-            sessions.set_pairing(session, method == "pin")
-        except SessionError as exc:
-            return _error(exc)
+        session = frontend(request, client)
+        body = await _json(request)
+        method = body.get("pairingMethod") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or body.get("@context") != FRONTEND_OPTIONS_CONTEXT
+            or method not in ("none", "pin")
+        ):
+            raise SessionError(400, "MALFORMED_INPUT", "Unknown frontend options")
+        sessions.set_pairing(session, method == "pin")
         out: dict[str, Any] = {"@context": OPTIONS_CONTEXT, "pairingMethod": method}
         if session.pairing_code:
             out["pairingCode"] = session.pairing_code
@@ -226,18 +209,12 @@ def irma_router(
 
     @router.post("/irma/session/{client}/frontend/pairingcompleted")
     async def pairing_completed(request: Request, client: str) -> Response:
-        try:
-            sessions.paired(frontend(request, client))
-        except SessionError as exc:
-            return _error(exc)
+        sessions.paired(frontend(request, client))
         return Response(status_code=204)
 
     @router.get("/irma/session/{client}/frontend/status")
     async def frontend_status(request: Request, client: str) -> Response:
-        try:
-            session = frontend(request, client)
-        except SessionError as exc:
-            return _error(exc)
+        session = frontend(request, client)
         return JSONResponse({"status": str(session.status)})
 
     return router
