@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from joserfc.jwk import RSAKey
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,7 +32,11 @@ from idcontact.conversations import Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
 from idcontact.events import Bus, LocalBus, RedisBus
-from idcontact.keyring import KeyRing, load_keyring
+from idcontact.irma.requestors import Requestor, Requestors
+from idcontact.irma.schemes import Schemes
+from idcontact.irma.sessions import Sessions
+from idcontact.irma.xml import SchemeError
+from idcontact.keyring import KeyRing, demo_pair, load_keyring
 from idcontact.logs import quiet_libraries
 from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
@@ -48,11 +53,15 @@ from idcontact.tokens import TokenIssuer, TokenReader
 from idcontact.web import problem
 from idcontact.web.agent import agent_router
 from idcontact.web.citizen import citizen_router, theme_router
+from idcontact.web.irma import irma_router
 from idcontact.web.middleware import EdgeMiddleware
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
+DEMO_SCHEMES = Path(__file__).parent / "irma" / "demo_schemes"
+"""The ``irma-demo`` scheme, whose issuer keys are public: for the embedded mode only."""
+IRMA_PREFIX = "/yivi"
 SWEEP_INTERVAL = 30.0
 SEAL_INTERVAL = 1.0
 
@@ -81,6 +90,8 @@ class Services:
     agents: AgentDirectory | None = None
     calls: Calls | None = None
     """The phone channel's call logic, when a PBX is configured (``[telephony]``)."""
+    irma: Sessions | None = None
+    """The built-in IRMA server's sessions, when ``[irma] enabled``."""
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -227,7 +238,12 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
-    app.state.services = Services(settings, http, db, keystore, tenants, bus, directory, calls)
+    irma = _irma(settings, clock)
+    app.state.services = Services(
+        settings, http, db, keystore, tenants, bus, directory, calls, irma[0] if irma else None
+    )
+    if irma is not None:
+        app.include_router(irma[1])
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
@@ -269,6 +285,57 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     return app
+
+
+def _irma(settings: Settings, clock: Callable[[], float]) -> tuple[Sessions, APIRouter] | None:
+    """The built-in IRMA server, at ``/yivi``; outside production with the demo scheme and a
+    generated result-signing key."""
+    config = settings.irma
+    if not config.enabled:
+        return None
+    try:
+        schemes = Schemes.load(config.schemes_path or DEMO_SCHEMES)
+    except (SchemeError, OSError) as exc:
+        raise ConfigError(f"irma.schemes_path: {exc}") from None
+    sessions = Sessions(
+        schemes,
+        clock=clock,
+        max_lifetime=config.max_session_lifetime,
+        result_lifetime=config.result_lifetime,
+        max_sessions=config.max_sessions,
+    )
+    requestors = []
+    for r in config.requestors:
+        secret = r.secret.get_secret_value() if r.secret else ""
+        try:
+            if r.auth == "token":
+                requestors.append(Requestor.with_token(r.name, secret))
+            elif r.auth == "hmac":
+                requestors.append(Requestor.with_hmac(r.name, secret))
+            elif r.key is not None:
+                key = r.key.load()
+                if not isinstance(key, RSAKey):
+                    raise ValueError("an RSA public key is needed")
+                requestors.append(Requestor.with_public_key(r.name, key))
+        except ValueError as exc:
+            raise ConfigError(f"irma.requestors ({r.name}): {exc}") from None
+    jwt_config = (
+        config.jwt_key or demo_pair(settings, settings.default_tenant, "irma-result", "RSA")[0]
+    )
+    jwt_key = jwt_config.load()
+    if not isinstance(jwt_key, RSAKey) or not jwt_key.is_private:
+        raise ConfigError("irma.jwt_key: must be an RSA private key")
+    router = irma_router(
+        sessions,
+        Requestors(requestors, max_age=config.max_request_age, clock=clock),
+        public_url=settings.public_url,
+        prefix=IRMA_PREFIX,
+        dev_mode=not config.production,
+        jwt_key=jwt_key,
+        jwt_issuer=config.jwt_issuer,
+        clock=clock,
+    )
+    return sessions, router
 
 
 def _telephony(

@@ -11,6 +11,7 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
@@ -41,7 +42,10 @@ class KeyRing:
         return f"KeyRing(signing_kid={self.signing_kid!r})"
 
 
-def _demo_pair(settings: Settings, tenant: Tenant, name: str) -> tuple[KeyConfig, KeyConfig]:
+def demo_pair(
+    settings: Settings, tenant: Tenant, name: str, kind: Literal["RSA", "EC"] | None = None
+) -> tuple[KeyConfig, KeyConfig]:
+    """A generated key pair of the embedded mode: made on first run, then reused."""
     # Each tenant has its own trust material, demo keys included.
     directory = settings.data_dir / "keys"
     if tenant.slug != DEFAULT_TENANT:
@@ -49,7 +53,7 @@ def _demo_pair(settings: Settings, tenant: Tenant, name: str) -> tuple[KeyConfig
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     priv, pub = directory / f"{name}.key.pem", directory / f"{name}.pub.pem"
-    kind = tenant.keys.generate
+    kind = kind or tenant.keys.generate
     if not priv.exists():
         generate_keypair(kind, directory, name)
     return KeyConfig(type=kind, key_file=priv), KeyConfig(type=kind, key_file=pub)
@@ -78,12 +82,12 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
     those that are missing."""
     tenant = tenant or settings.default_tenant
     k = tenant.keys
-    signing = (k.signing or _demo_pair(settings, tenant, "attr-signing")[0]).load()
+    signing = (k.signing or demo_pair(settings, tenant, "attr-signing")[0]).load()
     signing_kid = (k.signing.kid if k.signing else None) or kid_for(signing)
     if k.decryption:
         decryption = tuple(c.load() for c in k.decryption)
     elif k.encryption_public is None:
-        decryption = (_demo_pair(settings, tenant, "attr-encryption")[0].load(),)
+        decryption = (demo_pair(settings, tenant, "attr-encryption")[0].load(),)
     else:
         decryption = ()
     encryption_public = (
@@ -97,7 +101,7 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
     fallback = ([k.fallback_signer.load()] if k.fallback_signer else []) + [
         m.signature_key.load() for m in tenant.auth_methods if m.signature_key is not None
     ]
-    ui = (k.ui_signing or _demo_pair(settings, tenant, "ui-signing")[0]).load()
+    ui = (k.ui_signing or demo_pair(settings, tenant, "ui-signing")[0]).load()
     internal = _internal_secret(settings)
     return KeyRing(
         signing=signing,

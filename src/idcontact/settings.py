@@ -316,6 +316,62 @@ class Telephony(_Model):
         return v.rstrip("/") if v else v
 
 
+class IrmaRequestor(_Model):
+    """Who may start sessions on the built-in IRMA server, and how it authenticates.
+
+    ``token``: ``secret`` is the API key sent in ``Authorization``. ``hmac``: ``secret`` is the
+    base64 HS256 key of JWT requests. ``publickey``: ``key`` is the RSA public key of RS256 JWT
+    requests. The same three methods as the Go server's ``--requestors``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    auth: Literal["token", "hmac", "publickey"] = "token"
+    secret: LongSecret | None = None
+    key: KeyConfig | None = None
+
+    @model_validator(mode="after")
+    def _credential(self) -> IrmaRequestor:
+        if self.auth == "publickey":
+            if self.key is None or self.key.type != "RSA" or self.secret is not None:
+                raise ValueError("publickey: set key (an RSA public key), not secret")
+        elif self.secret is None or self.key is not None:
+            raise ValueError(f"{self.auth}: set secret, not key")
+        return self
+
+
+class Irma(_Model):
+    """The built-in IRMA (Yivi) server, served at ``/yivi`` (issue #5).
+
+    Not yet independently reviewed: the Go ``irma server`` is the recommended production
+    backend. ``production`` turns developer mode off: the Yivi app is told ``devMode: false``
+    and insists on HTTPS, the scheme directory and the result-signing key must be configured.
+    """
+
+    enabled: bool = False
+    production: bool = False
+    schemes_path: Path | None = None
+    """A directory of scheme directories (``irma_configuration``); unset outside production:
+    the packaged demo scheme ``irma-demo``."""
+    requestors: tuple[IrmaRequestor, ...] = ()
+    jwt_key: KeyConfig | None = None
+    """RSA private key that signs ``result-jwt``; unset outside production: generated."""
+    jwt_issuer: str = "idcontact"
+    max_session_lifetime: int = Field(default=900, ge=60, le=3600)
+    result_lifetime: int = Field(default=300, ge=10, le=3600)
+    max_request_age: int = Field(default=300, ge=10, le=3600)
+    """How old a requestor's JWT may be."""
+    max_sessions: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _production(self) -> Irma:
+        if self.jwt_key is not None and self.jwt_key.type != "RSA":
+            raise ValueError("jwt_key: must be an RSA key (result-jwt is RS256)")
+        _unique("requestors", [r.name for r in self.requestors], key="name")
+        if self.production and (self.schemes_path is None or self.jwt_key is None):
+            raise ValueError("production: set schemes_path and jwt_key")
+        return self
+
+
 class TenantFields(_Model):
     """What each municipality configures for itself: name, look, purposes, methods and keys.
 
@@ -500,6 +556,8 @@ class Settings(TenantFields, BaseSettings):
     """Further municipalities in this deployment, each at ``/t/<slug>/``."""
     telephony: Telephony = Telephony()
     """The PBX behind the phone channel (Asterisk through ARI)."""
+    irma: Irma = Field(default_factory=Irma)
+    """The built-in IRMA server (``/yivi``)."""
 
     @field_validator("public_url", "internal_url")
     @classmethod
@@ -509,6 +567,12 @@ class Settings(TenantFields, BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _irma_https(self) -> Settings:
+        if self.irma.enabled and self.irma.production and not self.public_url.startswith("https"):
+            raise ValueError("irma.production: public_url must be an https URL (the app insists)")
+        return self
 
     @model_validator(mode="after")
     def _tenant_slugs(self) -> Settings:

@@ -15,6 +15,8 @@ from idcontact.settings import (
     CommMethod,
     Design,
     EligibilityRule,
+    Irma,
+    IrmaRequestor,
     Keys,
     Labels,
     LegalBasis,
@@ -45,6 +47,8 @@ MODELS: list[type[BaseModel]] = [
     Queue,
     Phone,
     Telephony,
+    Irma,
+    IrmaRequestor,
 ]
 
 

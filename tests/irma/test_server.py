@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from idcontact.irma.request import DisclosureRequest
+from idcontact.irma.requestors import Requestor, Requestors
 from idcontact.irma.sessions import Sessions
 from idcontact.irma.wallet import Wallet
 from idcontact.web.irma import irma_router
@@ -52,7 +53,7 @@ def ours() -> tuple[httpx.AsyncClient, Clock]:
     app.include_router(
         irma_router(
             Sessions(SCHEMES, clock=clock),
-            {"tests": REQUESTOR_TOKEN},
+            Requestors([Requestor.with_token("tests", REQUESTOR_TOKEN)]),
             public_url="http://irma.test",
         )
     )

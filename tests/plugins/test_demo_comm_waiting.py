@@ -3,24 +3,17 @@ topic page's expected wait, and the language chosen on the topic page."""
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import anyio
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 
-from idcontact.app import create_app
 from idcontact.plugins.comm import demo
 from idcontact.queues import Place
 from tests.conftest import (
@@ -32,13 +25,12 @@ from tests.conftest import (
     demo_settings,
     path_of,
 )
-from tests.flows._servers import HOST, free_port
 from tests.flows.test_core_flows import JSON, START, consent, issue
+from tests.live import STREAM_DEADLINE_S, served, stream
 
 pytestmark = pytest.mark.anyio
 
 LABELS = ("Naam", "Burgerservicenummer (BSN)")
-STREAM_DEADLINE_S = 15.0
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -270,79 +262,7 @@ async def test_events_of_an_unknown_conversation_are_a_404_problem(instance: Ins
     assert response.headers["content-type"] == "application/problem+json"
 
 
-# -- the live stream, over a real server ------------------------------------------------------
-# httpx's ASGITransport collects the whole body before it answers, so a stream that stays open
-# needs a real server: uvicorn in a thread of this process, on the app built here.
-
-
-@contextmanager
-def served(tmp_path: Path) -> Iterator[str]:
-    """The embedded demo behind uvicorn on a free port; stopped (and joined) on exit."""
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    app = create_app(demo_settings(tmp_path, public_url=base))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=HOST,
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            ws="none",
-            timeout_graceful_shutdown=5,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "the server stopped during start-up"
-        assert time.monotonic() < deadline, "the server did not start in time"
-        time.sleep(0.02)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive(), "the server did not stop"
-
-
-class Stream:
-    """The events and comments of one ``text/event-stream`` response, read as they come."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
-        self.raw: list[str] = []
-
-    async def next(self) -> dict[str, Any] | str | None:
-        """The next event's data, a comment (``": ..."``), or ``None`` when the stream ended."""
-        data: list[str] = []
-        with anyio.fail_after(STREAM_DEADLINE_S):
-            async for line in self._lines:
-                self.raw.append(line)
-                if line.startswith(":"):
-                    return line
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif line == "" and data:
-                    parsed: dict[str, Any] = json.loads("\n".join(data))
-                    return parsed
-        return None
-
-    async def event(self) -> dict[str, Any] | None:
-        """The next event, skipping comments."""
-        while True:
-            item = await self.next()
-            if not isinstance(item, str):
-                return item
-
-
-@asynccontextmanager
-async def stream(client: httpx.AsyncClient, url: str) -> AsyncIterator[Stream]:
-    async with client.stream("GET", url) as response:
-        assert response.status_code == 200
-        yield Stream(response)
+# -- the live stream, over a real server (tests/live.py) ------------------------------------
 
 
 async def resident(client: httpx.AsyncClient, base: str) -> str:

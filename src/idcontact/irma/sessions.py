@@ -10,6 +10,7 @@ frontend's authorization; the app's first ``Authorization`` header binds the ses
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 import string
@@ -81,6 +82,24 @@ class Session:
     ended: float | None = None
     pairing_code: str | None = None
     changed: float = field(default=0.0)
+    validity: int = 120
+    """Seconds the result JWT stays valid."""
+    requestor: str = ""
+    max_lifetime: float = 900
+    _event: asyncio.Event | None = field(default=None, repr=False)
+
+    def change(self) -> asyncio.Event:
+        """An event set at the next status change (for status events)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    @property
+    def deadline(self) -> float:
+        """When this session times out unless it ends before."""
+        if self.status is Status.INITIALIZED:
+            return self.created + self.timeout
+        return self.created + self.max_lifetime
 
     def result_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,7 +133,14 @@ class Sessions:
         self._by_requestor: dict[str, Session] = {}
         self._by_client: dict[str, Session] = {}
 
-    def start(self, request: DisclosureRequest, *, timeout: float = 300) -> Session:
+    def start(
+        self,
+        request: DisclosureRequest,
+        *,
+        timeout: float = 300,
+        validity: int = 120,
+        requestor: str = "",
+    ) -> Session:
         self.expire()
         if len(self._by_requestor) >= self._max:
             raise SessionError(503, "TOO_MANY_SESSIONS", "Too many sessions; try again later")
@@ -129,6 +155,9 @@ class Sessions:
             frontend_authorization=token(),
             created=self._clock(),
             timeout=min(timeout, self._max_lifetime),
+            validity=validity,
+            requestor=requestor,
+            max_lifetime=self._max_lifetime,
         )
         self._by_requestor[session.requestor_token] = session
         self._by_client[session.client_token] = session
@@ -197,17 +226,35 @@ class Sessions:
             waited = now - session.created
             if session.status is Status.INITIALIZED and waited > session.timeout:
                 self._set(session, Status.TIMEOUT)
-            elif session.status not in FINAL and waited > self._max_lifetime:
+            elif session.status not in FINAL and waited > session.max_lifetime:
                 self._set(session, Status.TIMEOUT)
             if session.ended is not None and now - session.ended > self._result_lifetime:
                 self._by_requestor.pop(session.requestor_token, None)
                 self._by_client.pop(session.client_token, None)
+
+    async def next_status(self, session: Session, seen: Status, wait: float) -> Status:
+        """The status once it differs from ``seen``, or after ``wait`` seconds (keep-alive).
+
+        Timeouts are noticed here too: the wait ends at the session's deadline.
+        """
+        event = session.change()
+        self.expire()
+        if session.status is seen:
+            left = max(0.0, min(wait, session.deadline - self._clock() + 0.05))
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                self.expire()
+        return session.status
 
     def _set(self, session: Session, status: Status) -> None:
         session.status = status
         session.changed = self._clock()
         if status in FINAL:
             session.ended = session.changed
+        event, session._event = session._event, None
+        if event is not None:
+            event.set()
 
 
 def _with_nonce(request: DisclosureRequest, nonce: int) -> DisclosureRequest:

@@ -3,26 +3,33 @@ holds the logic): the requestor API, the app API (protocol 2.8) and the frontend
 
 Mounted under a prefix (``/yivi`` in the embedded mode): ``POST /yivi/session`` for
 requestors, ``/yivi/irma/session/{clienttoken}/…`` for the app. Starting a session always
-needs a requestor's token; errors have the Go server's shape
-(``{"status", "error", "description", "message", "stacktrace"}``).
+needs requestor authentication (token or JWT); errors have the Go server's shape
+(``{"status", "error", "description", "message", "stacktrace"}``). Status events are
+server-sent events as the Go server sends them (``event: open``, then ``data: "<STATUS>"``).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Coroutine, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
+from joserfc.jwk import RSAKey
 
-from idcontact.irma.request import DisclosureRequest, RequestFormatError
-from idcontact.irma.sessions import UNAUTHORIZED, Session, SessionError, Sessions, Status
+from idcontact.irma.requestors import Requestors
+from idcontact.irma.sessions import FINAL, UNAUTHORIZED, Session, SessionError, Sessions, Status
+from idcontact.tokens import sign_jwt
 
 PROTOCOL = "2.8"
 MAX_BODY = 1 << 20
+KEEPALIVE = 15.0
 CLIENT_CONTEXT = "https://irma.app/ld/request/client/v1"
 OPTIONS_CONTEXT = "https://irma.app/ld/options/v1"
 FRONTEND_OPTIONS_CONTEXT = "https://irma.app/ld/request/frontendoptions/v1"
@@ -67,23 +74,52 @@ def _version_ok(request: Request) -> bool:
     return low is not None and high is not None and low <= (2, 8) <= high
 
 
+async def _events(
+    sessions: Sessions, session: Session, shape: Callable[[Session], object]
+) -> AsyncIterator[bytes]:
+    """``event: open``, the status now (the Go server waits for the next change; a client
+    that connects late would miss it), then each change; ends after a final status."""
+    yield b"event: open\n\n"
+    seen = None
+    while True:
+        if session.status is not seen:
+            seen = session.status
+            yield f"data: {json.dumps(shape(session))}\n\n".encode()
+            if seen in FINAL:
+                return
+        elif (await sessions.next_status(session, seen, KEEPALIVE)) is seen:
+            yield b": keep-alive\n\n"
+
+
+def _stream(sessions: Sessions, session: Session, shape: Callable[[Session], object]) -> Response:
+    return StreamingResponse(
+        _events(sessions, session, shape),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
 def irma_router(
     sessions: Sessions,
-    requestors: Mapping[str, str],
+    requestors: Requestors,
     *,
     public_url: str,
     prefix: str = "/yivi",
     dev_mode: bool = True,
+    jwt_key: RSAKey | None = None,
+    jwt_issuer: str = "idcontact",
+    clock: Callable[[], float] = time.time,
 ) -> APIRouter:
-    """``requestors``: name → token (``Authorization: <token>`` to start a session)."""
+    """``dev_mode`` is what the app is told (false in production: the app then insists on
+    HTTPS); ``jwt_key`` signs ``result-jwt`` (RS256) and is served at ``/publickey``."""
     router = APIRouter(prefix=prefix, include_in_schema=False, route_class=GoErrors)
-
-    def requestor(request: Request) -> str:
-        given = request.headers.get("authorization", "")
-        for name, expected in requestors.items():
-            if given and hmac.compare_digest(given.encode(), expected.encode()):
-                return name
-        raise SessionError(403, "UNAUTHORIZED", "Requestor authentication failed")
+    public_pem = None
+    if jwt_key is not None:
+        private = jwt_key.raw_value
+        public = private.public_key() if isinstance(private, rsa.RSAPrivateKey) else private
+        public_pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def client_request(session: Session) -> dict[str, Any]:
         body = session.request.to_json()
@@ -93,21 +129,13 @@ def irma_router(
 
     @router.post("/session")
     async def start(request: Request) -> Response:
-        requestor(request)
-        body = await _json(request)
-        timeout = 300
-        if isinstance(body, dict) and "request" in body and "@context" not in body:
-            timeout = body.get("timeout", 300)
-            if type(timeout) is not int or not 0 < timeout <= 900:
-                raise SessionError(400, "INVALID_REQUEST", "timeout must be 1 to 900 s")
-            body = body["request"]
-        try:
-            parsed = DisclosureRequest.parse(body)
-        except RequestFormatError as exc:
-            raise SessionError(400, "INVALID_REQUEST", str(exc)) from None
-        if parsed.kind != "disclosing":
-            raise SessionError(400, "INVALID_REQUEST", "only disclosure sessions")
-        session = sessions.start(parsed, timeout=timeout)
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise SessionError(413, "REQUEST_TOO_LARGE", "The request is too large")
+        name, asked = requestors.authenticate(request.headers.get("authorization"), raw)
+        session = sessions.start(
+            asked.request, timeout=asked.timeout, validity=asked.validity, requestor=name
+        )
         return JSONResponse(
             {
                 "token": session.requestor_token,
@@ -128,9 +156,34 @@ def irma_router(
     async def status(token: str) -> Response:
         return JSONResponse(str(sessions.by_requestor(token).status))
 
+    @router.get("/session/{token}/statusevents")
+    async def status_events(token: str) -> Response:
+        return _stream(sessions, sessions.by_requestor(token), lambda s: str(s.status))
+
     @router.get("/session/{token}/result")
     async def result(token: str) -> Response:
         return JSONResponse(sessions.by_requestor(token).result_json())
+
+    @router.get("/session/{token}/result-jwt")
+    async def result_jwt(token: str) -> Response:
+        session = sessions.by_requestor(token)
+        if jwt_key is None:
+            raise SessionError(500, "UNKNOWN", "No key to sign results with")
+        now = int(clock())
+        claims = {
+            **session.result_json(),
+            "iss": jwt_issuer,
+            "iat": now,
+            "exp": now + session.validity,
+            "sub": "disclosing_result",
+        }
+        return Response(sign_jwt(claims, jwt_key), media_type="text/plain")
+
+    @router.get("/publickey")
+    async def public_key() -> Response:
+        if public_pem is None:
+            raise SessionError(404, "UNKNOWN", "No public key configured")
+        return Response(public_pem, media_type="text/plain")
 
     @router.delete("/session/{token}")
     async def cancel(token: str) -> Response:
@@ -168,6 +221,11 @@ def irma_router(
     async def app_status(request: Request, client: str) -> Response:
         session = sessions.by_client(client, request.headers.get("authorization"))
         return JSONResponse(str(session.status))
+
+    @router.get("/irma/session/{client}/statusevents")
+    async def app_status_events(request: Request, client: str) -> Response:
+        session = sessions.by_client(client, request.headers.get("authorization"))
+        return _stream(sessions, session, lambda s: str(s.status))
 
     @router.post("/irma/session/{client}/proofs")
     async def proofs(request: Request, client: str) -> Response:
@@ -216,5 +274,10 @@ def irma_router(
     async def frontend_status(request: Request, client: str) -> Response:
         session = frontend(request, client)
         return JSONResponse({"status": str(session.status)})
+
+    @router.get("/irma/session/{client}/frontend/statusevents")
+    async def frontend_status_events(request: Request, client: str) -> Response:
+        session = frontend(request, client)
+        return _stream(sessions, session, lambda s: {"status": str(s.status)})
 
     return router
