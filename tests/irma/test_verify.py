@@ -167,6 +167,17 @@ def test_legacy_and_current_requests_mean_the_same() -> None:
         assert DisclosureRequest.parse(current.to_json()) == current
 
 
+def test_a_request_for_non_revocation_proofs_is_refused_not_ignored() -> None:
+    asked = {**VECTOR["request"], "revocation": ["irma-demo.MijnOverheid.root"]}
+    with pytest.raises(RequestFormatError, match="revocation"):
+        DisclosureRequest.parse(asked)
+    # The disclosure itself may not carry one either: nobody asked for it.
+    proofs = json.loads(json.dumps(VECTOR["disclosure"]))
+    proofs["proofs"][0]["nonrev_proof"] = {"C_r": "AQ=="}
+    request = DisclosureRequest.parse(VECTOR["request"])
+    assert verify_disclosure(proofs, request, SCHEMES, now=NOW).status is ProofStatus.INVALID
+
+
 def test_deep_or_large_requests_are_refused() -> None:
     with pytest.raises(RequestFormatError):
         DisclosureRequest.parse(

@@ -122,6 +122,10 @@ class DisclosureRequest:
                     raise RequestFormatError("each conjunction must be a list of attributes")
                 cons.append(tuple(AttributeRequest.parse(a) for a in con))
             parsed.append(tuple(cons))
+        if data.get("revocation"):
+            # Proofs of non-revocation are not implemented: refusing the request is honest,
+            # ignoring the field would accept revoked credentials the requestor wanted refused.
+            raise RequestFormatError("non-revocation proofs (revocation) are not supported")
         skip = data.get("skipExpiryCheck") or []
         if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
             raise RequestFormatError("skipExpiryCheck must be a list of credential types")
