@@ -189,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     started = subprocess.run(["bash", str(SERVICE), "status"], capture_output=True).returncode != 0
     if started:
         subprocess.run(["bash", str(SERVICE), "start"], check=True)
-    env = subprocess.run(["bash", str(SERVICE), "env"], capture_output=True, text=True, check=True)
-    url = env.stdout.strip().split("=", 1)[1]
+    out = subprocess.run(["bash", str(SERVICE), "env"], capture_output=True, text=True, check=True)
+    env = dict(line.split("=", 1) for line in out.stdout.split())
+    url = env["IDCONTACT_TEST_YIVI_URL"]
+    go_token = (Path(env["IDCONTACT_TEST_YIVI_DIR"]) / "requestor-token").read_text().strip()
     w = wallet()
     report: dict[str, Any] = {"benchmark": "irma", "machine": flows.machine_info()}
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30, headers={"Authorization": go_token}) as client:
             for label, disclose in (("1 credential", ONE), ("5 credentials", FIVE)):
                 sample(client, w, disclose)  # warm-up
                 pairs = [sample(client, w, disclose) for _ in range(args.samples)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from idcontact.app import create_app
 from tests.conftest import demo_settings
@@ -28,9 +29,18 @@ STREAM_DEADLINE_S = 15.0
 @contextmanager
 def served(tmp_path: Path, **overrides: Any) -> Iterator[str]:
     """The embedded demo behind uvicorn on a free port; stopped (and joined) on exit."""
+    with serve(
+        lambda base: create_app(demo_settings(tmp_path, public_url=base, **overrides))
+    ) as url:
+        yield url
+
+
+@contextmanager
+def serve(make: Callable[[str], ASGIApp]) -> Iterator[str]:
+    """The app ``make(base_url)`` behind uvicorn on a free port; stopped (and joined) on exit."""
     port = free_port()
     base = f"http://{HOST}:{port}"
-    app = create_app(demo_settings(tmp_path, public_url=base, **overrides))
+    app = make(base)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -12,16 +12,21 @@ a broken setup.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+from joserfc.jwk import OctKey, RSAKey
 
 POSTGRES_ENV = "IDCONTACT_TEST_POSTGRES_URL"
 REDIS_ENV = "IDCONTACT_TEST_REDIS_URL"
 YIVI_ENV = "IDCONTACT_TEST_YIVI_URL"
+YIVI_DIR_ENV = "IDCONTACT_TEST_YIVI_DIR"
 
 _CONNECT_TIMEOUT_S = 1.0
 
@@ -38,13 +43,49 @@ def redis_url() -> str:
 
 def yivi_url() -> str:
     """The reference IRMA server (the Go ``yivi irma server``) with the test schemes."""
-    return _service_url(YIVI_ENV, "The Go IRMA server", "yivi", default_port=48680)
+    return _service_url(
+        YIVI_ENV,
+        "The Go IRMA server",
+        "yivi",
+        default_port=48680,
+        export="export $(bash scripts/services/yivi env | xargs)",
+    )
 
 
-def _service_url(env: str, label: str, script: str, *, default_port: int) -> str:
+@dataclass(frozen=True)
+class Requestor:
+    """How to reach an IRMA server as a requestor: each of its requestors' credentials (token,
+    HS256 key, RS256 private key) and the public key of its result JWTs."""
+
+    url: str
+    token: str
+    hmac: OctKey
+    rs: RSAKey
+    result_key: RSAKey
+
+
+def yivi_requestor() -> Requestor:
+    """The Go server of ``scripts/services/yivi``, with the secrets it made at its start."""
+    url = yivi_url()
+    directory = Path(os.environ.get(YIVI_DIR_ENV, ""))
+    if not (directory / "requestor-token").is_file():
+        _unavailable(f"The Go IRMA server's secrets: {YIVI_DIR_ENV} is not set or empty")
+    return Requestor(
+        url,
+        (directory / "requestor-token").read_text().strip(),
+        OctKey.import_key(base64.b64decode((directory / "requestor-hmac").read_text())),
+        RSAKey.import_key((directory / "rs-requestor.key.pem").read_text()),
+        RSAKey.import_key((directory / "result.pub.pem").read_text()),
+    )
+
+
+def _service_url(
+    env: str, label: str, script: str, *, default_port: int, export: str | None = None
+) -> str:
+    export = export or f'export {env}="$(bash scripts/services/{script} url)"'
     how = (
         f"run `bash scripts/test`, or start it with `bash scripts/services/{script} start` "
-        f'and `export {env}="$(bash scripts/services/{script} url)"`'
+        f"and `{export}`"
     )
     url = os.environ.get(env, "").strip()
     if not url:

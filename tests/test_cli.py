@@ -359,3 +359,29 @@ def test_the_embedded_demo_creates_one_demo_agent(
     assert "http://127.0.0.1:8765/agent/enrol/" in first  # where this server listens
     _demo_agent(settings)  # the next start: the account exists, no new link
     assert capsys.readouterr().out == ""
+
+
+def test_irma_scheme_update_downloads_pinned_then_keeps_up_to_date(tmp_path: Path) -> None:
+    from tests.irma.schemetools import CONFIGURATION, publish, scheme_server
+
+    runner = CliRunner()
+    target = tmp_path / "irma_configuration" / "irma-demo"
+    pin = CONFIGURATION / "irma-demo" / "pk.pem"
+    with scheme_server(tmp_path / "publisher") as served:
+        unpinned = runner.invoke(main, ["irma", "scheme-update", served.url, str(target)])
+        assert unpinned.exit_code == 1 and "pk.pem must be given" in unpinned.output
+        assert not target.exists()
+        first = runner.invoke(
+            main, ["irma", "scheme-update", served.url, str(target), "--pk", str(pin)]
+        )
+        assert first.exit_code == 0, first.output
+        assert first.output.startswith("updated: ") and (target / "index.sig").is_file()
+        again = runner.invoke(main, ["irma", "scheme-update", served.url, str(target)])
+        assert again.exit_code == 0 and again.output.startswith("up to date")
+        (served.scheme / "RU/description.xml").write_text("<tampered/>")
+        publish(served.scheme)
+        (served.scheme / "index.sig").write_bytes(b"not the publisher's signature")
+        before = (target / "RU/description.xml").read_bytes()
+        refused = runner.invoke(main, ["irma", "scheme-update", served.url, str(target)])
+        assert refused.exit_code == 1 and refused.output.startswith("error: ")
+        assert (target / "RU/description.xml").read_bytes() == before

@@ -32,6 +32,7 @@ from idcontact.conversations import Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
 from idcontact.events import Bus, LocalBus, RedisBus
+from idcontact.irma.download import update_all
 from idcontact.irma.requestors import Requestor, Requestors
 from idcontact.irma.schemes import Schemes
 from idcontact.irma.sessions import Sessions
@@ -191,6 +192,7 @@ def create_app(
         tenants[tenant.slug] = TenantServices(tenant, keys, conversations, queues, links)
 
     ari, calls = _telephony(settings, tenants, bus, directory, clock)
+    irma = _irma(settings, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -208,6 +210,9 @@ def create_app(
                 tasks.append(asyncio.create_task(t.queues.run()))
         if ari is not None and calls is not None:
             tasks.append(asyncio.create_task(calls.run(ari.events())))
+        if irma is not None and settings.irma.scheme_update_minutes:
+            keep = irma.keep_schemes(settings.irma.scheme_urls, settings.irma.scheme_update_minutes)
+            tasks.append(asyncio.create_task(keep))
         try:
             yield
         finally:
@@ -238,12 +243,19 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
-    irma = _irma(settings, clock)
     app.state.services = Services(
-        settings, http, db, keystore, tenants, bus, directory, calls, irma[0] if irma else None
+        settings,
+        http,
+        db,
+        keystore,
+        tenants,
+        bus,
+        directory,
+        calls,
+        irma.sessions if irma else None,
     )
     if irma is not None:
-        app.include_router(irma[1])
+        app.include_router(irma.router)
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
@@ -287,14 +299,34 @@ def create_app(
     return app
 
 
-def _irma(settings: Settings, clock: Callable[[], float]) -> tuple[Sessions, APIRouter] | None:
+@dataclass(frozen=True)
+class _IrmaServer:
+    sessions: Sessions
+    router: APIRouter
+    root: Path
+
+    async def keep_schemes(self, urls: Mapping[str, str], minutes: int) -> None:
+        """Update the schemes of ``urls`` now and every ``minutes``; a change is verified
+        and loaded whole before sessions see it."""
+        while True:
+            try:
+                if await update_all(self.root, urls):
+                    self.sessions.schemes = await asyncio.to_thread(Schemes.load, self.root)
+                    log.info("IRMA schemes reloaded")
+            except Exception:
+                log.exception("IRMA scheme update failed")
+            await asyncio.sleep(minutes * 60)
+
+
+def _irma(settings: Settings, clock: Callable[[], float]) -> _IrmaServer | None:
     """The built-in IRMA server, at ``/yivi``; outside production with the demo scheme and a
     generated result-signing key."""
     config = settings.irma
     if not config.enabled:
         return None
+    root = config.schemes_path or DEMO_SCHEMES
     try:
-        schemes = Schemes.load(config.schemes_path or DEMO_SCHEMES)
+        schemes = Schemes.load(root)
     except (SchemeError, OSError) as exc:
         raise ConfigError(f"irma.schemes_path: {exc}") from None
     sessions = Sessions(
@@ -335,7 +367,7 @@ def _irma(settings: Settings, clock: Callable[[], float]) -> tuple[Sessions, API
         jwt_issuer=config.jwt_issuer,
         clock=clock,
     )
-    return sessions, router
+    return _IrmaServer(sessions, router, root)
 
 
 def _telephony(

@@ -645,3 +645,36 @@ def plugins() -> None:
     for kind in ("auth", "comm"):
         for ep in sorted(entry_points(group=f"idcontact.{kind}"), key=lambda e: e.name):
             click.echo(f"{kind}\t{ep.name}\t{ep.value}")
+
+
+@main.group()
+def irma() -> None:
+    """The built-in IRMA server."""
+
+
+@irma.command("scheme-update")
+@click.argument("url")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--pk",
+    "pk",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The scheme's pk.pem, pinned (needed for a first download; never fetched from URL).",
+)
+def irma_scheme_update(url: str, directory: Path, pk: Path | None) -> None:
+    """Download the IRMA scheme at URL into DIRECTORY (named after the scheme id, e.g.
+    irma_configuration/pbdf) or bring it up to date. Every file is checked against the index
+    signed by the scheme's key; on any failure the local copy stays as it was."""
+    from idcontact.irma.download import update_scheme
+    from idcontact.irma.xml import SchemeError
+
+    try:
+        key = pk.read_bytes() if pk is not None else None
+        result = asyncio.run(update_scheme(url, directory, public_key=key))
+    except SchemeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if result.updated:
+        click.echo(f"updated: {result.fetched} files fetched, timestamp {result.timestamp}")
+    else:
+        click.echo(f"up to date: timestamp {result.timestamp}")

@@ -361,6 +361,11 @@ class Irma(_Model):
     max_request_age: int = Field(default=300, ge=10, le=3600)
     """How old a requestor's JWT may be."""
     max_sessions: int = Field(default=10_000, ge=1, le=1_000_000)
+    scheme_urls: dict[str, str] = Field(default_factory=dict)
+    """Scheme id → the URL it is published at, for the schemes in ``schemes_path`` that are
+    kept up to date (``https://schemes.yivi.app/pbdf``); each keeps its own pinned key."""
+    scheme_update_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
+    """How often to update them: at start and then every so many minutes; 0: never."""
 
     @model_validator(mode="after")
     def _production(self) -> Irma:
@@ -369,6 +374,11 @@ class Irma(_Model):
         _unique("requestors", [r.name for r in self.requestors], key="name")
         if self.production and (self.schemes_path is None or self.jwt_key is None):
             raise ValueError("production: set schemes_path and jwt_key")
+        if self.scheme_urls and self.schemes_path is None:
+            raise ValueError("scheme_urls: set schemes_path (the packaged demo scheme is fixed)")
+        for scheme, url in self.scheme_urls.items():
+            if not url.startswith(("https://", "http://")) or "/" in scheme:
+                raise ValueError(f"scheme_urls.{scheme}: must be an http(s) URL")
         return self
 
 

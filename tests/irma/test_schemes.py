@@ -10,8 +10,7 @@ import pytest
 
 from idcontact.irma.schemes import Schemes, load_scheme
 from idcontact.irma.xml import SchemeError
-
-CONFIGURATION = Path(__file__).parent / "testdata" / "irma_configuration"
+from tests.irma.schemetools import CONFIGURATION
 
 
 @pytest.fixture

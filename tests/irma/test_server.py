@@ -1,35 +1,41 @@
 """The IRMA server: the same requestor and app conversation against ours and against the Go
-reference server, plus what only ours is configured for here (requestor authentication,
-pairing, timeouts, bad input)."""
+reference server (requestors by token, HS256 and RS256 JWT; result JWTs; status events), plus
+what only ours is configured for here (pairing, timeouts, bad input)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from joserfc.jwk import OctKey, RSAKey
 
+from idcontact.irma.client import RemoteError, RequestorClient
 from idcontact.irma.request import DisclosureRequest
 from idcontact.irma.requestors import Requestor, Requestors
 from idcontact.irma.sessions import Sessions
 from idcontact.irma.wallet import Wallet
+from idcontact.tokens import sign_jwt
 from idcontact.web.irma import irma_router
 from tests.irma.test_wallet import SCHEMES, student
-from tests.services import yivi_url
+from tests.live import serve
+from tests.services import Requestor as Credentials, yivi_requestor
 
 pytestmark = pytest.mark.anyio
 
-REQUESTOR_TOKEN = "requestor-token-for-tests-0123456789"
 ASK = {
     "@context": "https://irma.app/ld/request/disclosure/v2",
     "disclose": [[["irma-demo.RU.studentCard.studentID"]]],
 }
 APP = {"X-IRMA-MinProtocolVersion": "2.8", "X-IRMA-MaxProtocolVersion": "2.8"}
+Method = Literal["token", "hs", "rs"]
 
 
 class Clock:
@@ -43,18 +49,49 @@ class Clock:
 @dataclass
 class Server:
     client: httpx.AsyncClient
-    requestor: dict[str, str]
+    credentials: Credentials
     clock: Clock | None = None
+
+    @property
+    def requestor(self) -> dict[str, str]:
+        return {"Authorization": self.credentials.token}
+
+
+def _our_credentials() -> tuple[Credentials, RSAKey]:
+    result = RSAKey.generate_key(2048)
+    credentials = Credentials(
+        "",
+        secrets.token_urlsafe(30),
+        OctKey.import_key(secrets.token_bytes(32)),
+        RSAKey.generate_key(2048),
+        RSAKey.import_key(result.as_dict(private=False)),
+    )
+    return credentials, result
+
+
+OURS, OUR_RESULT_KEY = _our_credentials()
 
 
 def ours() -> tuple[httpx.AsyncClient, Clock]:
     clock = Clock()
     app = FastAPI()
+    hs = base64.b64encode(OURS.hmac.raw_value).decode()
+    rs = RSAKey.import_key(OURS.rs.as_dict(private=False))
     app.include_router(
         irma_router(
             Sessions(SCHEMES, clock=clock),
-            Requestors([Requestor.with_token("tests", REQUESTOR_TOKEN)]),
+            Requestors(
+                [
+                    Requestor.with_token("token", OURS.token),
+                    Requestor.with_hmac("hs", hs),
+                    Requestor.with_public_key("rs", rs),
+                ],
+                clock=clock,
+            ),
             public_url="http://irma.test",
+            jwt_key=OUR_RESULT_KEY,
+            jwt_issuer="irmaserver",
+            clock=clock,
         )
     )
     client = httpx.AsyncClient(
@@ -68,28 +105,60 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     if request.param == "ours":
         client, clock = ours()
         async with client:
-            yield Server(client, {"Authorization": REQUESTOR_TOKEN}, clock)
+            yield Server(client, OURS, clock)
     else:
-        async with httpx.AsyncClient(base_url=yivi_url(), timeout=10) as client:
-            yield Server(client, {})  # the reference runs without requestor authentication
+        go = yivi_requestor()
+        async with httpx.AsyncClient(base_url=go.url, timeout=10) as client:
+            yield Server(client, go)
 
 
 @pytest.fixture
 async def our_server() -> AsyncIterator[Server]:
     client, clock = ours()
     async with client:
-        yield Server(client, {"Authorization": REQUESTOR_TOKEN}, clock)
+        yield Server(client, OURS, clock)
 
 
-async def start(server: Server, body: Any = None) -> dict[str, Any]:
-    started = await server.client.post("/session", json=body or ASK, headers=server.requestor)
-    assert started.status_code == 200, started.text
-    result: dict[str, Any] = started.json()
-    return result
+def requestor(server: Server, method: Method = "token", *, signed: bool = False) -> RequestorClient:
+    """Our requestor client, the same against both servers; ``signed``: results as JWT."""
+    c = server.credentials
+    auth = {"token": c.token, "hs": c.hmac, "rs": c.rs}[method]
+    return RequestorClient(
+        server.client,
+        "",
+        auth,
+        name=method,
+        result_key=c.result_key if signed else None,
+        clock=server.clock or time.time,
+    )
+
+
+async def start(server: Server, timeout: int | None = None) -> dict[str, Any]:
+    started = await requestor(server).start(ASK, app_timeout=timeout)
+    return {
+        "token": started.token,
+        "sessionPtr": started.session_ptr,
+        "frontendRequest": started.frontend_request,
+    }
 
 
 async def status(server: Server, token: str) -> str:
-    return str((await server.client.get(f"/session/{token}/status")).json())
+    return await requestor(server).status(token)
+
+
+async def disclose(server: Server, url: str, student_id: str = "s4242") -> dict[str, Any]:
+    """Play the app: open the session, disclose a student card; the server's answer."""
+    binding = secrets.token_urlsafe(12)
+    opened = await server.client.get(url + "/", headers={**APP, "Authorization": binding})
+    assert opened.status_code == 200, opened.text
+    wallet = Wallet()
+    student(wallet, student_id)
+    request = DisclosureRequest.parse(opened.json()["request"])
+    sent = await server.client.post(
+        url + "/proofs", json=wallet.disclose(request), headers={"Authorization": binding}
+    )
+    answer: dict[str, Any] = sent.json()
+    return answer
 
 
 async def test_a_disclosure_session_from_start_to_result(server: Server) -> None:
@@ -111,7 +180,7 @@ async def test_a_disclosure_session_from_start_to_result(server: Server) -> None
         url + "/proofs", json=wallet.disclose(request), headers={"Authorization": binding}
     )
     assert sent.json() == {"proofStatus": "VALID"}
-    result = (await server.client.get(f"/session/{token}/result")).json()
+    result = await requestor(server).result(token)
     assert result["status"] == "DONE" and result["proofStatus"] == "VALID"
     assert result["type"] == "disclosing"
     [[attribute]] = result["disclosed"]
@@ -160,14 +229,117 @@ async def test_unknown_sessions_have_the_reference_error_shape(server: Server) -
     assert unknown.status_code == 400
     body = unknown.json()
     assert body["error"] == "SESSION_UNKNOWN" and body["status"] == 400
+    with pytest.raises(RemoteError) as caught:
+        await requestor(server).result("aaaaaaaaaaaaaaaaaaaa")
+    assert (caught.value.status, caught.value.error) == (400, "SESSION_UNKNOWN")
 
 
-async def test_starting_a_session_needs_a_requestor(our_server: Server) -> None:
-    for headers in ({}, {"Authorization": "wrong"}):
-        refused = await our_server.client.post("/session", json=ASK, headers=headers)
-        assert refused.status_code == 403
-        assert refused.json()["error"] == "UNAUTHORIZED"
-        assert REQUESTOR_TOKEN not in refused.text
+async def test_the_requestor_can_cancel(server: Server) -> None:
+    started = await start(server)
+    await requestor(server).cancel(started["token"])
+    assert await status(server, started["token"]) == "CANCELLED"
+
+
+@pytest.mark.parametrize("method", ["token", "hs", "rs"])
+async def test_each_requestor_method_runs_a_session_with_a_signed_result(
+    server: Server, method: Method
+) -> None:
+    client = requestor(server, method, signed=True)
+    started = await client.start(ASK, validity=60)
+    assert await disclose(server, started.session_ptr["u"], "s5150") == {"proofStatus": "VALID"}
+    result = await client.result(started.token)
+    assert result["sub"] == "disclosing_result" and result["iss"] == "irmaserver"
+    assert result["exp"] - result["iat"] == 60
+    assert result["status"] == "DONE" and result["proofStatus"] == "VALID"
+    assert result["disclosed"][0][0]["rawvalue"] == "s5150"
+    # A result JWT checked against another key is not trusted.
+    stranger = RSAKey.import_key(RSAKey.generate_key(2048).as_dict(private=False))
+    doubtful = RequestorClient(server.client, "", "x", result_key=stranger, clock=client._clock)
+    with pytest.raises(RemoteError, match="RESULT_NOT_TRUSTED"):
+        await doubtful.result(started.token)
+
+
+def _jwt(key: OctKey | RSAKey, iss: str, now: float, **claims: Any) -> str:
+    body = {
+        "iss": iss,
+        "iat": int(now),
+        "sub": "verification_request",
+        "sprequest": {"request": ASK},
+    }
+    return sign_jwt({**body, **claims}, key)
+
+
+async def test_requestor_authentication_failures_start_nothing(server: Server) -> None:
+    c = server.credentials
+    now = (server.clock or time.time)()
+    stranger = OctKey.import_key(secrets.token_bytes(32))
+    unsigned = ".".join(
+        [
+            base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode(),
+            _jwt(c.hmac, "hs", now).split(".")[1],
+            "",
+        ]
+    )
+    # The Go server's answers: a wrong token is 403; what it cannot authenticate is 400.
+    cases: list[tuple[dict[str, str], str, int, str]] = [
+        ({}, json.dumps(ASK), 400, "INVALID_REQUEST"),  # nothing at all
+        ({"Authorization": c.token[:-1]}, json.dumps(ASK), 403, "UNAUTHORIZED"),
+        ({}, _jwt(stranger, "hs", now), 400, "INVALID_REQUEST"),  # someone else's key
+        ({}, _jwt(c.hmac, "rs", now), 400, "INVALID_REQUEST"),  # HS256 where RS256 is agreed
+        ({}, _jwt(c.rs, "nobody", now), 400, "INVALID_REQUEST"),  # unknown requestor
+        ({}, unsigned, 400, "INVALID_REQUEST"),
+        ({}, "not.a.jwt", 400, "INVALID_REQUEST"),
+        ({}, _jwt(c.hmac, "hs", now - 3600), 403, "UNAUTHORIZED"),  # too old
+    ]
+    for headers, body, status_code, error in cases:
+        kind = "application/json" if body.startswith("{") else "text/plain"
+        answer = await server.client.post(
+            "/session", content=body, headers={"Content-Type": kind, **headers}
+        )
+        assert (answer.status_code, answer.json()["error"]) == (status_code, error), body
+        assert set(answer.json()) >= {"status", "error", "description"}
+        assert c.token not in answer.text
+
+
+async def test_only_disclosure_requests_are_taken_from_a_jwt(our_server: Server) -> None:
+    c, now = our_server.credentials, our_server.clock or time.time
+    for claims in ({"sub": "issue_request"}, {"sprequest": {"request": {"x": 1}}}):
+        answer = await our_server.client.post(
+            "/session", content=_jwt(c.hmac, "hs", now(), **claims)
+        )
+        assert (answer.status_code, answer.json()["error"]) == (400, "INVALID_REQUEST")
+
+
+@pytest.fixture(params=["ours", "go"])
+async def live(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """A server over real HTTP (streams stay open): ours behind uvicorn, or the Go one."""
+    if request.param == "go":
+        go = yivi_requestor()
+        async with httpx.AsyncClient(base_url=go.url, timeout=10) as client:
+            yield Server(client, go)
+        return
+
+    def make(base: str) -> FastAPI:
+        app = FastAPI()
+        requestors = Requestors([Requestor.with_token("token", OURS.token)])
+        app.include_router(irma_router(Sessions(SCHEMES), requestors, public_url=base))
+        return app
+
+    with serve(make) as base:
+        async with httpx.AsyncClient(base_url=f"{base}/yivi", timeout=10) as client:
+            yield Server(client, OURS)
+
+
+async def test_status_events_follow_a_session_to_its_end(live: Server) -> None:
+    client = requestor(live)
+    started = await client.start(ASK)
+    events = client.status_events(started.token)
+    assert await anext(events) == "INITIALIZED"
+    binding = {"Authorization": "app"}
+    await live.client.get(started.session_ptr["u"] + "/", headers={**APP, **binding})
+    assert await anext(events) == "CONNECTED"
+    await live.client.delete(started.session_ptr["u"], headers=binding)
+    assert [s async for s in events] == ["CANCELLED"]  # and then the stream ends
 
 
 async def test_pairing_holds_the_request_back_until_the_code_is_confirmed(
@@ -201,7 +373,7 @@ async def test_pairing_holds_the_request_back_until_the_code_is_confirmed(
 
 async def test_a_session_nobody_opens_times_out_and_is_forgotten(our_server: Server) -> None:
     assert our_server.clock is not None
-    started = await start(our_server, {"request": ASK, "timeout": 60})
+    started = await start(our_server, timeout=60)
     our_server.clock.now += 61
     assert await status(our_server, started["token"]) == "TIMEOUT"
     our_server.clock.now += 301

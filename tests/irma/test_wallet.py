@@ -86,6 +86,25 @@ def test_one_issued_credential_discloses_one_attribute() -> None:
     assert values(result) == [[("studentID", "s1234", AttributeStatus.PRESENT)]]
 
 
+def test_a_value_longer_than_lm_is_signed_as_its_hash_hidden_or_shown() -> None:
+    """Values over 256 bits (photos, long names) are signed as their SHA-256: the verifier
+    hashes a disclosed one, the wallet answers for a hidden one with the hash."""
+    long_name = "Universiteit " * 8  # 104 bytes
+    wallet = Wallet()
+    card = RU.issue(
+        ctype("irma-demo.RU.studentCard"),
+        {"university": long_name, "studentCardNumber": "7", "studentID": "s1", "level": "BSc"},
+        wallet.secret,
+    )
+    wallet.add(card)
+    assert card.m[2].bit_length() > card.key.params.lm
+    for attribute, raw in (("university", long_name), ("studentID", "s1")):
+        request = ask([[f"irma-demo.RU.studentCard.{attribute}"]])
+        result = verify_disclosure(wallet.disclose(request), request, SCHEMES)
+        assert result.status is ProofStatus.VALID, attribute
+        assert values(result) == [[(attribute, raw, AttributeStatus.PRESENT)]]
+
+
 def test_two_issuers_in_one_disclosure_share_the_secret_key() -> None:
     wallet = Wallet()
     student(wallet)

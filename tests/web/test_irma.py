@@ -1,6 +1,6 @@
-"""The built-in IRMA server inside the app: mounted at ``/yivi`` in the embedded mode, requestor
-authentication by token, HS256 and RS256 JWT, ``result-jwt`` with ``/publickey``, status events
-over a real server, and production mode."""
+"""The built-in IRMA server inside the app: mounted at ``/yivi`` in the embedded mode, the
+requestors and the result key of ``[irma]``, status events over a real server, and production
+mode. (The protocol itself, against ours and the Go server alike: tests/irma/test_server.py.)"""
 
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ from joserfc.jwk import OctKey, RSAKey
 
 from idcontact.app import DEMO_SCHEMES
 from idcontact.errors import ConfigError
+from idcontact.irma.download import update_scheme
 from idcontact.irma.request import DisclosureRequest
 from idcontact.irma.wallet import Wallet
 from idcontact.keys import generate_keypair
 from idcontact.tokens import sign_jwt, verify_jwt
-from tests.conftest import PUBLIC, AppFactory, demo_settings
+from tests.conftest import PUBLIC, AppFactory, demo_settings, until
+from tests.irma.schemetools import publish, scheme_server
+from tests.irma.test_download import PIN
 from tests.irma.test_wallet import student
 from tests.live import served, stream
 
@@ -148,46 +151,11 @@ async def test_jwt_requestors_start_sessions(
     assert session.requestor == who and session.validity == 60
 
 
-async def test_requestor_authentication_failures_start_nothing(
-    make_app: AppFactory, tmp_path: Path
-) -> None:
-    inst = await make_app(demo_settings(tmp_path, irma=irma(tmp_path)))
-    rs = RSAKey.import_key((tmp_path / "requestor-keys/rs256.key.pem").read_text())
-    hs = OctKey.import_key(HMAC_KEY)
-    stranger = OctKey.import_key(secrets.token_bytes(32))
-    none_alg = ".".join(
-        [
-            base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode(),
-            jwt_request(hs, "hs").split(".")[1],
-            "",
-        ]
-    )
-    cases: list[tuple[dict[str, str], str, int, str]] = [
-        ({}, "", 403, "UNAUTHORIZED"),  # nothing at all
-        ({"Authorization": TOKEN[:-1]}, "{}", 403, "UNAUTHORIZED"),  # almost the token
-        ({}, jwt_request(stranger, "hs"), 403, "UNAUTHORIZED"),  # someone else's key
-        ({}, jwt_request(hs, "rs"), 403, "UNAUTHORIZED"),  # HS256 where RS256 is agreed
-        ({}, jwt_request(rs, "nobody"), 403, "UNAUTHORIZED"),  # unknown requestor
-        ({}, none_alg, 403, "UNAUTHORIZED"),  # unsigned
-        ({}, "not.a.jwt", 403, "UNAUTHORIZED"),
-        ({}, jwt_request(hs, "hs", iat=int(time.time()) - 3600), 401, "UNAUTHORIZED"),
-        ({}, jwt_request(hs, "hs", iat=int(time.time()) + 3600), 401, "UNAUTHORIZED"),
-        ({}, jwt_request(hs, "hs", sub="issue_request"), 400, "INVALID_REQUEST"),
-        ({}, jwt_request(hs, "hs", sprequest={"request": {"x": 1}}), 400, "INVALID_REQUEST"),
-    ]
-    for headers, body, status, error in cases:
-        answer = await inst.client.post("/yivi/session", content=body, headers=headers)
-        assert answer.status_code == status, (body, answer.text)
-        assert answer.json()["error"] == error
-        assert set(answer.json()) == {"status", "error", "description", "message", "stacktrace"}
-        assert TOKEN not in answer.text
-    assert inst.services.irma is not None and not inst.services.irma._by_requestor
-
-
 async def test_the_embedded_demo_has_no_outside_requestor(make_app: AppFactory) -> None:
     inst = await make_app()
     answer = await inst.client.post("/yivi/session", json=ASK, headers={"Authorization": "x"})
     assert answer.status_code == 403 and answer.json()["error"] == "UNAUTHORIZED"
+    assert inst.services.irma is not None and not inst.services.irma._by_requestor
 
 
 async def test_status_events_follow_the_session_to_its_end(tmp_path: Path) -> None:
@@ -282,3 +250,34 @@ def test_a_broken_scheme_directory_stops_start_up(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"irma\.schemes_path"):
         create_app(demo_settings(tmp_path, irma={"enabled": True, "schemes_path": str(tmp_path)}))
+
+
+async def test_the_running_server_takes_up_a_published_scheme_update(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    with scheme_server(tmp_path / "publisher") as served:
+        local = tmp_path / "irma_configuration" / "irma-demo"
+        await update_scheme(served.url, local, public_key=PIN)
+        assert (local / "RU/PublicKeys/0.xml").is_file()
+        (served.scheme / "RU/PublicKeys/0.xml").unlink()  # the publisher withdraws a key
+        publish(served.scheme)
+        irma = {
+            "enabled": True,
+            "schemes_path": str(local.parent),
+            "scheme_urls": {"irma-demo": served.url},
+            "scheme_update_minutes": 60,
+        }
+        inst = await make_app(demo_settings(tmp_path, irma=irma))
+        sessions = inst.services.irma
+        assert sessions is not None
+
+        async def withdrawn() -> bool:
+            return sessions.schemes.public_key("irma-demo.RU", 0) is None
+
+        await until(withdrawn, "the app loads the updated scheme")
+        assert sessions.schemes.public_key("irma-demo.RU", 2) is not None
+
+
+def test_scheme_urls_need_a_scheme_directory_of_their_own(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="scheme_urls"):
+        demo_settings(tmp_path, irma={"enabled": True, "scheme_urls": {"pbdf": "https://x"}})

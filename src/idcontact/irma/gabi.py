@@ -59,6 +59,15 @@ class Params:
     def lv(self) -> int:
         return self.ln + 2 * self.lstatzk + self.lh + self.lm + 4
 
+    @property
+    def lv_prime(self) -> int:
+        """The wallet's share ``v'`` of the signature's ``v`` in issuance."""
+        return self.ln + self.lstatzk
+
+    @property
+    def lv_prime_commit(self) -> int:
+        return self.ln + 2 * self.lstatzk + self.lh
+
 
 PARAMS: dict[int, Params] = {
     1024: Params(ln=1024, lstatzk=80, lh=256, lm=256),
@@ -171,9 +180,7 @@ class ProofD:
         n, p = pk.n, pk.params
         num = powmod(self.A, 1 << (p.le - 1), n)
         for i, a in self.a_disclosed.items():
-            if a.bit_length() > p.lm:  # long values are signed as their hash
-                a = int.from_bytes(hashlib.sha256(_magnitude(a)).digest(), "big")
-            num = num * powmod(pk.R[i], a, n) % n
+            num = num * powmod(pk.R[i], signed_exponent(a, p), n) % n
         known = pk.Z * powmod(num, -1, n) % n
         result = powmod(known, -self.c, n)
         result = result * powmod(self.A, self.e_response, n) % n
@@ -219,6 +226,14 @@ def verify_proofs(
         if groups.setdefault(server, secret) != secret:
             return False
     return True
+
+
+def signed_exponent(value: int, params: Params) -> int:
+    """What the issuer signs for an attribute: the value, or its SHA-256 when it is longer
+    than ``Lm`` bits (photos, say)."""
+    if value.bit_length() > params.lm:
+        return int.from_bytes(hashlib.sha256(_magnitude(value)).digest(), "big")
+    return value
 
 
 def _indexed(data: object) -> dict[int, int]:

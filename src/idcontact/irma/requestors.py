@@ -29,7 +29,15 @@ from idcontact.tokens import MIN_HMAC_BYTES, SigningKey, verify_jwt
 Method = Literal["token", "hmac", "publickey"]
 MAX_TIMEOUT = 900
 DEFAULT_VALIDITY = 120
-UNAUTHORIZED = SessionError(403, "UNAUTHORIZED", "Requestor authentication failed")
+# The Go server's answers: a wrong token or a JWT past its age is 403; a request it cannot
+# authenticate at all (no token, not a JWT, a bad signature) is 400, the reason in ``message``.
+UNAUTHORIZED = SessionError(
+    403, "UNAUTHORIZED", "You are not authorized to issue or verify this attribute"
+)
+
+
+def _unauthenticated(reason: str) -> SessionError:
+    return SessionError(400, "INVALID_REQUEST", "Invalid HTTP request", reason)
 
 
 @dataclass(frozen=True, repr=False)
@@ -121,6 +129,8 @@ class Requestors:
                 if requestor.method == "token" and hmac.compare_digest(given, requestor.token):
                     return requestor.name, SessionRequest.parse(_json(body))
             raise UNAUTHORIZED
+        if not body.lstrip().startswith(b"ey"):
+            raise _unauthenticated("request could not be authenticated")
         return self._from_jwt(body)
 
     def _from_jwt(self, body: bytes) -> tuple[str, SessionRequest]:
@@ -128,21 +138,21 @@ class Requestors:
             text = body.decode("ascii").strip()
             claims = _unverified_claims(text)
         except (UnicodeDecodeError, ValueError):
-            raise UNAUTHORIZED from None
+            raise _unauthenticated("request could not be authenticated") from None
         requestor = self._all.get(str(claims.get("iss")))
         if requestor is None or requestor.key is None:
-            raise UNAUTHORIZED
+            raise _unauthenticated("unknown requestor")
         alg = "HS256" if requestor.method == "hmac" else "RS256"
         try:
             claims = verify_jwt(
                 text, {}, fallback_key=requestor.key, require_exp=False, allowed_algs=(alg,)
             )
         except TokenError:
-            raise UNAUTHORIZED from None
+            raise _unauthenticated("signature is invalid") from None
         iat = claims.get("iat")
         now = self._clock()
         if type(iat) is not int or not now - self._max_age <= iat <= now + 5:
-            raise SessionError(401, "UNAUTHORIZED", "The request is too old or from the future")
+            raise UNAUTHORIZED  # as the Go server answers a request older than its max age
         if claims.get("sub") != "verification_request" or "sprequest" not in claims:
             raise SessionError(400, "INVALID_REQUEST", "Only verification requests are offered")
         return requestor.name, SessionRequest.parse(claims["sprequest"])

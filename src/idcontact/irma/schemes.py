@@ -10,6 +10,7 @@ Only files in the index are read.
 from __future__ import annotations
 
 import hashlib
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -105,13 +106,21 @@ def verify_index(directory: Path) -> dict[str, str]:
     try:
         index = (directory / "index").read_bytes()
         signature = (directory / "index.sig").read_bytes()
-        key = serialization.load_pem_public_key((directory / "pk.pem").read_bytes())
+        key = (directory / "pk.pem").read_bytes()
     except OSError:
         raise SchemeError(f"scheme {name}: index, index.sig or pk.pem missing") from None
-    except ValueError:
-        raise SchemeError(f"scheme {name}: pk.pem is not a public key") from None
+    return signed_index(name, index, signature, key)
+
+
+def signed_index(name: str, index: bytes, signature: bytes, pk_pem: bytes) -> dict[str, str]:
+    """Check ``signature`` over ``index`` with the PEM key, then parse the index (path below
+    the scheme → sha256 hex). Loading and downloading share it, so both trust the same lines."""
     if len(index) > MAX_INDEX_BYTES:
         raise SchemeError(f"scheme {name}: index too large")
+    try:
+        key = serialization.load_pem_public_key(pk_pem)
+    except ValueError:
+        raise SchemeError(f"scheme {name}: pk.pem is not a public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SchemeError(f"scheme {name}: pk.pem is not an ECDSA key")
     try:
@@ -126,9 +135,10 @@ def verify_index(directory: Path) -> dict[str, str]:
         relative = PurePosixPath(path)
         if (
             len(digest) != 64
+            or not all(c in string.hexdigits for c in digest)
             or relative.is_absolute()
             or ".." in relative.parts
-            or not relative.parts
+            or len(relative.parts) < 2
             or relative.parts[0] != name
         ):
             raise SchemeError(f"scheme {name}: index line {number} is malformed")

@@ -43,18 +43,19 @@ FINAL = frozenset({Status.DONE, Status.CANCELLED, Status.TIMEOUT})
 class SessionError(Exception):
     """An IRMA protocol error, in the Go server's words (``error`` is its code)."""
 
-    def __init__(self, status: int, error: str, description: str) -> None:
+    def __init__(self, status: int, error: str, description: str, message: str = "") -> None:
         super().__init__(description)
         self.status = status
         self.error = error
         self.description = description
+        self.message = message
 
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "error": self.error,
             "description": self.description,
-            "message": "",
+            "message": self.message,
             "stacktrace": "",
         }
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from idcontact.irma.attributes import WEEK, Metadata, credential_id, decode_value, encode_value
 from idcontact.irma.der import hash_commit
-from idcontact.irma.gabi import ProofD, PublicKey, powmod
+from idcontact.irma.gabi import PARAMS, ProofD, PublicKey, powmod, signed_exponent
 from idcontact.irma.request import DisclosureRequest
 from idcontact.irma.schemes import CredentialType, Schemes
 from idcontact.irma.xml import IDEMIX, SchemeError, read_xml, text
@@ -135,15 +135,25 @@ class Issuer:
             values.append(encode_value(attributes.get(attribute.id)))
         if len(values) > len(self.key.R):
             raise ValueError(f"{ctype.id}: more attributes than the key has bases")
+        A, e, v = self.sign(values)
+        return Credential(ctype, self.key, A, e, v, tuple(values))
+
+    def sign(
+        self, values: Sequence[int], *, first: int = 0, commitment: int = 1
+    ) -> tuple[int, int, int]:
+        """A CL signature ``(A, e, v)`` on ``values`` (for the bases from ``R_first`` on) times
+        ``commitment``: in issuance the wallet's ``U``, which hides the secret key (and its
+        share ``v'`` of ``v``) from the issuer."""
+        if first + len(values) > len(self.key.R):
+            raise ValueError("more attributes than the key has bases")
         p, n = self.key.params, self.key.n
         e = self._prime_e()
         v = random_bits(p.lv - 1) | (1 << (p.lv - 1))
-        denominator = pow(self.key.S, v, n)
-        for base, m in zip(self.key.R, values, strict=False):
-            denominator = denominator * pow(base, m, n) % n
+        denominator = commitment * powmod(self.key.S, v, n) % n
+        for base, m in zip(self.key.R[first:], values, strict=False):
+            denominator = denominator * powmod(base, signed_exponent(m, p), n) % n
         q = self.key.Z * pow(denominator, -1, n) % n
-        A = pow(q, pow(e, -1, self.private.order), n)
-        return Credential(ctype, self.key, A, e, v, tuple(values))
+        return powmod(q, pow(e, -1, self.private.order), n), e, v
 
     def _prime_e(self) -> int:
         p = self.key.params
@@ -170,6 +180,15 @@ class Wallet:
         can satisfy (attributes of one type from one credential)."""
         if request.nonce is None:
             raise ValueError("the request has no nonce")
+        chosen, indices = self.choose(request)
+        proofs = prove(chosen, request.context, request.nonce)
+        return {"proofs": [p.to_json() for p in proofs], "indices": indices}
+
+    def choose(
+        self, request: DisclosureRequest
+    ) -> tuple[list[tuple[Credential, set[int]]], list[list[dict[str, int]]]]:
+        """The credentials to prove with the attribute indices each discloses, and the
+        ``indices`` that map the request's conjunctions onto them."""
         chosen: list[Credential] = []
         disclosed: dict[int, set[int]] = {}
         indices: list[list[dict[str, int]]] = []
@@ -189,12 +208,7 @@ class Wallet:
                 disclosed.setdefault(k, set()).add(attribute)
                 refs.append({"cred": k, "attr": attribute})
             indices.append(refs)
-        proofs = prove(
-            [(c, disclosed.get(i, set())) for i, c in enumerate(chosen)],
-            request.context,
-            request.nonce,
-        )
-        return {"proofs": [p.to_json() for p in proofs], "indices": indices}
+        return [(c, disclosed.get(i, set())) for i, c in enumerate(chosen)], indices
 
     def _answer(
         self, con: Sequence[Any], chosen: list[Credential]
@@ -221,53 +235,83 @@ class Wallet:
         return out
 
 
+def secret_commitment() -> int:
+    """The randomizer of the secret key, one for every proof of a list (so that their responses
+    are equal), sized for the smallest keys so that it fits every key's response bound, as gabi
+    does."""
+    return random_bits(PARAMS[1024].lm_commit)
+
+
 def prove(items: Sequence[tuple[Credential, set[int]]], context: int, nonce: int) -> list[ProofD]:
     """Disclosure proofs for credentials sharing one secret key, with one challenge."""
     if not items:
         return []
-    while True:  # a negative v response (about 2^-80 likely) has no JSON form: draw again
-        proofs = _prove(items, context, nonce)
+    while True:
+        secret_commit = secret_commitment()
+        commitments = [commit_disclosure(c, shown, secret_commit) for c, shown in items]
+        contributions = [x for commitment in commitments for x in commitment.contributions]
+        c = hash_commit([context, *contributions, nonce])
+        proofs = [commitment.respond(c) for commitment in commitments]
+        # A negative v response (about 2^-80 likely) has no JSON form: draw again.
         if all(p.v_response >= 0 for p in proofs):
             return proofs
 
 
-def _prove(items: Sequence[tuple[Credential, set[int]]], context: int, nonce: int) -> list[ProofD]:
-    secret_commit = None
-    states = []
-    contributions: list[int] = [context]
-    for credential, disclosed in items:
-        pk, p = credential.key, credential.key.params
-        n = pk.n
-        if secret_commit is None:
-            secret_commit = random_bits(p.lm_commit)  # one for all: the same secret key
-        r_a = random_bits(p.ln + p.lstatzk)
-        a_prime = credential.A * powmod(pk.S, r_a, n) % n
-        v_prime = credential.v - credential.e * r_a
-        e_prime = credential.e - (1 << (p.le - 1))
-        e_commit = random_bits(p.le_commit)
-        v_commit = random_bits(p.lv + p.lstatzk + p.lh)
-        hidden = [i for i in range(len(credential.m)) if i not in disclosed and i != 1]
-        m_commit = {i: secret_commit if i == 0 else random_bits(p.lm_commit) for i in hidden}
-        z_commit = powmod(a_prime, e_commit, n) * powmod(pk.S, v_commit, n) % n
-        for i, r in m_commit.items():
-            z_commit = z_commit * powmod(pk.R[i], r, n) % n
-        contributions += [a_prime, z_commit]
-        states.append(
-            (credential, disclosed, a_prime, v_prime, e_prime, e_commit, v_commit, m_commit)
+@dataclass(frozen=True)
+class DisclosureCommitment:
+    """The first move of a disclosure proof: a randomized signature and the commitment ``Ẑ``;
+    :meth:`respond` answers the challenge."""
+
+    credential: Credential
+    disclosed: frozenset[int]
+    a_prime: int
+    z_commit: int
+    v_prime: int
+    e_prime: int
+    e_commit: int
+    v_commit: int
+    m_commit: Mapping[int, int]
+
+    @property
+    def contributions(self) -> list[int]:
+        return [self.a_prime, self.z_commit]
+
+    def respond(self, c: int) -> ProofD:
+        m = self.credential.m
+        p = self.credential.key.params
+        return ProofD(
+            c=c,
+            A=self.a_prime,
+            e_response=self.e_commit + c * self.e_prime,
+            v_response=self.v_commit + c * self.v_prime,
+            # A hidden long value was signed as its hash; a disclosed one is hashed by the verifier.
+            a_responses={i: r + c * signed_exponent(m[i], p) for i, r in self.m_commit.items()},
+            a_disclosed={i: m[i] for i in sorted({1, *self.disclosed})},
         )
-    contributions.append(nonce)
-    c = hash_commit(contributions)
-    proofs = []
-    for credential, disclosed, a_prime, v_prime, e_prime, e_commit, v_commit, m_commit in states:
-        shown = {i: credential.m[i] for i in sorted({1, *disclosed})}
-        proofs.append(
-            ProofD(
-                c=c,
-                A=a_prime,
-                e_response=e_commit + c * e_prime,
-                v_response=v_commit + c * v_prime,
-                a_responses={i: r + c * credential.m[i] for i, r in m_commit.items()},
-                a_disclosed=shown,
-            )
-        )
-    return proofs
+
+
+def commit_disclosure(
+    credential: Credential, disclosed: set[int], secret_commit: int
+) -> DisclosureCommitment:
+    pk, p = credential.key, credential.key.params
+    n = pk.n
+    r_a = random_bits(p.ln + p.lstatzk)
+    a_prime = credential.A * powmod(pk.S, r_a, n) % n
+    e_commit = random_bits(p.le_commit)
+    v_commit = random_bits(p.lv + p.lstatzk + p.lh)
+    hidden = [i for i in range(len(credential.m)) if i not in disclosed and i != 1]
+    m_commit = {i: secret_commit if i == 0 else random_bits(p.lm_commit) for i in hidden}
+    z_commit = powmod(a_prime, e_commit, n) * powmod(pk.S, v_commit, n) % n
+    for i, r in m_commit.items():
+        z_commit = z_commit * powmod(pk.R[i], r, n) % n
+    return DisclosureCommitment(
+        credential,
+        frozenset(disclosed),
+        a_prime,
+        z_commit,
+        v_prime=credential.v - credential.e * r_a,
+        e_prime=credential.e - (1 << (p.le - 1)),
+        e_commit=e_commit,
+        v_commit=v_commit,
+        m_commit=m_commit,
+    )
