@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from idcontact.irma import issuance
+from idcontact.irma.client import RequestorClient
 from idcontact.irma.request import DisclosureRequest
 from idcontact.irma.verify import AttributeStatus, ProofStatus, verify_disclosure
 from idcontact.irma.wallet import Wallet
+from tests.irma import test_server
 from tests.irma.test_wallet import SCHEMES, name, student
 from tests.services import yivi_requestor
 
@@ -195,6 +198,18 @@ async def test_the_go_server_issues_to_our_wallet(
         (attribute_id, value, AttributeStatus.PRESENT)
     ]
     assert ours.disclosed[0][0].issuancetime == issued.metadata.signing_date
+
+    # And in a whole session at our server, as the app would disclose it there.
+    client, _ = test_server.ours(time.time)
+    async with client:
+        our_requestor = RequestorClient(client, "", test_server.OURS.token)
+        started = await our_requestor.start(
+            {"@context": DISCLOSURE, "disclose": [[[attribute_id]]]}
+        )
+        answer = await test_server.app_discloses(client, started.session_ptr["u"], wallet)
+        assert answer == {"proofStatus": "VALID"}
+        result = await our_requestor.result(started.token)
+        assert result["disclosed"][0][0]["rawvalue"] == value
 
     theirs = await disclose_to_go(reference, wallet, attribute_id)
     assert theirs["proofStatus"] == "VALID"

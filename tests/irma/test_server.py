@@ -8,7 +8,7 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,8 +72,11 @@ def _our_credentials() -> tuple[Credentials, RSAKey]:
 OURS, OUR_RESULT_KEY = _our_credentials()
 
 
-def ours() -> tuple[httpx.AsyncClient, Clock]:
-    clock = Clock()
+def ours(clock: Callable[[], float] | None = None) -> tuple[httpx.AsyncClient, Clock]:
+    """Our server in process, with a fake clock (or ``clock``: the real one for credentials
+    issued now)."""
+    fake = Clock()
+    clock = clock or fake
     app = FastAPI()
     hs = base64.b64encode(OURS.hmac.raw_value).decode()
     rs = RSAKey.import_key(OURS.rs.as_dict(private=False))
@@ -97,7 +100,7 @@ def ours() -> tuple[httpx.AsyncClient, Clock]:
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://irma.test/yivi"
     )
-    return client, clock
+    return client, fake
 
 
 @pytest.fixture(params=["ours", "go"])
@@ -148,13 +151,18 @@ async def status(server: Server, token: str) -> str:
 
 async def disclose(server: Server, url: str, student_id: str = "s4242") -> dict[str, Any]:
     """Play the app: open the session, disclose a student card; the server's answer."""
-    binding = secrets.token_urlsafe(12)
-    opened = await server.client.get(url + "/", headers={**APP, "Authorization": binding})
-    assert opened.status_code == 200, opened.text
     wallet = Wallet()
     student(wallet, student_id)
+    return await app_discloses(server.client, url, wallet)
+
+
+async def app_discloses(client: httpx.AsyncClient, url: str, wallet: Wallet) -> dict[str, Any]:
+    """Play the app with ``wallet``: open the session, answer its request."""
+    binding = secrets.token_urlsafe(12)
+    opened = await client.get(url + "/", headers={**APP, "Authorization": binding})
+    assert opened.status_code == 200, opened.text
     request = DisclosureRequest.parse(opened.json()["request"])
-    sent = await server.client.post(
+    sent = await client.post(
         url + "/proofs", json=wallet.disclose(request), headers={"Authorization": binding}
     )
     answer: dict[str, Any] = sent.json()
@@ -193,6 +201,29 @@ async def test_a_disclosure_session_from_start_to_result(server: Server) -> None
         url + "/proofs", json=wallet.disclose(request), headers={"Authorization": binding}
     )
     assert again.status_code in (400, 403)  # a session takes one answer
+
+
+async def test_a_disclosure_replayed_into_another_session_is_invalid(server: Server) -> None:
+    """Proofs are bound to their session's nonce: a valid disclosure, sent again to a new
+    session, does not verify there."""
+    wallet = Wallet()
+    student(wallet)
+    first = (await start(server))["sessionPtr"]["u"]
+    opened = await server.client.get(first + "/", headers={**APP, "Authorization": "a"})
+    disclosure = wallet.disclose(DisclosureRequest.parse(opened.json()["request"]))
+    sent = await server.client.post(
+        first + "/proofs", json=disclosure, headers={"Authorization": "a"}
+    )
+    assert sent.json() == {"proofStatus": "VALID"}
+    second = await start(server)
+    url = second["sessionPtr"]["u"]
+    await server.client.get(url + "/", headers={**APP, "Authorization": "b"})
+    replayed = await server.client.post(
+        url + "/proofs", json=disclosure, headers={"Authorization": "b"}
+    )
+    assert replayed.json() == {"proofStatus": "INVALID"}
+    result = await requestor(server).result(second["token"])
+    assert result["proofStatus"] == "INVALID" and not result.get("disclosed")
 
 
 async def test_another_caller_cannot_use_a_bound_session(server: Server) -> None:
