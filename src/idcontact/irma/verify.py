@@ -50,7 +50,12 @@ class DisclosedAttribute:
     def to_json(self) -> dict[str, Any]:
         return {
             "rawvalue": self.rawvalue,
-            "value": {"": self.rawvalue} if self.rawvalue is not None else None,
+            # The raw value under "" and, as the Go server does, the same for each language.
+            "value": (
+                {"": self.rawvalue, "en": self.rawvalue, "nl": self.rawvalue}
+                if self.rawvalue is not None
+                else None
+            ),
             "id": self.id,
             "status": str(self.status),
             "issuancetime": self.issuancetime,
