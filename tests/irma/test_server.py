@@ -378,31 +378,36 @@ async def test_status_events_follow_a_session_to_its_end(live: Server) -> None:
 
 
 async def test_pairing_holds_the_request_back_until_the_code_is_confirmed(
-    our_server: Server,
+    server: Server,
 ) -> None:
-    started = await start(our_server)
+    started = await start(server)
     url = started["sessionPtr"]["u"]
     frontend = {"Authorization": started["frontendRequest"]["authorization"]}
-    options = await our_server.client.post(
+    options = await server.client.post(
         url + "/frontend/options",
         json={"@context": "https://irma.app/ld/request/frontendoptions/v1", "pairingMethod": "pin"},
         headers=frontend,
     )
     code = options.json()["pairingCode"]
     assert len(code) == 4 and code.isdigit()
-    opened = (
-        await our_server.client.get(url + "/", headers={**APP, "Authorization": "app"})
-    ).json()
-    assert opened["options"]["pairingMethod"] == "pin" and "request" not in opened
-    early = await our_server.client.get(url + "/request", headers={"Authorization": "app"})
-    assert early.status_code == 400
-    stranger = await our_server.client.post(
+    opened = (await server.client.get(url + "/", headers={**APP, "Authorization": "app"})).json()
+    # The app shows the code, to be typed where the QR code was; no request before that.
+    assert opened["options"] == {
+        "@context": "https://irma.app/ld/options/v1",
+        "pairingMethod": "pin",
+        "pairingCode": code,
+    }
+    assert "request" not in opened
+    assert await status(server, started["token"]) == "PAIRING"
+    early = await server.client.get(url + "/request", headers={"Authorization": "app"})
+    assert early.status_code in (400, 403)
+    stranger = await server.client.post(
         url + "/frontend/pairingcompleted", headers={"Authorization": "not the frontend"}
     )
     assert stranger.status_code == 403
-    done = await our_server.client.post(url + "/frontend/pairingcompleted", headers=frontend)
+    done = await server.client.post(url + "/frontend/pairingcompleted", headers=frontend)
     assert done.status_code == 204
-    request = await our_server.client.get(url + "/request", headers={"Authorization": "app"})
+    request = await server.client.get(url + "/request", headers={"Authorization": "app"})
     assert request.status_code == 200 and request.json()["disclose"] == ASK["disclose"]
 
 

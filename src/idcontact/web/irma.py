@@ -206,6 +206,9 @@ def irma_router(
                 "pairingMethod": "pin" if pairing else "none",
             },
         }
+        if pairing:
+            # The app shows the code; the resident types it where the QR code was shown.
+            body["options"]["pairingCode"] = session.pairing_code
         if not pairing:
             body["request"] = client_request(session)
         return JSONResponse(body)
