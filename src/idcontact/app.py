@@ -271,6 +271,7 @@ def create_app(
             sealer=sealer,
             plugin_classes=plugin_classes,
             clock=clock,
+            irma=irma.sessions if irma else None,
         )
 
     if db is not None and directory is not None:
@@ -413,6 +414,7 @@ def _mount_tenant(
     sealer: Sealer,
     plugin_classes: Mapping[tuple[Kind, str], type[Plugin]],
     clock: Callable[[], float],
+    irma: Sessions | None,
 ) -> None:
     """Mount one tenant's plugins, core and pages under its prefix (none for the default)."""
     tenant, keys = services.tenant, services.keys
@@ -445,6 +447,7 @@ def _mount_tenant(
                 conversations=services.conversations if kind == "comm" else None,
                 queues=services.queues if kind == "comm" else None,
                 links=services.links if kind == "comm" else None,
+                irma=irma if kind == "auth" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
             router = plugin.router

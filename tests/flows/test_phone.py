@@ -20,6 +20,7 @@ from idcontact.agents.directory import Membership
 from tests.conftest import CANARY_BSN, CANARY_NAME, AppFactory, Instance, demo_settings, until
 from tests.flows.test_console import Agent, enrol
 from tests.flows.test_core_flows import issue
+from tests.plugins import test_yivi as yivi
 from tests.telephony.pbx import Pbx, observe, pbx
 from tests.telephony.peers import Baresip, SippCall, ports, sipp_call, start_baresip
 
@@ -170,6 +171,40 @@ async def test_a_code_links_the_call_by_each_kind_of_dtmf(
             "caller": "shown",
             "seconds": linked.link_detail["seconds"],
         }
+    finally:
+        caller.stop()
+
+
+async def test_the_yivi_app_dials_back_with_the_code_and_that_call_links(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx
+) -> None:
+    """Issue #6: after the disclosure the app's return URL is ``tel:<number>,<code>``; a call
+    with that code links to exactly this conversation, and the browser never saw the code."""
+    instance = await phone_app(make_app, tmp_path, asterisk, **yivi.overrides(tmp_path))
+    other_id, _, _ = await phone_conversation(instance, "Other-Resident-5Q", "999990020")
+    setup = yivi.Setup(instance, instance.client)
+    start = {"purpose": "report_move", "auth_method": "yivi", "comm_method": "phone"}
+    page_url, url, pairing = await yivi.begin(setup, start)
+    await instance.client.post(page_url + "/pair", data={"code": pairing})
+    asked = await yivi.disclose(setup, url)
+    number, code = asked["clientReturnUrl"].removeprefix("tel:").split(",", 1)
+    assert number == DIALLED
+    done = await instance.client.get(page_url + "/done")
+    assert code not in done.text and code not in done.headers["location"]
+    caller = await call(asterisk, tmp_path, code)
+    try:
+        conversations = instance.services.conversations
+        assert conversations is not None
+        rows = await conversations.db.run(
+            lambda conn: list(conn.execute(text("SELECT id FROM conversations")))
+        )
+        mine = [str(r.id) for r in rows if str(r.id) != other_id]
+        assert len(mine) == 1
+        linked = await until(lambda: _linked(instance, mine[0]), "the dialled-back call to link")
+        assert linked.link_detail["via"] == "pbx" and linked.link_detail["shown"] is False
+        stored = await conversations.attributes(mine[0], actor="test")
+        assert stored is not None and stored["attributes"]["fullname"] == "Demi Demo"
+        assert (await conversation(instance, other_id)).linked_at is None
     finally:
         caller.stop()
 

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from idcontact.conversations import Conversations
 from idcontact.errors import ConfigError
+from idcontact.irma.sessions import Sessions
 from idcontact.keys import JoseKey
 from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService
@@ -56,6 +57,8 @@ class PluginContext:
     """Comm plugins: the shared queue model; call ``enqueue`` when the resident is present."""
     links: LinkCodes | None = None
     """Comm plugins: the tenant's phone link codes (the phone channel)."""
+    irma: Sessions | None = None
+    """Auth plugins: this process's built-in IRMA server (``[irma] enabled``)."""
 
 
 class Plugin(Protocol):

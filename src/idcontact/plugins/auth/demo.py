@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Literal
 
-import httpx
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import BaseModel, Field
 
-from idcontact.core import append_result
-from idcontact.errors import BadRequestError, ConfigError
+from idcontact.errors import ConfigError
+from idcontact.plugins.auth.common import (
+    ClientUrl,
+    StartAuthRequest,
+    UnknownAttributeError,
+    check_keys,
+    deliver,
+)
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
@@ -35,27 +39,11 @@ DEFAULT_ATTRIBUTES = {
 SEAL = "auth-demo"
 
 
-class StartAuthRequest(BaseModel):
-    attributes: list[str] = Field(max_length=50)
-    continuation: str = Field(max_length=4096)
-    attr_url: str | None = Field(default=None, max_length=4096)
-
-
-class ClientUrl(BaseModel):
-    client_url: str
-
-
-class UnknownAttributeError(BadRequestError):
-    slug = "unknown-attribute"
-    title = "This auth method cannot provide the requested attributes"
-
-
 class DemoAuthPlugin:
     kind: ClassVar[Kind] = "auth"
 
     def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
-        if ctx.issuer is None or ctx.encrypt_to is None:
-            raise ConfigError("auth plugin 'demo': needs a signing key and an encryption key")
+        check_keys(ctx, "demo")
         values = config.get("attributes", DEFAULT_ATTRIBUTES)
         if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
             raise ConfigError("plugins.auth.demo.attributes: must map attribute tags to strings")
@@ -75,10 +63,7 @@ class DemoAuthPlugin:
                 raise UnknownAttributeError(
                     "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
                 )
-            if not body.continuation.startswith(("http://", "https://", "tel:")):
-                raise BadRequestError("continuation must be an http(s) or tel: URL")
-            if body.attr_url is not None and not body.attr_url.startswith(("http://", "https://")):
-                raise BadRequestError("attr_url must be an http(s) URL")
+            body.check()
             state = ctx.sealer.seal(SEAL, body.model_dump(), max_age=900)
             return ClientUrl(client_url=f"{ctx.public_base}/confirm/{state}")
 
@@ -118,32 +103,7 @@ class DemoAuthPlugin:
                 )
             else:
                 result = AuthResult(status="failed", attributes=None)
-            token = self._issue(result)
-            target = pending.continuation
-            if pending.attr_url is not None:
-                await self._deliver(pending.attr_url, token)
-            else:
-                target = append_result(target, token)
+            target = await deliver(ctx, result, pending)
             return RedirectResponse(target, status_code=303, headers=TOKEN_PAGE_HEADERS)
 
         return router
-
-    def _issue(self, result: AuthResult) -> str:
-        issuer, recipient = self._ctx.issuer, self._ctx.encrypt_to
-        if issuer is None or recipient is None:  # pragma: no cover - checked in __init__
-            raise ConfigError("auth plugin 'demo': needs a signing key and an encryption key")
-        return issuer.issue(result, recipient)
-
-    async def _deliver(self, attr_url: str, token: str) -> None:
-        try:
-            response = await self._ctx.http.post(
-                attr_url,
-                content=token,
-                headers={"Content-Type": "application/jwt"},
-                timeout=self._ctx.settings.plugin_timeout,
-            )
-        except httpx.HTTPError:
-            log.warning("attr_url unreachable")
-            return
-        if response.status_code >= 300:
-            log.warning("attr_url refused the token", extra={"plugin_status": response.status_code})

@@ -1,0 +1,65 @@
+"""What every auth plugin of ours does the same way: the start request, and handing the signed
+and encrypted result to the comm side."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+from pydantic import BaseModel, Field
+
+from idcontact.core import append_result
+from idcontact.errors import BadRequestError, ConfigError
+from idcontact.plugins.base import PluginContext
+from idcontact.tokens import AuthResult
+
+log = logging.getLogger(__name__)
+
+
+class StartAuthRequest(BaseModel):
+    attributes: list[str] = Field(max_length=50)
+    continuation: str = Field(max_length=4096)
+    attr_url: str | None = Field(default=None, max_length=4096)
+
+    def check(self) -> None:
+        if not self.continuation.startswith(("http://", "https://", "tel:")):
+            raise BadRequestError("continuation must be an http(s) or tel: URL")
+        if self.attr_url is not None and not self.attr_url.startswith(("http://", "https://")):
+            raise BadRequestError("attr_url must be an http(s) URL")
+
+
+class ClientUrl(BaseModel):
+    client_url: str
+
+
+class UnknownAttributeError(BadRequestError):
+    slug = "unknown-attribute"
+    title = "This auth method cannot provide the requested attributes"
+
+
+def check_keys(ctx: PluginContext, name: str) -> None:
+    if ctx.issuer is None or ctx.encrypt_to is None:
+        raise ConfigError(f"auth plugin {name!r}: needs a signing key and an encryption key")
+
+
+async def deliver(ctx: PluginContext, result: AuthResult, pending: StartAuthRequest) -> str:
+    """Sign and encrypt ``result``; post it to ``attr_url`` when there is one, else put it on
+    the continuation. Returns where the browser goes next."""
+    if ctx.issuer is None or ctx.encrypt_to is None:  # pragma: no cover - checked at start
+        raise ConfigError("auth plugin: needs a signing key and an encryption key")
+    token = ctx.issuer.issue(result, ctx.encrypt_to)
+    if pending.attr_url is None:
+        return append_result(pending.continuation, token)
+    try:
+        response = await ctx.http.post(
+            pending.attr_url,
+            content=token,
+            headers={"Content-Type": "application/jwt"},
+            timeout=ctx.settings.plugin_timeout,
+        )
+    except httpx.HTTPError:
+        log.warning("attr_url unreachable")
+        return pending.continuation
+    if response.status_code >= 300:
+        log.warning("attr_url refused the token", extra={"plugin_status": response.status_code})
+    return pending.continuation
