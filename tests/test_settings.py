@@ -423,3 +423,29 @@ def test_a_phone_number_is_digits_and_punctuation_only() -> None:
     assert load_settings(None, {"phone_number": "+31 26 377 7000"}).phone_number
     with pytest.raises(ConfigError, match="phone_number"):
         load_settings(None, {"phone_number": "<script>"})
+
+
+def test_a_purpose_is_offered_only_the_methods_that_prove_all_its_attributes(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import demo_settings
+
+    methods = [
+        {"tag": "demo", "name": "Demo", "plugin": "demo", "assurance": "substantial"},
+        {
+            "tag": "yivi",
+            "name": "Yivi",
+            "plugin": "yivi",
+            "assurance": "substantial",
+            "provides": ["fullname", "bsn", "postcode"],
+        },
+    ]
+    settings = demo_settings(tmp_path, auth_methods=methods)
+    offered = {p.tag: p.allowed_auth for p in settings.purposes}
+    assert offered["report_move"] == ("demo", "yivi")
+    assert offered["senior_pass"] == ("demo",)  # birthyear and municipality: not from yivi
+    named = [
+        {"tag": "x", "label": {"nl": "x"}, "attributes": ["birthyear"], "allowed_auth": ["yivi"]}
+    ]
+    with pytest.raises(ConfigError, match=r"purposes\[0\]\.allowed_auth: method 'yivi' cannot"):
+        demo_settings(tmp_path, auth_methods=methods, purposes=named)

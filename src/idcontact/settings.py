@@ -105,6 +105,9 @@ class Method(_Model):
 
 class AuthMethod(Method):
     assurance: AssuranceName = "low"
+    provides: tuple[str, ...] | None = None
+    """The attribute tags this method can prove; unset: every tag. A purpose is only offered
+    the methods that can prove all its attributes."""
     signature_key: KeyConfig | None = None
     """Public key of a remote auth plugin; used for its tokens that carry no ``kid``."""
     shim_tel_url: bool = False
@@ -431,15 +434,23 @@ class TenantFields(_Model):
             if p.queue is not None and p.queue not in queue_tags:
                 raise ValueError(f"purposes[{i}].queue: unknown queue {p.queue!r}")
             minimum = Assurance[p.min_assurance]
+            def proves(m: AuthMethod, p: Purpose = p) -> bool:
+                return m.provides is None or set(p.attributes) <= set(m.provides)
+
             if "*" in p.allowed_auth:
                 # The wildcard means "every method good enough for this purpose".
                 allowed_auth = tuple(
-                    t for t, m in auth.items() if Assurance[m.assurance] >= minimum
+                    t for t, m in auth.items() if Assurance[m.assurance] >= minimum and proves(m)
                 )
             else:
                 for tag in p.allowed_auth:
                     if tag not in auth:
                         raise ValueError(f"purposes[{i}].allowed_auth: unknown auth method {tag!r}")
+                    if not proves(auth[tag]):
+                        raise ValueError(
+                            f"purposes[{i}].allowed_auth: method {tag!r} cannot prove all of "
+                            "the purpose's attributes (its 'provides')"
+                        )
                     if Assurance[auth[tag].assurance] < minimum:
                         raise ValueError(
                             f"purposes[{i}].allowed_auth: method {tag!r} provides assurance "

@@ -171,10 +171,27 @@ def ask(attribute: str) -> DisclosureRequest:
     )
 
 
+ADDRESS = {
+    "credential": "irma-demo.gemeente.address",
+    "attributes": {
+        "street": "Markt",
+        "houseNumber": "1",
+        "zipcode": "6811AA",
+        "municipality": "Arnhem",
+        "city": "Arnhem",
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("credential", "attribute", "value"),
-    [(FULL_NAME, "familyname", "Démo"), (STUDENT_CARD, "studentID", "s9911")],
-    ids=["MijnOverheid.fullName", "RU.studentCard"],
+    [
+        (FULL_NAME, "familyname", "Démo"),
+        (STUDENT_CARD, "studentID", "s9911"),
+        # Our own demo issuer (keys made by idcontact.irma.keygen): the Go server uses them too.
+        (ADDRESS, "zipcode", "6811AA"),
+    ],
+    ids=["MijnOverheid.fullName", "RU.studentCard", "gemeente.address"],
 )
 async def test_the_go_server_issues_to_our_wallet(
     reference: Any, credential: dict[str, Any], attribute: str, value: str

@@ -39,6 +39,7 @@ YIVI = {
     "name": "Yivi",
     "plugin": "yivi",
     "assurance": "substantial",
+    "provides": list(MAPPING),
 }
 DEMO = {"tag": "demo", "name": "Demo-identificatie", "plugin": "demo", "assurance": "substantial"}
 START = {"purpose": "report_move", "auth_method": "yivi", "comm_method": "demo"}
@@ -266,3 +267,13 @@ async def test_an_unreachable_server_is_a_failure_page(
     assert page.status_code == 200
     assert "Yivi is op dit moment niet bereikbaar" in page.text
     assert "Een andere manier kiezen" in page.text
+
+
+def test_provides_must_be_mapped(tmp_path: Path) -> None:
+    from idcontact.app import create_app
+    from idcontact.errors import ConfigError
+
+    settings = overrides(tmp_path)
+    settings["auth_methods"] = [DEMO, {**YIVI, "provides": ["fullname", "shoe_size"]}]
+    with pytest.raises(ConfigError, match="not mapped: shoe_size"):
+        create_app(demo_settings(tmp_path, **settings))

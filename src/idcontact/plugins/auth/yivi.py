@@ -138,6 +138,14 @@ class YiviAuthPlugin:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"plugins.auth.{ctx.method.tag}.{where}: {first['msg']}") from None
+        provides = getattr(ctx.method, "provides", None)
+        missing = sorted(set(provides or ()) - set(self._config.attributes))
+        if provides is None or missing:
+            raise ConfigError(
+                f"auth_methods ({ctx.method.tag}).provides: list the attribute tags this method "
+                "proves, each mapped in its plugin settings' attributes"
+                + (f" (not mapped: {', '.join(missing)})" if missing else "")
+            )
         self._ctx = ctx
         self._clock = clock
         self._backend = self._make_backend()
