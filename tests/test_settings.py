@@ -83,11 +83,17 @@ def load_error(tmp_path: Path, text: str) -> str:
 def test_demo_config_loads() -> None:
     settings = load_settings(DEMO_CONFIG)
     assert [p.tag for p in settings.purposes] == ["report_move", "waste_collection", "senior_pass"]
-    assert [m.tag for m in settings.auth_methods] == ["demo"]
+    assert [m.tag for m in settings.auth_methods] == ["demo", "yivi"]
     assert [m.tag for m in settings.comm_methods] == ["demo", "phone"]
+    # "*" is expanded at load time: no wildcard survives into the model. Yivi proves names,
+    # the BSN and addresses in the demo, not a birth year.
+    offered = {p.tag: p.allowed_auth for p in settings.purposes}
+    assert offered == {
+        "report_move": ("demo", "yivi"),
+        "waste_collection": ("demo", "yivi"),
+        "senior_pass": ("demo",),
+    }
     for p in settings.purposes:
-        # "*" is expanded at load time: no wildcard survives into the model.
-        assert p.allowed_auth == ("demo",)
         assert p.allowed_comm == ("demo", "phone")
     move = settings.purpose("report_move")
     assert move is not None

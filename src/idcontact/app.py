@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from idcontact.tokens import TokenIssuer, TokenReader
 from idcontact.web import problem
 from idcontact.web.agent import agent_router
 from idcontact.web.citizen import citizen_router, theme_router
+from idcontact.web.demo_wallet import demo_wallet_router
 from idcontact.web.irma import irma_router
 from idcontact.web.middleware import EdgeMiddleware
 
@@ -193,6 +194,7 @@ def create_app(
 
     ari, calls = _telephony(settings, tenants, bus, directory, clock)
     irma = _irma(settings, clock)
+    closers: list[Callable[[], Awaitable[None]]] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -221,6 +223,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await http.aclose()
+            for close in closers:
+                await close()
             if ari is not None:
                 await ari.close()
             if isinstance(bus, RedisBus):
@@ -256,6 +260,22 @@ def create_app(
     )
     if irma is not None:
         app.include_router(irma.router)
+        if settings.irma.demo_wallet:
+            # The demo wallet speaks the app protocol to this instance, in process.
+            wallet_http = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url=settings.public_url
+            )
+            closers.append(wallet_http.aclose)
+            app.include_router(
+                demo_wallet_router(
+                    settings,
+                    settings.default_tenant,
+                    lambda: irma.sessions.schemes,
+                    DEMO_SCHEMES / "irma-demo",
+                    templates,
+                    wallet_http,
+                )
+            )
     problem.install(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 

@@ -369,6 +369,9 @@ class Irma(_Model):
     kept up to date (``https://schemes.yivi.app/pbdf``); each keeps its own pinned key."""
     scheme_update_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
     """How often to update them: at start and then every so many minutes; 0: never."""
+    demo_wallet: bool = False
+    """Serve the demo wallet at ``/demo-wallet`` (the app's part in a browser tab, with demo
+    credentials of the packaged ``irma-demo`` scheme); not in production."""
 
     @model_validator(mode="after")
     def _production(self) -> Irma:
@@ -377,6 +380,8 @@ class Irma(_Model):
         _unique("requestors", [r.name for r in self.requestors], key="name")
         if self.production and (self.schemes_path is None or self.jwt_key is None):
             raise ValueError("production: set schemes_path and jwt_key")
+        if self.demo_wallet and (self.production or self.schemes_path is not None):
+            raise ValueError("demo_wallet: only outside production, on the packaged demo scheme")
         if self.scheme_urls and self.schemes_path is None:
             raise ValueError("scheme_urls: set schemes_path (the packaged demo scheme is fixed)")
         for scheme, url in self.scheme_urls.items():
@@ -434,6 +439,7 @@ class TenantFields(_Model):
             if p.queue is not None and p.queue not in queue_tags:
                 raise ValueError(f"purposes[{i}].queue: unknown queue {p.queue!r}")
             minimum = Assurance[p.min_assurance]
+
             def proves(m: AuthMethod, p: Purpose = p) -> bool:
                 return m.provides is None or set(p.attributes) <= set(m.provides)
 

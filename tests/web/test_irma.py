@@ -208,10 +208,11 @@ async def test_status_events_tell_a_timeout_without_anyone_asking(tmp_path: Path
 
 def test_production_mode_needs_https_schemes_and_a_result_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="production"):
-        demo_settings(tmp_path, irma={"enabled": True, "production": True})
+        demo_settings(tmp_path, irma={"production": True, "demo_wallet": False})
     key, _ = rsa_pair(tmp_path, "jwt")
     production = {
         "enabled": True,
+        "demo_wallet": False,
         "production": True,
         "schemes_path": str(DEMO_SCHEMES),
         "jwt_key": {"type": "RSA", "key_file": str(key)},
@@ -230,6 +231,7 @@ async def test_production_mode_tells_the_app_it_is_not_in_developer_mode(
         public_url="https://gemeente.example",
         irma=irma(
             tmp_path,
+            demo_wallet=False,
             production=True,
             schemes_path=str(DEMO_SCHEMES),
             jwt_key={"type": "RSA", "key_file": str(key)},
@@ -249,7 +251,9 @@ def test_a_broken_scheme_directory_stops_start_up(tmp_path: Path) -> None:
     from idcontact.app import create_app
 
     with pytest.raises(ConfigError, match=r"irma\.schemes_path"):
-        create_app(demo_settings(tmp_path, irma={"enabled": True, "schemes_path": str(tmp_path)}))
+        create_app(
+            demo_settings(tmp_path, irma={"demo_wallet": False, "schemes_path": str(tmp_path)})
+        )
 
 
 async def test_the_running_server_takes_up_a_published_scheme_update(
@@ -263,6 +267,7 @@ async def test_the_running_server_takes_up_a_published_scheme_update(
         publish(served.scheme)
         irma = {
             "enabled": True,
+            "demo_wallet": False,
             "schemes_path": str(local.parent),
             "scheme_urls": {"irma-demo": served.url},
             "scheme_update_minutes": 60,

@@ -51,6 +51,7 @@ from idcontact.plugins.auth.common import (
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
+from idcontact.web.demo_wallet import demo_wallet_link
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 log = logging.getLogger(__name__)
@@ -480,6 +481,9 @@ class YiviAuthPlugin:
                 "wrong_code": wrong_code,
                 "tries_left": PAIRING_TRIES - pending.tries,
                 "phone": pending.start.continuation.startswith("tel:"),
+                "demo_wallet": demo_wallet_link(
+                    ctx.settings, str(pending.started.session_ptr.get("u", ""))
+                ),
             },
             tenant=ctx.tenant,
             lang=pending.lang,
