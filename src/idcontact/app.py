@@ -362,14 +362,14 @@ def _irma(settings: Settings, clock: Callable[[], float]) -> _IrmaServer | None:
         secret = r.secret.get_secret_value() if r.secret else ""
         try:
             if r.auth == "token":
-                requestors.append(Requestor.with_token(r.name, secret))
+                requestors.append(Requestor.with_token(r.name, secret, r.hosts))
             elif r.auth == "hmac":
-                requestors.append(Requestor.with_hmac(r.name, secret))
+                requestors.append(Requestor.with_hmac(r.name, secret, r.hosts))
             elif r.key is not None:
                 key = r.key.load()
                 if not isinstance(key, RSAKey):
                     raise ValueError("an RSA public key is needed")
-                requestors.append(Requestor.with_public_key(r.name, key))
+                requestors.append(Requestor.with_public_key(r.name, key, r.hosts))
         except ValueError as exc:
             raise ConfigError(f"irma.requestors ({r.name}): {exc}") from None
     jwt_config = (

@@ -331,6 +331,8 @@ class IrmaRequestor(_Model):
     auth: Literal["token", "hmac", "publickey"] = "token"
     secret: LongSecret | None = None
     key: KeyConfig | None = None
+    hosts: tuple[str, ...] = ()
+    """Host names it may ask for in session URLs (a request's ``host``)."""
 
     @model_validator(mode="after")
     def _credential(self) -> IrmaRequestor:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -85,7 +86,7 @@ def ours(clock: Callable[[], float] | None = None) -> tuple[httpx.AsyncClient, C
             Sessions(SCHEMES, clock=clock),
             Requestors(
                 [
-                    Requestor.with_token("token", OURS.token),
+                    Requestor.with_token("token", OURS.token, ["irma.gemeente.test"]),
                     Requestor.with_hmac("hs", hs),
                     Requestor.with_public_key("rs", rs),
                 ],
@@ -334,6 +335,17 @@ async def test_requestor_authentication_failures_start_nothing(server: Server) -
         assert (answer.status_code, answer.json()["error"]) == (status_code, error), body
         assert set(answer.json()) >= {"status", "error", "description"}
         assert c.token not in answer.text
+
+
+async def test_a_requestor_uses_only_the_host_names_it_may(server: Server) -> None:
+    """A municipality's host in the session URL (the app names it), if the requestor may."""
+    client = requestor(server)
+    started = await client.start({**ASK, "host": "irma.gemeente.test"})
+    pointer = urlsplit(started.session_ptr["u"])
+    assert pointer.netloc == "irma.gemeente.test" and "/irma/session/" in pointer.path
+    with pytest.raises(RemoteError) as refused:
+        await client.start({**ASK, "host": "other.example"})
+    assert (refused.value.status, refused.value.error) == (403, "UNAUTHORIZED")
 
 
 async def test_only_disclosure_requests_are_taken_from_a_jwt(our_server: Server) -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -277,3 +278,45 @@ def test_provides_must_be_mapped(tmp_path: Path) -> None:
     settings["auth_methods"] = [DEMO, {**YIVI, "provides": ["fullname", "shoe_size"]}]
     with pytest.raises(ConfigError, match="not mapped: shoe_size"):
         create_app(demo_settings(tmp_path, **settings))
+
+
+async def test_a_municipality_host_name_goes_into_the_session_url(
+    request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Path
+) -> None:
+    """Each tenant's requestor host (registered with Yivi) is what the app sees."""
+    for backend in ("builtin", "go"):
+        settings = overrides(tmp_path / backend, backend)
+        settings["plugins"]["auth"]["yivi"]["host"] = "irma.gemeente.test"
+        inst = await make_app(demo_settings(tmp_path / backend, **settings))
+        started = await inst.client.post("/start", json=START, headers=JSON)
+        page = await inst.client.get(path_of(started.json()["client_url"]))
+        assert "Yivi is op dit moment niet bereikbaar" not in page.text, backend
+        u = urlsplit(pointer_of(page.text)["u"])
+        assert u.netloc == "irma.gemeente.test", backend
+
+
+@pytest.mark.parametrize("method", ["hmac", "jwt"])
+async def test_the_plugin_authenticates_to_the_go_server_with_a_jwt_too(
+    make_app: AppFactory, tmp_path: Path, method: str
+) -> None:
+    """Token auth runs in every test above; here the HS256 and RS256 requestors of the Go
+    server, through to the attributes (its results verified against its key)."""
+    go = yivi_requestor()
+    directory = Path(os.environ["IDCONTACT_TEST_YIVI_DIR"])
+    settings = overrides(tmp_path, "go")
+    plugin = settings["plugins"]["auth"]["yivi"]
+    del plugin["token"]
+    if method == "hmac":
+        plugin |= {"requestor": "hs", "hmac_key": (directory / "requestor-hmac").read_text()}
+    else:
+        key = {"type": "RSA", "key_file": str(directory / "rs-requestor.key.pem")}
+        plugin |= {"requestor": "rs", "jwt_key": key}
+    inst = await make_app(demo_settings(tmp_path, **settings))
+    async with httpx.AsyncClient(timeout=10) as app_client:
+        setup = Setup(inst, app_client)
+        page_url, url, code = await begin(setup)
+        assert go.url in url
+        await inst.client.post(page_url + "/pair", data={"code": code})
+        await disclose(setup, url)
+        done = await inst.client.get(page_url + "/done")
+        assert done.status_code == 303 and "/comm/demo/" in done.headers["location"]

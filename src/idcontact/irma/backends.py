@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
 from idcontact.irma.client import FINAL, RemoteError, RequestorClient, Started
 from idcontact.irma.requestors import SessionRequest
-from idcontact.irma.sessions import Session, SessionError, Sessions, Status
+from idcontact.irma.sessions import Session, SessionError, Sessions, Status, session_url
 
 FRONTEND_OPTIONS_CONTEXT = "https://irma.app/ld/request/frontendoptions/v1"
 KEEPALIVE = 15.0
@@ -53,7 +54,8 @@ class BuiltinBackend:
 
     def __init__(self, sessions: Sessions, public_url: str, prefix: str = "/yivi") -> None:
         self._sessions = sessions
-        self._base = f"{public_url}{prefix}"
+        self._public_url = public_url
+        self._prefix = prefix
 
     async def start(self, request: Mapping[str, Any], *, app_timeout: int) -> Started:
         try:
@@ -61,9 +63,10 @@ class BuiltinBackend:
             session = self._sessions.start(asked.request, timeout=app_timeout, requestor="yivi")
         except SessionError as exc:
             raise BackendError(exc.error) from None
+        url = session_url(self._public_url, self._prefix, session.client_token, asked.host)
         return Started(
             session.requestor_token,
-            {"u": f"{self._base}/irma/session/{session.client_token}", "irmaqr": "disclosing"},
+            {"u": url, "irmaqr": "disclosing"},
             {"authorization": session.frontend_authorization},
         )
 
@@ -109,7 +112,8 @@ class BuiltinBackend:
 
 @dataclass
 class RemoteBackend:
-    """An IRMA server over HTTP (the Go server): requestor API and frontend endpoints."""
+    """An IRMA server over HTTP (the Go server): requestor API and frontend endpoints (pairing),
+    both under the server's URL."""
 
     client: RequestorClient
     http: httpx.AsyncClient
@@ -121,8 +125,15 @@ class RemoteBackend:
             raise BackendError(_reason(exc)) from None
 
     async def _frontend(self, started: Started, path: str, body: object | None) -> httpx.Response:
-        url = f"{started.session_ptr['u']}/frontend/{path}"
+        # Through the server's own URL: the session URL may carry the municipality's host
+        # name, which need not resolve from here; the Go server checks that the Host header
+        # is the session's host, so it is sent as such.
+        pointer = urlsplit(str(started.session_ptr.get("u", "")))
+        client_token = pointer.path.rsplit("/", 1)[-1]
+        url = f"{self.client.url}/irma/session/{client_token}/frontend/{path}"
         headers = {"Authorization": str(started.frontend_request.get("authorization", ""))}
+        if pointer.netloc and pointer.netloc != urlsplit(self.client.url).netloc:
+            headers["Host"] = pointer.netloc
         try:
             answer = await self.http.post(url, json=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -57,7 +57,7 @@ class RequestorClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
-        self._url = url.rstrip("/")
+        self.url = url.rstrip("/")
         self._auth = auth
         self._name = name
         self._result_key = result_key
@@ -77,7 +77,7 @@ class RequestorClient:
             extended["validity"] = validity
         if isinstance(self._auth, str):
             sent = await self._http.post(
-                f"{self._url}/session", json=extended, headers={"Authorization": self._auth}
+                f"{self.url}/session", json=extended, headers={"Authorization": self._auth}
             )
         else:
             claims = {
@@ -87,7 +87,7 @@ class RequestorClient:
                 "sprequest": extended,
             }
             sent = await self._http.post(
-                f"{self._url}/session",
+                f"{self.url}/session",
                 content=sign_jwt(claims, self._auth),
                 headers={"Content-Type": "text/plain"},
             )
@@ -98,7 +98,7 @@ class RequestorClient:
             raise RemoteError(sent.status_code, "MALFORMED_ANSWER") from None
 
     async def status(self, token: str) -> str:
-        return str(_json(await self._http.get(f"{self._url}/session/{token}/status")))
+        return str(_json(await self._http.get(f"{self.url}/session/{token}/status")))
 
     async def status_events(self, token: str) -> AsyncIterator[str]:
         """The status now, then each change, until a final status or until the server closes
@@ -107,7 +107,7 @@ class RequestorClient:
         The Go server sends changes only, ours the status at subscription too; asking once
         the stream is open makes both the same, and no change falls between the two.
         """
-        url = f"{self._url}/session/{token}/statusevents"
+        url = f"{self.url}/session/{token}/statusevents"
         async with self._http.stream("GET", url, timeout=None) as response:
             if response.status_code != 200:
                 raise RemoteError(response.status_code, "NO_STATUS_EVENTS")
@@ -134,11 +134,11 @@ class RequestorClient:
         """The session result; through ``result-jwt`` when a result key is configured, so what
         arrives is what the server signed."""
         if self._result_key is None:
-            body = _json(await self._http.get(f"{self._url}/session/{token}/result"))
+            body = _json(await self._http.get(f"{self.url}/session/{token}/result"))
             if not isinstance(body, dict):
                 raise RemoteError(200, "MALFORMED_ANSWER")
             return body
-        answer = await self._http.get(f"{self._url}/session/{token}/result-jwt")
+        answer = await self._http.get(f"{self.url}/session/{token}/result-jwt")
         if answer.status_code != 200:
             _json(answer)
         try:
@@ -154,7 +154,7 @@ class RequestorClient:
         return dict(claims)
 
     async def cancel(self, token: str) -> None:
-        answer = await self._http.delete(f"{self._url}/session/{token}")
+        answer = await self._http.delete(f"{self.url}/session/{token}")
         if answer.status_code >= 400:
             _json(answer)
 

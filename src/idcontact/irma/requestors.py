@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ MAX_TIMEOUT = 900
 DEFAULT_VALIDITY = 120
 # The Go server's answers: a wrong token or a JWT past its age is 403; a request it cannot
 # authenticate at all (no token, not a JWT, a bad signature) is 400, the reason in ``message``.
+HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
 UNAUTHORIZED = SessionError(
     403, "UNAUTHORIZED", "You are not authorized to issue or verify this attribute"
 )
@@ -48,16 +50,18 @@ class Requestor:
     method: Method
     token: bytes = b""
     key: SigningKey | None = None
+    hosts: frozenset[str] = frozenset()
+    """Host names this requestor may put in ``sessionPtr.u`` (the request's ``host``)."""
 
     def __repr__(self) -> str:
         return f"Requestor({self.name!r}, {self.method!r})"
 
     @classmethod
-    def with_token(cls, name: str, token: str) -> Requestor:
-        return cls(name, "token", token=token.encode())
+    def with_token(cls, name: str, token: str, hosts: Iterable[str] = ()) -> Requestor:
+        return cls(name, "token", token=token.encode(), hosts=frozenset(hosts))
 
     @classmethod
-    def with_hmac(cls, name: str, key_base64: str) -> Requestor:
+    def with_hmac(cls, name: str, key_base64: str, hosts: Iterable[str] = ()) -> Requestor:
         """The HS256 key, base64 as in the Go server's requestor configuration."""
         try:
             raw = base64.b64decode(key_base64, validate=True)
@@ -65,11 +69,11 @@ class Requestor:
             raise ValueError("the hmac key must be base64") from None
         if len(raw) < MIN_HMAC_BYTES:
             raise ValueError(f"the hmac key must be at least {MIN_HMAC_BYTES} bytes")
-        return cls(name, "hmac", key=OctKey.import_key(raw))
+        return cls(name, "hmac", key=OctKey.import_key(raw), hosts=frozenset(hosts))
 
     @classmethod
-    def with_public_key(cls, name: str, key: RSAKey) -> Requestor:
-        return cls(name, "publickey", key=key)
+    def with_public_key(cls, name: str, key: RSAKey, hosts: Iterable[str] = ()) -> Requestor:
+        return cls(name, "publickey", key=key, hosts=frozenset(hosts))
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class SessionRequest:
     request: DisclosureRequest
     timeout: int = 300
     validity: int = DEFAULT_VALIDITY
+    host: str | None = None
+    """The host name asked for in ``sessionPtr.u`` (needs the requestor's permission)."""
 
     @classmethod
     def parse(cls, body: object) -> SessionRequest:
@@ -97,13 +103,16 @@ class SessionRequest:
             if type(validity) is not int or not 0 < validity <= 3600:
                 raise SessionError(400, "INVALID_REQUEST", "validity must be 1 to 3600 s")
             body = body["request"]
+        host = body.get("host") if isinstance(body, dict) else None
+        if host is not None and (not isinstance(host, str) or not HOST.fullmatch(host)):
+            raise SessionError(400, "INVALID_REQUEST", "host must be a host name")
         try:
             parsed = DisclosureRequest.parse(body)
         except RequestFormatError as exc:
             raise SessionError(400, "INVALID_REQUEST", str(exc)) from None
         if parsed.kind != "disclosing":
             raise SessionError(400, "INVALID_REQUEST", "Only disclosure sessions are offered")
-        return cls(parsed, timeout, validity)
+        return cls(parsed, timeout, validity, host)
 
 
 class Requestors:
@@ -121,19 +130,21 @@ class Requestors:
         self._max_age = max_age
         self._clock = clock
 
-    def authenticate(self, authorization: str | None, body: bytes) -> tuple[str, SessionRequest]:
+    def authenticate(
+        self, authorization: str | None, body: bytes
+    ) -> tuple[Requestor, SessionRequest]:
         """Who asks and what: a token in ``authorization`` with a JSON body, or a JWT body."""
         if authorization:
             given = authorization.encode()
             for requestor in self._all.values():
                 if requestor.method == "token" and hmac.compare_digest(given, requestor.token):
-                    return requestor.name, SessionRequest.parse(_json(body))
+                    return requestor, SessionRequest.parse(_json(body))
             raise UNAUTHORIZED
         if not body.lstrip().startswith(b"ey"):
             raise _unauthenticated("request could not be authenticated")
         return self._from_jwt(body)
 
-    def _from_jwt(self, body: bytes) -> tuple[str, SessionRequest]:
+    def _from_jwt(self, body: bytes) -> tuple[Requestor, SessionRequest]:
         try:
             text = body.decode("ascii").strip()
             claims = _unverified_claims(text)
@@ -155,7 +166,7 @@ class Requestors:
             raise UNAUTHORIZED  # as the Go server answers a request older than its max age
         if claims.get("sub") != "verification_request" or "sprequest" not in claims:
             raise SessionError(400, "INVALID_REQUEST", "Only verification requests are offered")
-        return requestor.name, SessionRequest.parse(claims["sprequest"])
+        return requestor, SessionRequest.parse(claims["sprequest"])
 
 
 def _json(body: bytes) -> Any:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from idcontact.irma.request import DisclosureRequest
 from idcontact.irma.schemes import Schemes
@@ -62,6 +63,16 @@ class SessionError(Exception):
 
 UNKNOWN = SessionError(400, "SESSION_UNKNOWN", "Unknown or expired session")
 UNAUTHORIZED = SessionError(403, "UNAUTHORIZED", "You are not authorized to access the session")
+
+
+def session_url(public_url: str, prefix: str, client_token: str, host: str | None = None) -> str:
+    """The app's URL of a session (``sessionPtr.u``); ``host`` replaces the public host name
+    (a municipality's requestor host, registered with Yivi so the app names it)."""
+    base = public_url
+    if host is not None:
+        parts = urlsplit(public_url)
+        base = urlunsplit(parts._replace(netloc=host))
+    return f"{base}{prefix}/irma/session/{client_token}"
 
 
 def token(length: int = 20) -> str:

@@ -24,7 +24,15 @@ from fastapi.routing import APIRoute
 from joserfc.jwk import RSAKey
 
 from idcontact.irma.requestors import Requestors
-from idcontact.irma.sessions import FINAL, UNAUTHORIZED, Session, SessionError, Sessions, Status
+from idcontact.irma.sessions import (
+    FINAL,
+    UNAUTHORIZED,
+    Session,
+    SessionError,
+    Sessions,
+    Status,
+    session_url,
+)
 from idcontact.tokens import sign_jwt
 
 PROTOCOL = "2.8"
@@ -132,15 +140,25 @@ def irma_router(
         raw = await request.body()
         if len(raw) > MAX_BODY:
             raise SessionError(413, "REQUEST_TOO_LARGE", "The request is too large")
-        name, asked = requestors.authenticate(request.headers.get("authorization"), raw)
+        requestor, asked = requestors.authenticate(request.headers.get("authorization"), raw)
+        if asked.host is not None and asked.host not in requestor.hosts:
+            raise SessionError(
+                403,
+                "UNAUTHORIZED",
+                "You are not authorized to issue or verify this attribute",
+                "requestor not allowed to use the requested host",
+            )
         session = sessions.start(
-            asked.request, timeout=asked.timeout, validity=asked.validity, requestor=name
+            asked.request,
+            timeout=asked.timeout,
+            validity=asked.validity,
+            requestor=requestor.name,
         )
         return JSONResponse(
             {
                 "token": session.requestor_token,
                 "sessionPtr": {
-                    "u": f"{public_url}{prefix}/irma/session/{session.client_token}",
+                    "u": session_url(public_url, prefix, session.client_token, asked.host),
                     "irmaqr": "disclosing",
                 },
                 "frontendRequest": {

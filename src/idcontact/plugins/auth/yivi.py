@@ -83,6 +83,11 @@ class YiviConfig(BaseModel):
     """The server's public key: results are read as ``result-jwt`` and verified with it."""
     attributes: dict[str, list[str | Alternative]] = Field(default_factory=dict)
     app_timeout: int = Field(default=300, ge=30, le=900)
+    host: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$"
+    )
+    """This municipality's requestor host name, registered with Yivi, so the app names it as a
+    verified requestor; its DNS must reach the IRMA server (the Go server: ``host_perms``)."""
 
     @model_validator(mode="after")
     def _check(self) -> YiviConfig:
@@ -193,6 +198,8 @@ class YiviAuthPlugin:
             "disclose": [[list(c) for c in d] for d in disclose],
             "labels": labels,
         }
+        if self._config.host is not None:
+            body["host"] = self._config.host
         if continuation.startswith("tel:"):
             # The app offers to call with the code; never augmented (that would append a token).
             body["clientReturnUrl"] = continuation
