@@ -4,6 +4,7 @@ the resident's browser is the test client."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import os
@@ -320,3 +321,67 @@ async def test_the_plugin_authenticates_to_the_go_server_with_a_jwt_too(
         await disclose(setup, url)
         done = await inst.client.get(page_url + "/done")
         assert done.status_code == 303 and "/comm/demo/" in done.headers["location"]
+
+
+async def test_a_proof_that_does_not_verify_is_the_failure_page(setup: Setup) -> None:
+    client = setup.inst.client
+    page_url, url, code = await begin(setup)
+    await client.post(page_url + "/pair", data={"code": code})
+    asked = await setup.app_client.get(url + "/request", headers={"Authorization": "app"})
+    proofs = wallet().disclose(DisclosureRequest.parse(asked.json()))
+    proofs["proofs"][0]["c"] = base64.b64encode(b"not the challenge").decode()
+    sent = await setup.app_client.post(
+        url + "/proofs", json=proofs, headers={"Authorization": "app"}
+    )
+    assert sent.json() == {"proofStatus": "INVALID"}
+    failed = await client.get(page_url + "/done")
+    assert failed.status_code == 200
+    assert "Identificeren met Yivi is niet gelukt" in failed.text
+    assert "Uw gegevens konden niet worden gecontroleerd" in failed.text
+
+
+async def test_a_session_nobody_finishes_times_out_to_the_failure_page(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    inst = await make_app(settings(tmp_path, "builtin"))
+    setup = Setup(inst, inst.client)
+    started = await inst.client.post("/start", json=START, headers=JSON)
+    page_url = path_of(started.json()["client_url"])
+    sessions = inst.services.irma
+    assert sessions is not None
+    [session] = list(sessions._by_requestor.values())
+    session.created -= 1000  # as if the app never came for 1000 s
+    failed = await inst.client.get(page_url + "/done")
+    assert "Het duurde te lang" in failed.text
+    assert setup.inst is inst
+
+
+def test_each_outcome_of_a_session_has_its_page() -> None:
+    from idcontact.plugins.auth.yivi import _outcome
+
+    cases = {
+        ("DONE", "VALID"): "valid",
+        ("CANCELLED", None): "cancelled",
+        ("TIMEOUT", None): "timeout",
+        ("DONE", "MISSING_ATTRIBUTES"): "missing",
+        ("DONE", "UNMATCHED_REQUEST"): "missing",
+        ("DONE", "EXPIRED"): "expired",
+        ("DONE", "INVALID"): "invalid",
+        ("DONE", "INVALID_TIMESTAMP"): "invalid",
+        ("CONNECTED", None): "invalid",
+    }
+    for (status, proof), outcome in cases.items():
+        assert _outcome({"status": status, "proofStatus": proof}) == outcome
+
+
+async def test_no_attribute_value_reaches_the_log(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    client = setup.inst.client
+    page_url, url, code = await begin(setup)
+    await client.post(page_url + "/pair", data={"code": code})
+    await disclose(setup, url)
+    assert (await client.get(page_url + "/done")).status_code == 303
+    for value in ("999990019", "Demi", "Demo"):
+        assert value not in caplog.text
