@@ -385,3 +385,17 @@ async def test_no_attribute_value_reaches_the_log(
     assert (await client.get(page_url + "/done")).status_code == 303
     for value in ("999990019", "Demi", "Demo"):
         assert value not in caplog.text
+
+
+async def test_the_pages_speak_english_when_asked(make_app: AppFactory, tmp_path: Path) -> None:
+    inst = await make_app(settings(tmp_path, "builtin"))
+    started = await inst.client.post("/start", json=START, headers=JSON)
+    page_url = path_of(started.json()["client_url"])
+    page = await inst.client.get(page_url + "?lang=en")
+    assert "Identify with Yivi" in page.text and '<html lang="en">' in page.text
+    assert "<li>Citizen service number (BSN)</li>" in page.text
+    await inst.client.post(page_url + "/pair", data={"code": "x"})
+    await inst.client.post(page_url + "/pair", data={"code": "x"})
+    stopped = await inst.client.post(page_url + "/pair", data={"code": "x"})
+    assert "The code was typed wrongly too often" in stopped.text
+    assert "Try again" in stopped.text and "Choose another way" in stopped.text
