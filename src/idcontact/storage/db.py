@@ -152,6 +152,17 @@ vault_entries = Table(
     Column("created_at", Float, nullable=False),
 )
 
+chat_messages = Table(
+    "chat_messages",
+    metadata,
+    Column("conversation_id", String(32), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("sender", String(16), nullable=False),
+    Column("nonce", LargeBinary(12), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 used_tokens = Table(
     "used_tokens",
     metadata,

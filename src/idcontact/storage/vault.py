@@ -1,4 +1,5 @@
-"""The attribute vault: verified attributes, encrypted under a data key per conversation.
+"""The vault: what a conversation holds in confidence — its verified attributes and its chat
+messages — encrypted under data keys of that conversation.
 
 The ciphertext lives in the database (and so in its backups); the data key lives in a
 :class:`~idcontact.storage.keystore.KeyStore` that backups never see. Destroying the key is
@@ -15,14 +16,16 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from idcontact.errors import VaultError
 from idcontact.storage.audit import audit
-from idcontact.storage.db import Database, vault_entries
+from idcontact.storage.db import Database, chat_messages, conversations, vault_entries
 from idcontact.storage.keystore import KeyStore
 
 Clock = Callable[[], float]
@@ -35,6 +38,23 @@ class Sealed:
     conversation_id: str
     nonce: bytes
     ciphertext: bytes
+
+
+@dataclass(frozen=True, repr=False)
+class ChatMessage:
+    """One chat message; ``repr`` leaves the text out (it ends up in logs otherwise)."""
+
+    seq: int
+    sender: str
+    text: str
+    at: float
+
+    def __repr__(self) -> str:
+        return f"ChatMessage(seq={self.seq}, sender={self.sender!r})"
+
+
+def _chat_key_id(conversation_id: str) -> str:
+    return f"chat:{conversation_id}"
 
 
 class Vault:
@@ -103,13 +123,100 @@ class Vault:
         data: dict[str, object] = json.loads(plaintext)
         return data
 
+    # -- chat ---------------------------------------------------------------------------------
+
+    async def open_chat(self, conversation_id: str, ttl_seconds: int) -> None:
+        """Make the conversation's chat key, once, when its chat starts (never lazily: two
+        first messages at once would make two keys)."""
+        await self._keys.put(
+            _chat_key_id(conversation_id), AESGCM.generate_key(bit_length=256), ttl_seconds
+        )
+
+    async def append_chat(self, conversation_id: str, sender: str, text: str) -> ChatMessage:
+        """Store a message, encrypted (the conversation id and its number are bound to it), and
+        return it with its number: 1, 2, … per conversation, in the order stored. A
+        ``VaultError`` once the conversation's chat is destroyed."""
+        key = await self._keys.get(_chat_key_id(conversation_id))
+        if key is None:
+            raise VaultError()
+        for _ in range(5):
+            at = self._clock()
+
+            def work(conn: Connection, at: float = at) -> ChatMessage:
+                # One writer per conversation at a time (PostgreSQL row lock; SQLite write
+                # transactions are serial already), so numbers are taken in turn.
+                conn.execute(
+                    select(conversations.c.id)
+                    .where(conversations.c.id == conversation_id)
+                    .with_for_update()
+                )
+                last = conn.execute(
+                    select(func.max(chat_messages.c.seq)).where(
+                        chat_messages.c.conversation_id == conversation_id
+                    )
+                ).scalar()
+                seq = int(last or 0) + 1
+                nonce = os.urandom(12)
+                aad = f"{conversation_id}:{seq}:{sender}".encode()
+                conn.execute(
+                    insert(chat_messages).values(
+                        conversation_id=conversation_id,
+                        seq=seq,
+                        sender=sender,
+                        nonce=nonce,
+                        ciphertext=AESGCM(key).encrypt(nonce, text.encode(), aad),
+                        created_at=at,
+                    )
+                )
+                return ChatMessage(seq, sender, text, at)
+
+            try:
+                return await self._db.run(work, write=True)
+            except IntegrityError:
+                continue  # another instance took this number first: the next one
+        raise VaultError()
+
+    async def chat_since(self, conversation_id: str, after: int = 0) -> list[ChatMessage]:
+        """The messages after number ``after``; none once the conversation's key is gone."""
+        key = await self._keys.get(_chat_key_id(conversation_id))
+        if key is None:
+            return []
+
+        def work(conn: Connection) -> list[Any]:
+            return list(
+                conn.execute(
+                    select(chat_messages)
+                    .where(
+                        chat_messages.c.conversation_id == conversation_id,
+                        chat_messages.c.seq > after,
+                    )
+                    .order_by(chat_messages.c.seq)
+                    .limit(1000)
+                )
+            )
+
+        out = []
+        for row in await self._db.run(work):
+            aad = f"{conversation_id}:{row.seq}:{row.sender}".encode()
+            try:
+                text = AESGCM(key).decrypt(row.nonce, row.ciphertext, aad).decode()
+            except InvalidTag:
+                raise VaultError() from None
+            out.append(ChatMessage(row.seq, row.sender, text, row.created_at))
+        return out
+
     async def destroy(self, conversation_id: str) -> None:
-        """Delete the key first (that is the deletion), then the ciphertext."""
+        """Delete the keys first (that is the deletion), then the ciphertext: the attributes
+        and every chat message."""
         await self._keys.delete(conversation_id)
+        await self._keys.delete(_chat_key_id(conversation_id))
 
         def work(conn: Connection) -> None:
             conn.execute(
                 delete(vault_entries).where(vault_entries.c.conversation_id == conversation_id)
+            )
+            conn.execute(
+                delete(chat_messages).where(chat_messages.c.conversation_id == conversation_id)
             )
 
         await self._db.run(work, write=True)

@@ -1,0 +1,63 @@
+"""Chat messages in the vault: numbered, encrypted at rest, and gone with their conversation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from idcontact.errors import VaultError
+from tests.conftest import Instance
+from tests.storage.test_vault import raw_bytes, start_conversation
+
+pytestmark = pytest.mark.anyio
+
+CANARY_TEXT = "Canary-Chat-Zr7Q my address is Markt 1"
+
+
+async def test_messages_are_numbered_encrypted_and_destroyed_with_the_conversation(
+    instance: Instance,
+) -> None:
+    conversations = instance.services.conversations
+    assert conversations is not None
+    vault = conversations.vault
+    conversation_id = await start_conversation(instance)
+    with pytest.raises(VaultError):  # no chat before it is opened
+        await vault.append_chat(conversation_id, "resident", "too early")
+    await vault.open_chat(conversation_id, 3600)
+    first = await vault.append_chat(conversation_id, "resident", CANARY_TEXT)
+    second = await vault.append_chat(conversation_id, "agent", "Dank u, een moment.")
+    assert (first.seq, second.seq) == (1, 2)
+    assert CANARY_TEXT not in repr(first)
+    assert [m.text for m in await vault.chat_since(conversation_id)] == [
+        CANARY_TEXT,
+        "Dank u, een moment.",
+    ]
+    assert [m.seq for m in await vault.chat_since(conversation_id, after=1)] == [2]
+    if instance.settings.resolved_database_url.startswith("sqlite"):
+        assert CANARY_TEXT.encode() not in raw_bytes(instance.settings.data_dir)
+
+    await conversations.end(conversation_id, actor="test")
+    assert await vault.chat_since(conversation_id) == []
+    with pytest.raises(VaultError):
+        await vault.append_chat(conversation_id, "resident", "after the end")
+    from sqlalchemy import text
+
+    rows = await conversations.db.run(
+        lambda conn: conn.execute(text("SELECT count(*) FROM chat_messages")).scalar()
+    )
+    assert rows == 0
+
+
+async def test_messages_sent_at_once_get_distinct_numbers(instance: Instance) -> None:
+    conversations = instance.services.conversations
+    assert conversations is not None
+    vault = conversations.vault
+    conversation_id = await start_conversation(instance)
+    await vault.open_chat(conversation_id, 3600)
+    sent = await asyncio.gather(
+        *(vault.append_chat(conversation_id, "resident", f"m{i}") for i in range(20))
+    )
+    assert sorted(m.seq for m in sent) == list(range(1, 21))
+    stored = await vault.chat_since(conversation_id)
+    assert {m.text for m in stored} == {f"m{i}" for i in range(20)}
