@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.responses import StreamingResponse
@@ -38,6 +38,7 @@ from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
 from idcontact.settings import Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
+from idcontact.web.chat import chat_socket, post_message
 
 SESSION_COOKIE = "idc_agent"
 PRE_COOKIE = "idc_pre"
@@ -491,10 +492,87 @@ def agent_router(
                 "provenance": provenance,
                 "wrap_up_until": _time(conversation.wrap_up_until),
                 "offer_until": _time(conversation.offer_expires),
+                "chat": await chat_context(s, conversation),
                 **await line_context(s, conversation),
             },
             s.tenant,
         )
+
+    def is_chat(tenant: Tenant, conversation: Conversation) -> bool:
+        """Whether the conversation's channel is the chat plugin (the queue's ``channel``
+        says how an agent is loaded, not which plugin serves the resident)."""
+        method = tenant.comm_method(conversation.comm_method)
+        return method is not None and method.plugin == "chat"
+
+    async def chat_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """The chat window of a chat conversation I hold (connected or wrapping up)."""
+        if not is_chat(s.tenant, conversation) or conversation.state not in (
+            "connected",
+            "wrap_up",
+        ):
+            return None
+        base = f"/agent/{s.tenant.slug}/c/{conversation.id}"
+        return {
+            "me": "agent",
+            "page": base,
+            "ws": f"{base}/chat",
+            "say": f"{base}/say",
+            "csrf": s.csrf,
+            "transcript": "",
+            "can_send": conversation.state == "connected",
+            "typing_text": "De inwoner typt…",
+            "you": "U",
+            "other": "Inwoner",
+            "label": "Uw bericht",
+            "send": "Versturen",
+            "download": "",
+            "messages": await s.queues.conversations.vault.chat_since(conversation.id),
+        }
+
+    @router.websocket("/{slug}/c/{conversation_id}/chat")
+    async def chat(ws: WebSocket, slug: str, conversation_id: str) -> None:
+        """The agent's side of a chat they hold: the same socket as the resident's."""
+        # A cookie-authenticated socket: refuse other origins (cross-site WebSocket hijacking).
+        agent = await directory.session(ws.cookies.get(SESSION_COOKIE, ""))
+        if ws.headers.get("origin") != origin or agent is None or slug not in tenants:
+            await ws.close(code=4403)
+            return
+        if agent.membership(slug) is None:
+            await ws.close(code=4403)
+            return
+        tenant, queues = tenants[slug]
+        try:
+            conversation = await queues.held(conversation_id, agent.agent_id)
+        except IdContactError:
+            await ws.close(code=4404)
+            return
+        if not is_chat(tenant, conversation):
+            await ws.close(code=4404)
+            return
+        await ws.accept()
+        await chat_socket(ws, queues.conversations, bus, conversation_id, "agent")
+
+    @router.post(
+        "/{slug}/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303
+    )
+    async def say(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        text: Annotated[str, Form(max_length=2000)],
+    ) -> RedirectResponse:
+        """Without JavaScript: answer in the chat and see the panel again."""
+        s = await posted(request, slug, csrf)
+        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
+        if (
+            not is_chat(s.tenant, conversation)
+            or conversation.state != "connected"
+            or not text.strip()
+        ):
+            raise BadRequestError("No message can be sent here now")
+        await post_message(s.queues.conversations, bus, conversation_id, "agent", text.strip())
+        return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
 
     @router.get("/{slug}/c/{conversation_id}/line", response_class=HTMLResponse)
     async def line(request: Request, slug: str, conversation_id: str) -> HTMLResponse:

@@ -157,6 +157,8 @@ def sse(data: dict[str, object], *, retry: int | None = None) -> str:
 
 class DemoCommPlugin:
     kind: ClassVar[Kind] = "comm"
+    template: ClassVar[str] = "demo_comm.html"
+    """The resident's page; a channel built on this one extends it."""
 
     def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         if ctx.conversations is None:
@@ -170,6 +172,13 @@ class DemoCommPlugin:
 
     def _purpose(self, tag: str) -> Purpose:
         return purpose_of(self._ctx.tenant, tag)
+
+    async def _created(self, conversation_id: str, purpose: Purpose) -> None:
+        """A conversation of this channel was created (a channel sets up its own parts)."""
+
+    async def _page_context(self, conversation: Conversation, lang: str) -> dict[str, object]:
+        """What a channel adds to the resident's page."""
+        return {}
 
     def _lang_query(self, lang: str) -> str:
         """``?lang=en`` when the resident chose another language than the default."""
@@ -278,12 +287,14 @@ class DemoCommPlugin:
                 conversation_id = await conversations.create_with_token(
                     purpose, tag, body.auth_result
                 )
+                await self._created(conversation_id, purpose)
                 return StartCommResponse(client_url=f"{ctx.public_base}/c/{conversation_id}")
             if body.unidentified and not purpose.allow_unidentified:
                 raise MethodNotAllowedForPurposeError("This topic needs identification")
             conversation_id, slot = await conversations.create(
                 purpose, tag, with_slot=self._use_attr_url, unidentified=body.unidentified
             )
+            await self._created(conversation_id, purpose)
             if slot is None:
                 return StartCommResponse(client_url=f"{ctx.public_base}/c/{conversation_id}")
             return StartCommResponse(
@@ -326,8 +337,9 @@ class DemoCommPlugin:
             return render(
                 ctx.templates,
                 request,
-                "demo_comm.html",
+                self.template,
                 {
+                    **await self._page_context(conversation, lang),
                     "state": conversation.state,
                     "identified": conversation.identified,
                     "purpose_label": purpose.label.get(lang) if purpose.label else purpose.tag,

@@ -1,0 +1,154 @@
+"""One side of a chat over a WebSocket: the resident's (the ``chat`` channel) or the agent's (the
+console). Both run :func:`chat_socket`.
+
+Frames are JSON. From the browser: ``{"type": "message", "text": …}`` and ``{"type":
+"typing"}``. To it: ``{"type": "message", "seq", "from", "text", "at"}``, ``{"type":
+"typing", "from"}`` and ``{"type": "state", "state"}``. A browser that (re)connects with
+``?after=<last seq it has>`` gets what it missed first, so a reconnect loses nothing.
+
+Messages are stored encrypted in the vault; the bus carries only their numbers, so the text
+never leaves this process except to the two browsers (and never reaches Redis or a log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Literal
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from idcontact.conversations import Conversations
+from idcontact.errors import IdContactError
+from idcontact.events import Bus, Event
+from idcontact.storage.vault import ChatMessage
+
+log = logging.getLogger(__name__)
+
+Side = Literal["resident", "agent"]
+MAX_TEXT = 2000
+MAX_FRAME = 8192
+CHATTING = frozenset({"waiting", "offered", "connected"})
+"""States in which messages may be sent (a waiting resident may already write)."""
+OPEN = frozenset({"created", "authenticated", "waiting", "offered", "connected", "wrap_up"})
+HEARTBEAT = 20.0
+
+
+async def chat_socket(
+    ws: WebSocket,
+    conversations: Conversations,
+    bus: Bus,
+    conversation_id: str,
+    side: Side,
+) -> None:
+    """Serve one accepted WebSocket until either side leaves or the conversation closes."""
+    tenant = conversations.tenant.slug
+    try:
+        after = max(0, int(ws.query_params.get("after", "0")))
+    except ValueError:
+        after = 0
+    async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
+        state: str = (await conversations.get(conversation_id)).state
+        await ws.send_json({"type": "state", "state": state})
+        after = await _send_since(ws, conversations, conversation_id, after)
+        if state not in OPEN:
+            await ws.close()
+            return
+        reader = asyncio.create_task(_read(ws, conversations, bus, conversation_id, side))
+        try:
+            while not reader.done():
+                waiting = asyncio.create_task(sub.next(HEARTBEAT))
+                done, _ = await asyncio.wait({reader, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting not in done:
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                        await waiting
+                    break
+                try:
+                    event = waiting.result()
+                except ConnectionResetError:
+                    break  # fell behind: the browser reconnects and catches up
+                if event is None:
+                    continue
+                if "chat" in event.data:
+                    after = await _send_since(ws, conversations, conversation_id, after)
+                elif event.data.get("typing") and event.data["typing"] != side:
+                    await ws.send_json({"type": "typing", "from": event.data["typing"]})
+                elif "state" in event.data:
+                    state = str(event.data["state"])
+                    await ws.send_json({"type": "state", "state": state})
+                    if state not in OPEN:
+                        break
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await reader
+            with contextlib.suppress(RuntimeError):
+                await ws.close()
+
+
+async def post_message(
+    conversations: Conversations, bus: Bus | None, conversation_id: str, side: Side, text: str
+) -> ChatMessage:
+    """Store a message (the conversation is active: not idle) and tell both sides its number;
+    the socket and the forms without script all send through here."""
+    message = await conversations.vault.append_chat(conversation_id, side, text)
+    await conversations.touch(conversation_id)
+    if bus is not None:
+        event = Event(
+            conversations.tenant.slug,
+            "conversation",
+            conversation_id,
+            {"chat": message.seq, "from": side},
+            message.at,
+        )
+        await bus.publish(event)
+    return message
+
+
+async def _send_since(
+    ws: WebSocket, conversations: Conversations, conversation_id: str, after: int
+) -> int:
+    for m in await conversations.vault.chat_since(conversation_id, after):
+        await ws.send_json(
+            {"type": "message", "seq": m.seq, "from": m.sender, "text": m.text, "at": m.at}
+        )
+        after = m.seq
+    return after
+
+
+async def _read(
+    ws: WebSocket, conversations: Conversations, bus: Bus, conversation_id: str, side: Side
+) -> None:
+    """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
+    tenant = conversations.tenant.slug
+    while True:
+        raw = await ws.receive_text()
+        try:
+            frame = json.loads(raw) if len(raw) <= MAX_FRAME else None
+        except ValueError:
+            frame = None
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "typing":
+            await bus.publish(
+                Event(tenant, "conversation", conversation_id, {"typing": side}, time.time())
+            )
+            continue
+        text = frame.get("text") if isinstance(frame, dict) else None
+        text = text.strip() if isinstance(text, str) else None
+        if kind != "message" or not text or len(text) > MAX_TEXT:
+            await ws.send_json({"type": "error", "error": "bad-frame"})
+            continue
+        try:
+            conversation = await conversations.get(conversation_id)
+            if conversation.state not in CHATTING:
+                await ws.send_json({"type": "error", "error": "closed"})
+                continue
+            await post_message(conversations, bus, conversation_id, side, text)
+        except IdContactError:
+            await ws.send_json({"type": "error", "error": "closed"})

@@ -1,0 +1,111 @@
+// The chat window, live: messages and typing over the page's WebSocket, reconnecting (with the
+// number of the last message it has, so nothing is lost). Without this script the window still
+// works: the form posts the message and the page shows them all.
+// Every text comes from the page (data-text-* attributes), so this file holds no language.
+(function () {
+  "use strict";
+
+  var box = document.getElementById("chat");
+  if (!box || typeof window.WebSocket !== "function") {
+    return;
+  }
+  var log = document.getElementById("chat-log");
+  var typing = document.getElementById("chat-typing");
+  var form = document.getElementById("chat-form");
+  var input = document.getElementById("chat-text");
+  var me = box.getAttribute("data-me");
+  var socket = null;
+  var retry = 1000;
+  var typingTimer = null;
+  var lastTyped = 0;
+
+  function lastSeq() {
+    var items = log.querySelectorAll("li[data-seq]");
+    return items.length ? Number(items[items.length - 1].getAttribute("data-seq")) : 0;
+  }
+
+  function show(message) {
+    if (message.seq <= lastSeq()) {
+      return;
+    }
+    var item = document.createElement("li");
+    item.className = "msg from-" + message.from;
+    item.setAttribute("data-seq", String(message.seq));
+    var who = document.createElement("span");
+    who.className = "who";
+    who.textContent =
+      (message.from === me ? box.getAttribute("data-text-you") : box.getAttribute("data-text-other")) + ":";
+    var text = document.createElement("span");
+    text.className = "text";
+    text.textContent = message.text; // text, never HTML
+    item.appendChild(who);
+    item.appendChild(document.createTextNode(" "));
+    item.appendChild(text);
+    log.appendChild(item);
+    if (message.from !== me) {
+      typing.textContent = "";
+    }
+  }
+
+  function connect() {
+    var url = new URL(box.getAttribute("data-ws"), window.location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("after", String(lastSeq()));
+    socket = new WebSocket(url.toString());
+    socket.addEventListener("open", function () {
+      retry = 1000;
+      box.setAttribute("data-connected", "true");
+    });
+    socket.addEventListener("message", function (event) {
+      var data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (err) {
+        return;
+      }
+      if (data.type === "message") {
+        show(data);
+      } else if (data.type === "typing" && data.from !== me) {
+        typing.textContent = box.getAttribute("data-text-typing");
+        window.clearTimeout(typingTimer);
+        typingTimer = window.setTimeout(function () {
+          typing.textContent = "";
+        }, 4000);
+      } else if (data.type === "state" && box.getAttribute("data-state") && data.state !== box.getAttribute("data-state")) {
+        // Another state has other buttons: the server renders the page again (a GET, never a
+        // repeated POST of the form that led here).
+        window.location.assign(box.getAttribute("data-page"));
+      } else if (data.type === "state") {
+        box.setAttribute("data-state", data.state);
+      }
+    });
+    socket.addEventListener("close", function () {
+      box.removeAttribute("data-connected");
+      socket = null;
+      window.setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 15000);
+    });
+  }
+
+  if (form && input) {
+    form.addEventListener("submit", function (event) {
+      if (!socket || socket.readyState !== WebSocket.OPEN) {
+        return; // the form posts it instead
+      }
+      event.preventDefault();
+      var text = input.value.trim();
+      if (text) {
+        socket.send(JSON.stringify({ type: "message", text: text }));
+        input.value = "";
+      }
+    });
+    input.addEventListener("input", function () {
+      var now = Date.now();
+      if (socket && socket.readyState === WebSocket.OPEN && now - lastTyped > 2000) {
+        lastTyped = now;
+        socket.send(JSON.stringify({ type: "typing" }));
+      }
+    });
+  }
+  connect();
+})();
