@@ -20,6 +20,7 @@ another way", never an error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -347,10 +348,7 @@ class YiviAuthPlugin:
             pending.tries += 1
             if pending.tries >= PAIRING_TRIES:
                 pending.problem = "pairing"
-                try:
-                    await self._backend.cancel(pending.started)
-                except BackendError:
-                    pass
+                await self._cancel(pending)
                 return self._failure(request, flow, pending)
             status = await self._status_or_cancelled(pending)
             return self._session_page(request, flow, pending, status, wrong_code=True)
@@ -409,10 +407,7 @@ class YiviAuthPlugin:
             pending = self._pending_of(flow)
             if pending.done is not None:
                 return RedirectResponse(pending.done, status_code=303, headers=TOKEN_PAGE_HEADERS)
-            try:
-                await self._backend.cancel(pending.started)
-            except BackendError:
-                pass
+            await self._cancel(pending)
             try:
                 new = await self._begin(pending.start, pending.lang)
             except BackendError:
@@ -427,11 +422,7 @@ class YiviAuthPlugin:
             pending = self._pending_of(flow)
             if pending.done is not None:
                 return RedirectResponse(pending.done, status_code=303, headers=TOKEN_PAGE_HEADERS)
-            if pending.started.token:
-                try:
-                    await self._backend.cancel(pending.started)
-                except BackendError:
-                    pass
+            await self._cancel(pending)
             target = await deliver(ctx, AuthResult(status="failed", attributes=None), pending.start)
             del self._pending[flow]
             if target.startswith("tel:"):
@@ -450,6 +441,12 @@ class YiviAuthPlugin:
         if pending.problem is not None:
             return self._failure(request, flow, pending)
         return pending
+
+    async def _cancel(self, pending: Pending) -> None:
+        """Stop the flow's IRMA session, if it has one and it still runs."""
+        if pending.started.token:
+            with contextlib.suppress(BackendError):
+                await self._backend.cancel(pending.started)
 
     async def _status_or_cancelled(self, pending: Pending) -> str:
         try:
