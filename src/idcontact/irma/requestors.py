@@ -32,7 +32,8 @@ MAX_TIMEOUT = 900
 DEFAULT_VALIDITY = 120
 # The Go server's answers: a wrong token or a JWT past its age is 403; a request it cannot
 # authenticate at all (no token, not a JWT, a bad signature) is 400, the reason in ``message``.
-HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
+HOST_PATTERN = r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?"
+HOST = re.compile(HOST_PATTERN)
 UNAUTHORIZED = SessionError(
     403, "UNAUTHORIZED", "You are not authorized to issue or verify this attribute"
 )
@@ -138,7 +139,7 @@ class Requestors:
             given = authorization.encode()
             for requestor in self._all.values():
                 if requestor.method == "token" and hmac.compare_digest(given, requestor.token):
-                    return requestor, SessionRequest.parse(_json(body))
+                    return requestor, SessionRequest.parse(parse_json(body))
             raise UNAUTHORIZED
         if not body.lstrip().startswith(b"ey"):
             raise _unauthenticated("request could not be authenticated")
@@ -169,7 +170,8 @@ class Requestors:
         return requestor, SessionRequest.parse(claims["sprequest"])
 
 
-def _json(body: bytes) -> Any:
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON, or the Go server's ``MALFORMED_INPUT`` (deep nesting too)."""
     try:
         return json.loads(body)
     except (ValueError, RecursionError):

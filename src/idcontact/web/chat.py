@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from typing import Literal
 
@@ -25,8 +24,6 @@ from idcontact.conversations import Conversations
 from idcontact.errors import IdContactError
 from idcontact.events import Bus, Event
 from idcontact.storage.vault import ChatMessage
-
-log = logging.getLogger(__name__)
 
 Side = Literal["resident", "agent"]
 MAX_TEXT = 2000

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from joserfc.jwk import RSAKey
 
-from idcontact.irma.requestors import Requestors
+from idcontact.irma.requestors import Requestors, parse_json
 from idcontact.irma.sessions import (
     FINAL,
     UNAUTHORIZED,
@@ -59,14 +59,15 @@ class GoErrors(APIRoute):
         return handle
 
 
-async def _json(request: Request) -> Any:
+async def _body(request: Request) -> bytes:
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise SessionError(413, "REQUEST_TOO_LARGE", "The request is too large")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        raise SessionError(400, "MALFORMED_INPUT", "The body is not valid JSON") from None
+    return raw
+
+
+async def _json(request: Request) -> Any:
+    return parse_json(await _body(request))
 
 
 def _version_ok(request: Request) -> bool:
@@ -137,9 +138,7 @@ def irma_router(
 
     @router.post("/session")
     async def start(request: Request) -> Response:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise SessionError(413, "REQUEST_TOO_LARGE", "The request is too large")
+        raw = await _body(request)
         requestor, asked = requestors.authenticate(request.headers.get("authorization"), raw)
         if asked.host is not None and asked.host not in requestor.hosts:
             raise SessionError(

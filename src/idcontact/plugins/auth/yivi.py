@@ -42,6 +42,7 @@ from idcontact.agents.credentials import qr_svg
 from idcontact.errors import ConfigError, NotFoundError
 from idcontact.irma.backends import Backend, BackendError, BuiltinBackend, RemoteBackend
 from idcontact.irma.client import FINAL, RequestorClient, Started
+from idcontact.irma.requestors import HOST_PATTERN
 from idcontact.keys import KeyConfig
 from idcontact.plugins.auth.common import (
     ClientUrl,
@@ -84,9 +85,7 @@ class YiviConfig(BaseModel):
     """The server's public key: results are read as ``result-jwt`` and verified with it."""
     attributes: dict[str, list[str | Alternative]] = Field(default_factory=dict)
     app_timeout: int = Field(default=300, ge=30, le=900)
-    host: str | None = Field(
-        default=None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$"
-    )
+    host: str | None = Field(default=None, pattern=f"^{HOST_PATTERN}$")
     """This municipality's requestor host name, registered with Yivi, so the app names it as a
     verified requestor; its DNS must reach the IRMA server (the Go server: ``host_perms``)."""
 
