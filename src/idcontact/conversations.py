@@ -8,9 +8,11 @@ transaction, so a refused or failed delivery changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 import time
@@ -39,6 +41,7 @@ from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 ASKABLE: tuple[State, ...] = ("waiting", "offered", "connected")
 """States in which an agent may ask the resident to identify (and the answer may arrive)."""
 
@@ -287,7 +290,9 @@ class Conversations:
         sealed: Sealed | None = None
         if payload is not None:
             # The data key goes to the key store before the transaction; removed on failure.
-            sealed = await self._vault.seal(conversation_id, payload, int(max(60, purge_at - now)))
+            sealed = await self._vault.seal(
+                conversation_id, payload, self.key_seconds(purge_at - now)
+            )
 
         def work(conn: Connection) -> None:
             if before is not None:
@@ -410,7 +415,9 @@ class Conversations:
         sealed: Sealed | None = None
         fresh = False
         if payload is not None:
-            sealed, fresh = await self._vault.reseal(row.id, payload, int(max(60, purge_at - now)))
+            sealed, fresh = await self._vault.reseal(
+                row.id, payload, self.key_seconds(purge_at - now)
+            )
         values: dict[str, Any] = {
             "identify_state": outcome,
             "identify_at": now,
@@ -534,9 +541,38 @@ class Conversations:
             )
             return "wrap_up"
         change(current.state, "ended")
-        await self._vault.destroy(conversation_id)
-        await self.transition(conversation_id, "ended", actor=actor)
+        keep = await self._kept_for_hand_over(conversation_id)
+        if keep is None:
+            await self._vault.destroy(conversation_id)
+        await self.transition(conversation_id, "ended", actor=actor, values=keep)
         return "ended"
+
+    async def _kept_for_hand_over(self, conversation_id: str) -> dict[str, Any] | None:
+        """At the end: whether the messages (and attributes) wait for the tenant's hand-over
+        (``[transcripts] keep = "hand_over"``) instead of being destroyed now; the columns that
+        say so, until when."""
+        policy = self._config.transcripts
+        if policy.keep != "hand_over" or not await self._vault.has_messages(conversation_id):
+            return None
+        return {"hand_over_until": self._clock() + policy.retry_hours * 3600}
+
+    def key_seconds(self, seconds: float) -> int:
+        """How long a data key must live for data kept ``seconds``: longer by the hand-over
+        window where transcripts are handed over, so a waiting hand-over never finds its keys
+        expired (the deletion itself is explicit, not by expiry)."""
+        policy = self._config.transcripts
+        extra = policy.retry_hours * 3600 if policy.keep == "hand_over" else 0
+        return int(max(60, seconds) + extra)
+
+    async def open_chat(self, conversation_id: str, purpose: Purpose) -> None:
+        """The conversation's chat key, for as long as the conversation may last."""
+        await self._vault.open_chat(
+            conversation_id, self.key_seconds(purpose.retention_minutes * 60)
+        )
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def keyed(self, label: str, value: str) -> str:
         """A keyed hash of a secret or identifying value (a link code, a caller number), so a
@@ -673,6 +709,12 @@ class Conversations:
         is_due = and_(
             conversations.c.tenant == self._tenant,
             conversations.c.state != "purged",
+            # A transcript waiting for its hand-over is kept until it is handed over or its
+            # retry window has passed (transcripts.py).
+            or_(
+                conversations.c.hand_over_until.is_(None),
+                conversations.c.hand_over_until <= now,
+            ),
             or_(
                 conversations.c.purge_at <= now,
                 and_(
@@ -685,11 +727,26 @@ class Conversations:
             ),
         )
 
-        def due(conn: Connection) -> list[str]:
-            return [str(r.id) for r in conn.execute(select(conversations.c.id).where(is_due))]
+        def due(conn: Connection) -> list[Any]:
+            columns = (conversations.c.id, conversations.c.state, conversations.c.hand_over_until)
+            return list(conn.execute(select(*columns).where(is_due)))
 
         purged = 0
-        for conversation_id in await self._db.run(due):
+        for row in await self._db.run(due):
+            conversation_id = str(row.id)
+            if row.hand_over_until is not None:
+                log.error(
+                    "transcript not handed over in time: destroyed anyway",
+                    extra={"conversation": conversation_id},
+                )
+            elif row.state != "ended":
+                keep = await self._kept_for_hand_over(conversation_id)
+                if keep is not None:  # ends now; the hand-over comes first, then the purge
+                    with contextlib.suppress(InvalidTransitionError):
+                        await self.transition(
+                            conversation_id, "ended", actor="sweeper", values=keep, where=is_due
+                        )
+                    continue
 
             def mark(conn: Connection, conversation_id: str = conversation_id) -> bool:
                 marked = conn.execute(

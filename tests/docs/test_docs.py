@@ -26,6 +26,7 @@ from idcontact.settings import (
     Settings,
     Telephony,
     Tenant,
+    Transcripts,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,7 @@ MODELS: list[type[BaseModel]] = [
     Labels,
     Queue,
     Phone,
+    Transcripts,
     Telephony,
     Irma,
     IrmaRequestor,

@@ -229,6 +229,17 @@ class Vault:
             out.append(ChatMessage(row.seq, row.sender, text, row.created_at))
         return out
 
+    async def has_messages(self, conversation_id: str) -> bool:
+        def work(conn: Connection) -> bool:
+            found = conn.execute(
+                select(chat_messages.c.seq)
+                .where(chat_messages.c.conversation_id == conversation_id)
+                .limit(1)
+            ).first()
+            return found is not None
+
+        return await self._db.run(work)
+
     async def destroy_attributes(self, conversation_id: str) -> None:
         """Delete the attributes only (the resident logged out); the chat stays."""
         await self._keys.delete(conversation_id)

@@ -90,7 +90,7 @@ class ChatCommPlugin(DemoCommPlugin):
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         # The chat key lives as long as the conversation may (its retention).
-        await self._conversations.vault.open_chat(conversation_id, purpose.retention_minutes * 60)
+        await self._conversations.open_chat(conversation_id, purpose)
 
     def _identify_context(self, conversation: Conversation, lang: str) -> dict[str, object] | None:
         """The agent's question to identify, while it is open: for what, which data the agent
