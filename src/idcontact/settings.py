@@ -295,6 +295,10 @@ class Phone(_Model):
     """How often a waiting caller hears their place and expected wait again."""
     language: Literal["nl", "en"] = "nl"
     """The language of the phone prompts."""
+    identify_code_length: int = Field(default=6, ge=6, le=12)
+    """Digits of the code an agent reads out to a caller who should identify during the call."""
+    identify_code_minutes: int = Field(default=10, ge=1, le=60)
+    """How long such a code works (once)."""
     webhook_secret: LongSecret | None = None
     """Enables ``/link_phone`` and ``/session_info`` for another contact-centre platform, which
     authenticates with it as a bearer token or an HMAC signature (docs/phone.md)."""

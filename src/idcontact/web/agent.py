@@ -443,8 +443,13 @@ def agent_router(
             chosen = next((p for p in askable(s, conversation) if p.tag == purpose), None)
             if chosen is None:
                 raise BadRequestError(
-                    "Identification can be asked only in a chat you are in, for one of its topics"
+                    "Identification can be asked only in a conversation you are in, for one of "
+                    "its topics"
                 )
+            if conversation.channel == "phone" and links is not None:
+                # The caller opens the question with a code read out to them: shown only now.
+                code = await links[slug].identify_code(conversation_id, chosen, actor=f"agent:{me}")
+                return await panel(request, s, conversation_id, code=code)
             await s.queues.conversations.ask_identification(
                 conversation_id, chosen, actor=f"agent:{me}"
             )
@@ -452,7 +457,7 @@ def agent_router(
         raise NotFoundError("No such action")
 
     async def panel(
-        request: Request, s: Seat, conversation_id: str, *, reveal: str = ""
+        request: Request, s: Seat, conversation_id: str, *, reveal: str = "", code: str = ""
     ) -> HTMLResponse:
         me = s.agent.agent_id
         conversation = await s.queues.held(conversation_id, me)
@@ -507,6 +512,9 @@ def agent_router(
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "identify": identify_context(s, conversation),
+                "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),
+                "identify_url": f"{settings.public_url}{s.tenant.prefix}/code",
+                "code_minutes": s.tenant.phone.identify_code_minutes,
                 **await line_context(s, conversation),
             },
             s.tenant,
@@ -547,7 +555,8 @@ def agent_router(
     def askable(s: Seat, conversation: Conversation) -> list[Purpose]:
         """The purposes I may ask the resident in this chat to identify for: those of its
         channel that some method can prove; none unless I am in the chat."""
-        if not is_chat(s.tenant, conversation) or conversation.state != "connected":
+        by_phone = conversation.channel == "phone" and links is not None and s.tenant.slug in links
+        if conversation.state != "connected" or not (is_chat(s.tenant, conversation) or by_phone):
             return []
         return [
             p

@@ -17,6 +17,8 @@ COLUMNS = (
     sa.Column("identify_purpose", sa.String(64), nullable=True),
     sa.Column("identify_state", sa.String(16), nullable=True),
     sa.Column("identify_at", sa.Float, nullable=True),
+    sa.Column("identify_code_hash", sa.String(64), nullable=True),
+    sa.Column("identify_code_expires", sa.Float, nullable=True),
     sa.Column("hand_over_until", sa.Float, nullable=True),
 )
 
@@ -24,9 +26,13 @@ COLUMNS = (
 def upgrade() -> None:
     for column in COLUMNS:
         op.add_column("conversations", column)
+    op.create_index(
+        "ix_conversations_identify_code_hash", "conversations", ["identify_code_hash"], unique=True
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_conversations_identify_code_hash", "conversations")
     with op.batch_alter_table("conversations") as batch:
         for column in reversed(COLUMNS):
             batch.drop_column(column.name)
