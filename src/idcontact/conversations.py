@@ -80,6 +80,8 @@ class Conversation:
     """The phone call: ``waiting``, ``ringing`` (the agent's phone), ``connected``, ``ended``."""
     identify_purpose: str | None = None
     """The purpose an agent asked the resident to identify for during the conversation."""
+    acting_for: bool = False
+    """The agent noted that the resident acts for someone else: the data proves the caller."""
     identify_state: str | None = None
     """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
     ``declined``."""
@@ -840,4 +842,5 @@ def _conversation(row: Any) -> Conversation:
         call_state=row.call_state,
         identify_purpose=row.identify_purpose,
         identify_state=row.identify_state,
+        acting_for=bool(row.acting_for),
     )

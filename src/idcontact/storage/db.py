@@ -75,6 +75,8 @@ conversations = Table(
     Column("identify_code_expires", Float, nullable=True),
     # The transcript still has to reach the customer-contact system; retried until then.
     Column("hand_over_until", Float, nullable=True),
+    # The agent noted that the resident acts for someone else (1): the proof is the caller's.
+    Column("acting_for", Integer, nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),

@@ -1,4 +1,5 @@
-"""Identification asked during a conversation, and transcripts waiting to be handed over.
+"""Identification asked during a conversation (chat, or a call with a code), transcripts
+waiting to be handed over, and a caller acting for someone else.
 
 Revision ID: 0006
 Revises: 0005
@@ -20,6 +21,7 @@ COLUMNS = (
     sa.Column("identify_code_hash", sa.String(64), nullable=True),
     sa.Column("identify_code_expires", sa.Float, nullable=True),
     sa.Column("hand_over_until", sa.Float, nullable=True),
+    sa.Column("acting_for", sa.Integer, nullable=True),
 )
 
 
