@@ -81,6 +81,9 @@ class Conversation:
     identify_purpose: str | None = None
     """The purpose an agent asked the resident to identify for during the conversation."""
     acting_for: bool = False
+    transfer_to: str | None = None
+    """A warm transfer on offer to this agent (until ``transfer_expires``)."""
+    transfer_expires: float | None = None
     """The agent noted that the resident acts for someone else: the data proves the caller."""
     identify_state: str | None = None
     """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
@@ -108,6 +111,8 @@ class Conversation:
             "call_state": self.call_state,
             "hijack": self.hijack_at is not None,
             "identify": self.identify_state,
+            "transfer_to": self.transfer_to,
+            "transfer_expires": self.transfer_expires,
         }
 
 
@@ -704,7 +709,7 @@ class Conversations:
             await self._bus.publish(
                 Event(self._tenant, "queue", conversation.queue or "", conversation.summary(), now)
             )
-        data: dict[str, object] = {"state": conversation.state}
+        data: dict[str, object] = {"state": conversation.state, "holder": conversation.agent_id}
         if conversation.identify_state is not None:
             data["identify"] = conversation.identify_state
         await self._bus.publish(Event(self._tenant, "conversation", conversation.id, data, now))
@@ -843,4 +848,6 @@ def _conversation(row: Any) -> Conversation:
         identify_purpose=row.identify_purpose,
         identify_state=row.identify_state,
         acting_for=bool(row.acting_for),
+        transfer_to=row.transfer_to,
+        transfer_expires=row.transfer_expires,
     )

@@ -692,3 +692,56 @@ async def test_an_agent_has_the_caller_identify_during_the_call(
         assert secret not in logged
     dump = await conversations.db.run(lambda conn: str([list(r) for r in conn.execute(DUMP)]))
     assert code.replace(" ", "") not in dump and CANARY_NAME not in dump
+
+
+async def test_a_call_is_transferred_warm_to_a_colleague_and_cold_to_the_queue(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx, desk_phones: dict[str, Baresip]
+) -> None:
+    """Warm: the colleague's phone rings while the first agent is still talking; when it
+    answers, the caller is bridged to the colleague and the first agent's leg goes. Cold: back
+    in line with music, and the next agent's phone rings."""
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    anna = await agent_at_phone(instance, "anna", "PJSIP/agent1")
+    bert = await agent_at_phone(instance, "bert", "PJSIP/agent2")
+    conversation_id, code, _ = await phone_conversation(instance)
+    caller = await call(asterisk, tmp_path, code, mode="rfc4733")
+    phone1, phone2 = desk_phones["agent1"], desk_phones["agent2"]
+    try:
+        await until(lambda: _linked(instance, conversation_id), "the call to link")
+        await anna.post("/agent/default/presence", presence="available")
+        await until(lambda: _state_in(instance, conversation_id, {"offered"}), "the offer")
+        await anna.post(f"/agent/default/c/{conversation_id}/accept")
+        await phone1.wait_for("CALL_ESTABLISHED")
+        await until(lambda: _call_state(instance, conversation_id, "connected"), "the bridge")
+
+        offered = await anna.post(
+            f"/agent/default/c/{conversation_id}/offer", target=await agent_id(instance, "bert")
+        )
+        assert offered.status_code == 303
+        first_closed = len(phone1.events)
+        assert (await bert.post(f"/agent/default/c/{conversation_id}/take")).status_code == 303
+        await phone2.wait_for("CALL_ESTABLISHED")  # the colleague's phone rang and answered
+        await phone1.wait_for("CALL_CLOSED", after=first_closed)  # the first agent is off
+        taken = await until(
+            lambda: _call_state(instance, conversation_id, "connected"), "the new bridge"
+        )
+        assert taken.agent_id == await agent_id(instance, "bert")
+        assert CANARY_NAME in (await bert.client.get(f"/agent/default/c/{conversation_id}")).text
+
+        await bert.post("/agent/default/presence", presence="paused")
+        second_closed = len(phone2.events)
+        moved = await bert.post(f"/agent/default/c/{conversation_id}/transfer", target="general")
+        assert moved.status_code == 303
+        await phone2.wait_for("CALL_CLOSED", after=second_closed)  # Bert's leg is gone
+        back = await until(
+            lambda: _state_in(instance, conversation_id, {"waiting", "offered"}), "the line"
+        )
+        assert back.call_state == "waiting"
+        await until(lambda: _state_in(instance, conversation_id, {"offered"}), "a new offer")
+        ringing = len(phone1.events)
+        await anna.post(f"/agent/default/c/{conversation_id}/accept")
+        await phone1.wait_for("CALL_ESTABLISHED", after=ringing)
+        await until(lambda: _call_state(instance, conversation_id, "connected"), "the bridge")
+        assert caller.process.returncode is None  # the caller was on the line throughout
+    finally:
+        caller.stop()

@@ -77,6 +77,9 @@ conversations = Table(
     Column("hand_over_until", Float, nullable=True),
     # The agent noted that the resident acts for someone else (1): the proof is the caller's.
     Column("acting_for", Integer, nullable=True),
+    # A warm transfer on offer: to which agent, until when (the holder keeps it meanwhile).
+    Column("transfer_to", String(32), nullable=True),
+    Column("transfer_expires", Float, nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),

@@ -77,6 +77,14 @@ class Seat:
     csrf: str
 
 
+PRESENCE_NL = {
+    "available": "beschikbaar",
+    "busy": "in gesprek",
+    "paused": "pauze",
+    "wrap_up": "afronden",
+}
+
+
 def _time(at: float | None) -> str:
     if at is None:
         return ""
@@ -310,10 +318,17 @@ def agent_router(
         for r in rows:
             r["since_text"] = _time(r.get("waiting_since"))  # type: ignore[arg-type]
             r["offer_until"] = _time(r.get("offer_expires"))  # type: ignore[arg-type]
+            r["transfer_until"] = _time(r.get("transfer_expires"))  # type: ignore[arg-type]
             purpose = s.tenant.purpose(str(r["purpose"]))
             r["purpose_label"] = purpose.label.nl if purpose and purpose.label else r["purpose"]
+        now = clock()
         return {
             "offers": [r for r in rows if r["state"] == "offered" and r["agent_id"] == me],
+            "transfers": [
+                r
+                for r in rows
+                if r["transfer_to"] == me and float(r["transfer_expires"] or 0) > now  # type: ignore[arg-type]
+            ],
             "mine": [
                 r for r in rows if r["state"] in ("connected", "wrap_up") and r["agent_id"] == me
             ],
@@ -409,10 +424,13 @@ def agent_router(
         csrf: Annotated[str, Form(max_length=200)],
         attribute: Annotated[str, Form(max_length=64)] = "",
         purpose: Annotated[str, Form(max_length=64)] = "",
+        target: Annotated[str, Form(max_length=64)] = "",
     ) -> Response:
         """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute,
-        mark that the resident acts for someone else (``attribute=on``/``off``), or ask the
-        resident to identify (for ``purpose``)."""
+        mark that the resident acts for someone else (``attribute=on``/``off``), ask the
+        resident to identify (for ``purpose``), or transfer: to a queue (``transfer``,
+        ``target`` = queue), to a colleague (``offer``, ``target`` = agent id), and answer or
+        cancel such an offer (``take``, ``refuse``)."""
         s = await posted(request, slug, csrf)
         me = s.agent.agent_id
         if action == "accept":
@@ -439,6 +457,16 @@ def agent_router(
             return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "reveal":
             return await panel(request, s, conversation_id, reveal=attribute)
+        if action == "transfer":
+            await s.queues.transfer_to_queue(conversation_id, me, target)
+            return RedirectResponse(f"/agent/{slug}/", status_code=303)
+        if action == "offer":
+            await s.queues.offer_transfer(conversation_id, me, target)
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+        if action in ("take", "refuse"):
+            await s.queues.answer_transfer(conversation_id, me, accept=action == "take")
+            where = f"/agent/{slug}/c/{conversation_id}" if action == "take" else f"/agent/{slug}/"
+            return RedirectResponse(where, status_code=303)
         if action == "represent":  # the resident says they act for someone else (or not)
             conversation = await s.queues.held(conversation_id, me)
             if conversation.state not in ("connected", "wrap_up"):
@@ -531,6 +559,7 @@ def agent_router(
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "record_links": links_out,
+                "transfer": await transfer_context(s, conversation),
                 "identify": identify_context(s, conversation),
                 "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),
                 "identify_url": f"{settings.public_url}{s.tenant.prefix}/code",
@@ -558,6 +587,7 @@ def agent_router(
             "me": "agent",
             "state_key": f"{conversation.state}/{conversation.identify_state or ''}",
             "page": base,
+            "gone": f"/agent/{s.tenant.slug}/",
             "ws": f"{base}/chat",
             "say": f"{base}/say",
             "csrf": s.csrf,
@@ -570,6 +600,29 @@ def agent_router(
             "send": "Versturen",
             "download": "",
             "messages": await s.queues.conversations.vault.chat_since(conversation.id),
+        }
+
+    async def transfer_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """Where a conversation I am in can go: another queue, or a colleague (warm)."""
+        if conversation.state != "connected":
+            return None
+        colleagues = await s.queues.colleagues(conversation, s.agent.agent_id)
+        names = {agent_id: name for agent_id, name, _ in colleagues}
+        pending = (
+            conversation.transfer_to is not None and (conversation.transfer_expires or 0) > clock()
+        )
+        return {
+            "queues": [
+                {"tag": q.tag, "name": q.name.nl, "current": q.tag == conversation.queue}
+                for q in s.tenant.all_queues
+            ],
+            "colleagues": [
+                {"id": a, "name": n, "state": PRESENCE_NL.get(st, st)} for a, n, st in colleagues
+            ],
+            "pending": names.get(conversation.transfer_to or "", "een collega")
+            if pending
+            else None,
+            "until": _time(conversation.transfer_expires) if pending else "",
         }
 
     def askable(s: Seat, conversation: Conversation) -> list[Purpose]:
@@ -621,7 +674,9 @@ def agent_router(
             await ws.close(code=4404)
             return
         await ws.accept()
-        await chat_socket(ws, queues.conversations, bus, conversation_id, "agent")
+        await chat_socket(
+            ws, queues.conversations, bus, conversation_id, "agent", agent_id=agent.agent_id
+        )
 
     @router.post(
         "/{slug}/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303

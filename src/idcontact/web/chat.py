@@ -42,9 +42,12 @@ async def chat_socket(
     conversation_id: str,
     side: Side,
     activity: Callable[[], Awaitable[None]] | None = None,
+    *,
+    agent_id: str | None = None,
 ) -> None:
     """Serve one accepted WebSocket until either side leaves or the conversation closes;
-    ``activity`` is awaited after each message this side sends (session feedback)."""
+    ``activity`` is awaited after each message this side sends (session feedback). The agent's
+    socket (``agent_id``) closes with 4404 as soon as the conversation is transferred away."""
     tenant = conversations.tenant.slug
     try:
         after = max(0, int(ws.query_params.get("after", "0")))
@@ -58,7 +61,9 @@ async def chat_socket(
         if state not in OPEN:
             await ws.close()
             return
-        reader = asyncio.create_task(_read(ws, conversations, bus, conversation_id, side, activity))
+        reader = asyncio.create_task(
+            _read(ws, conversations, bus, conversation_id, side, activity, agent_id)
+        )
         try:
             while not reader.done():
                 waiting = asyncio.create_task(sub.next(HEARTBEAT))
@@ -74,6 +79,10 @@ async def chat_socket(
                     break  # fell behind: the browser reconnects and catches up
                 if event is None:
                     continue
+                if agent_id is not None and event.data.get("holder", agent_id) != agent_id:
+                    with contextlib.suppress(RuntimeError):
+                        await ws.close(code=4404)
+                    break
                 if "chat" in event.data:
                     after = await _send_since(ws, conversations, conversation_id, after)
                 elif event.data.get("typing") and event.data["typing"] != side:
@@ -139,6 +148,7 @@ async def _read(
     conversation_id: str,
     side: Side,
     activity: Callable[[], Awaitable[None]] | None,
+    agent_id: str | None,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
     tenant = conversations.tenant.slug
@@ -161,7 +171,9 @@ async def _read(
             continue
         try:
             conversation = await conversations.get(conversation_id)
-            if conversation.state not in CHATTING:
+            if conversation.state not in CHATTING or (
+                agent_id is not None and conversation.agent_id != agent_id
+            ):
                 await ws.send_json({"type": "error", "error": "closed"})
                 continue
             await post_message(conversations, bus, conversation_id, side, text)

@@ -95,7 +95,12 @@
         }
       }
     });
-    socket.addEventListener("close", function () {
+    socket.addEventListener("close", function (event) {
+      if (event.code === 4404 && box.getAttribute("data-gone")) {
+        // Transferred away (or gone): this window has nothing more to show.
+        window.location.assign(box.getAttribute("data-gone"));
+        return;
+      }
       box.removeAttribute("data-connected");
       socket = null;
       window.setTimeout(connect, retry);

@@ -1,5 +1,5 @@
 """Identification asked during a conversation (chat, or a call with a code), transcripts
-waiting to be handed over, and a caller acting for someone else.
+waiting to be handed over, a caller acting for someone else, and a warm transfer on offer.
 
 Revision ID: 0006
 Revises: 0005
@@ -22,6 +22,8 @@ COLUMNS = (
     sa.Column("identify_code_expires", sa.Float, nullable=True),
     sa.Column("hand_over_until", sa.Float, nullable=True),
     sa.Column("acting_for", sa.Integer, nullable=True),
+    sa.Column("transfer_to", sa.String(32), nullable=True),
+    sa.Column("transfer_expires", sa.Float, nullable=True),
 )
 
 
