@@ -411,11 +411,24 @@ class Conversations:
         conversation = await self.get(conversation_id)
         if conversation.state not in ASKABLE or not conversation.identified:
             raise InvalidTransitionError("There is no identification to log out of")
+        await self.drop_attributes(conversation_id, "logged_out", actor=actor)
+
+    async def drop_attributes(
+        self,
+        conversation_id: str,
+        why: str,
+        *,
+        actor: str,
+        values: dict[str, Any] | None = None,
+    ) -> Conversation | None:
+        """Destroy the attributes now, keep the conversation (unidentified from here on), and
+        say why in ``identify_state`` (``logged_out``, ``overflowed``); audited as
+        ``conversation.<why>``."""
         await self._vault.destroy_attributes(conversation_id)
-        await self.annotate_checked(
+        return await self.annotate_checked(
             conversation_id,
-            {"delivered_at": None, "identify_state": "logged_out", "slot_hash": None},
-            event=("conversation.logged_out", actor, None),
+            {"delivered_at": None, "identify_state": why, "slot_hash": None, **(values or {})},
+            event=(f"conversation.{why}", actor, None),
         )
 
     async def _accept_during(self, row: Any, slot: str, received: ReceivedToken) -> None:

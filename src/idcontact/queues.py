@@ -133,8 +133,42 @@ class QueueService:
             )
         except InvalidTransitionError:  # joined meanwhile, through another request
             return await self._conversations.get(conversation_id)
+        moved = await self.overflow(moved)
         self.poke()
         return moved
+
+    async def overflow(self, conversation: Conversation) -> Conversation:
+        """A resident who just joined a queue that is closed or full goes to its
+        ``overflow_to`` queue instead, helped without their data: the attributes are deleted
+        first, so no agent of that queue ever gets them."""
+        queue = self.queue(conversation.queue)
+        if conversation.state != "waiting" or queue.overflow_to is None:
+            return conversation
+        full = False
+        if queue.max_waiting:
+
+            def waiting(conn: Connection) -> int:
+                return int(
+                    conn.execute(
+                        select(func.count()).where(
+                            conversations.c.tenant == self._tenant.slug,
+                            conversations.c.queue == queue.tag,
+                            conversations.c.state == "waiting",
+                            conversations.c.id != conversation.id,
+                        )
+                    ).scalar_one()
+                )
+
+            full = await self._db.run(waiting) >= queue.max_waiting
+        if self.is_open(queue) and not full:
+            return conversation
+        moved = await self._conversations.drop_attributes(
+            conversation.id,
+            "overflowed",
+            actor="queue",
+            values={"queue": queue.overflow_to},
+        )
+        return moved or conversation
 
     async def estimate(self, tag: str | None) -> Estimate:
         queue = self.queue(tag)

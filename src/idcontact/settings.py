@@ -161,6 +161,11 @@ class Queue(_Model):
     """An offer not accepted in this time returns the conversation to the head of the queue."""
     long_wait_seconds: int = Field(default=300, ge=0, le=24 * 3600)
     """Above this expected wait the resident is told the wait is long."""
+    max_waiting: int = Field(default=0, ge=0, le=100_000)
+    """Full at this many waiting (0: never full); then ``overflow_to`` takes new arrivals."""
+    overflow_to: str | None = Field(default=None, pattern=TAG_PATTERN)
+    """A queue for residents who arrive when this one is closed or full. They are helped
+    without their data: the attributes are deleted as they move (an unidentified queue)."""
 
     @model_validator(mode="after")
     def _hours(self) -> Queue:
@@ -502,6 +507,11 @@ class TenantFields(_Model):
         _unique("purposes", [p.tag for p in self.purposes])
         _unique("queues", [q.tag for q in self.queues])
         queue_tags = [q.tag for q in self.all_queues]
+        for i, q in enumerate(self.all_queues):
+            if q.overflow_to is not None and (
+                q.overflow_to not in queue_tags or q.overflow_to == q.tag
+            ):
+                raise ValueError(f"queues[{i}].overflow_to: must be another queue of the tenant")
         expanded: list[Purpose] = []
         for i, p in enumerate(self.purposes):
             if p.queue is not None and p.queue not in queue_tags:

@@ -517,3 +517,46 @@ async def agent_id_of(instance: Instance, username: str) -> str:
             ).scalar_one()
         )
     )
+
+
+async def test_a_full_or_closed_queue_overflows_to_an_unidentified_one(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    today = datetime.now(ZoneInfo("Europe/Amsterdam")).date().isoformat()
+    always = ["00:00-23:59"]
+    week = {d: always for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    queues = [
+        {"tag": "id", "max_waiting": 1, "overflow_to": "general"},
+        {"tag": "general"},
+        {"tag": "closed", "opening_hours": week, "closed_dates": [today], "overflow_to": "general"},
+    ]
+    settings = demo_settings(tmp_path, queues=queues)
+    purposes = [p.model_dump() for p in settings.purposes]
+    purposes[0]["queue"] = "id"  # report_move: name and BSN
+    instance: Instance = await make_app(demo_settings(tmp_path, queues=queues, purposes=purposes))
+    first = await waiting_conversation(instance)
+    second = await waiting_conversation(instance, bsn="999990020")
+    conversations = instance.services.conversations
+    assert conversations is not None
+    kept, moved = await conversations.get(first), await conversations.get(second)
+    assert (kept.queue, kept.identified) == ("id", True)
+    assert (moved.queue, moved.identified, moved.state) == ("general", False, "waiting")
+    assert await conversations.attributes(second, actor="test") is None  # deleted, not hidden
+    assert moved.identify_state == "overflowed"
+    page = await instance.client.get(f"/comm/demo/c/{second}")
+    assert "algemene medewerker helpt u" in page.text
+
+    purposes[0]["queue"] = "closed"
+    other: Instance = await make_app(
+        demo_settings(tmp_path / "b", queues=queues, purposes=purposes)
+    )
+    third = await waiting_conversation(other)
+    assert other.services.conversations is not None
+    closed = await other.services.conversations.get(third)
+    assert (closed.queue, closed.identified) == ("general", False)
+
+    with pytest.raises(ConfigError, match="overflow_to"):
+        demo_settings(tmp_path, queues=[{"tag": "a", "overflow_to": "a"}])

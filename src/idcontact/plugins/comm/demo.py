@@ -57,6 +57,8 @@ TEXT: dict[str, dict[str, str]] = {
         "not_shown": "Uw gegevens staan niet op deze pagina.",
         "unidentified": "U praat zonder u te identificeren. De medewerker ziet geen gegevens "
         "van u.",
+        "overflowed": "De medewerkers voor dit onderwerp zijn nu niet bereikbaar. Een algemene "
+        "medewerker helpt u; uw gegevens zijn daarom gewist en die medewerker ziet ze niet.",
         "created": "We wachten op uw gegevens…",
         "authenticated": "Uw gegevens zijn aangekomen.",
         "in_line": "U staat in de rij.",
@@ -89,6 +91,8 @@ TEXT: dict[str, dict[str, str]] = {
         "agent_sees": "The agent will see this data about you:",
         "not_shown": "Your data is not shown on this page.",
         "unidentified": "You are talking without identifying. The agent sees no data about you.",
+        "overflowed": "The employees for this topic cannot be reached now. A general employee "
+        "helps you; your data has therefore been deleted and that employee does not see it.",
         "created": "Waiting for your data…",
         "authenticated": "Your data has arrived.",
         "in_line": "You are in the queue.",
@@ -342,6 +346,7 @@ class DemoCommPlugin:
                     **await self._page_context(conversation, lang),
                     "state": conversation.state,
                     "identified": conversation.identified,
+                    "overflowed": conversation.identify_state == "overflowed",
                     "purpose_label": purpose.label.get(lang) if purpose.label else purpose.tag,
                     # Which data the agent sees, in the purpose's order; never the values.
                     "labels": [ctx.tenant.attribute_label(k, lang) for k in purpose.attributes],

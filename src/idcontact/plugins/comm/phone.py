@@ -207,6 +207,7 @@ class PhoneCommPlugin:
             if not isinstance(outcome, Linked):
                 raise NotFoundError("No conversation links to this code")
             if ctx.queues is not None:
+                await ctx.queues.overflow(outcome.conversation)
                 ctx.queues.poke()
             return {"status": "linked"}
 
@@ -345,6 +346,7 @@ class PhoneCommPlugin:
                     code, Caller(None, via="demo", session=call_ref), call_ref=call_ref
                 )
                 if isinstance(outcome, Linked) and ctx.queues is not None:
+                    await ctx.queues.overflow(outcome.conversation)
                     ctx.queues.poke()
                 response = render(
                     ctx.templates,
