@@ -42,6 +42,8 @@ from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
+CALLBACK = "callback"
+"""The vault entry (beside chat messages) that holds a callback number."""
 ASKABLE: tuple[State, ...] = ("waiting", "offered", "connected")
 """States in which an agent may ask the resident to identify (and the answer may arrive)."""
 
@@ -84,6 +86,8 @@ class Conversation:
     transfer_to: str | None = None
     """A warm transfer on offer to this agent (until ``transfer_expires``)."""
     transfer_expires: float | None = None
+    callback_at: float | None = None
+    """When the resident asked to be called back instead of waiting."""
     """The agent noted that the resident acts for someone else: the data proves the caller."""
     identify_state: str | None = None
     """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
@@ -113,6 +117,7 @@ class Conversation:
             "identify": self.identify_state,
             "transfer_to": self.transfer_to,
             "transfer_expires": self.transfer_expires,
+            "callback": self.callback_at is not None,
         }
 
 
@@ -591,6 +596,40 @@ class Conversations:
         extra = policy.retry_hours * 3600 if policy.keep == "hand_over" else 0
         return int(max(60, seconds) + extra)
 
+    async def request_callback(self, conversation_id: str, number: str, *, actor: str) -> None:
+        """The waiting resident would rather be called back: the number is sealed in the
+        conversation's vault (destroyed with it), and the conversation keeps its place in line
+        without the resident, until its retention at the latest (never idle)."""
+        conversation = await self.get(conversation_id)
+        if conversation.state != "waiting" or conversation.callback_at is not None:
+            raise InvalidTransitionError("A callback can be asked only once, while waiting")
+        row = await self._find(conversations.c.id == conversation_id)
+        now = self._clock()
+        if not await self._vault.has_chat(conversation_id):
+            await self._vault.open_chat(conversation_id, self.key_seconds(row.purge_at - now))
+        await self._vault.append_chat(conversation_id, CALLBACK, number)
+        done = await self.annotate_checked(
+            conversation_id,
+            {"callback_at": now, "idle_seconds": int(max(row.idle_seconds, row.purge_at - now))},
+            where=and_(conversations.c.state == "waiting", conversations.c.callback_at.is_(None)),
+            event=("conversation.callback_requested", actor, None),
+        )
+        if done is None:
+            raise InvalidTransitionError("A callback can be asked only once, while waiting")
+
+    async def callback_number(self, conversation_id: str, *, actor: str) -> str | None:
+        """The number to call back (the read is audited), while the conversation holds it."""
+        found = await self._vault.chat_since(conversation_id, senders=(CALLBACK,))
+        if not found:
+            return None
+        now = self._clock()
+
+        def log(conn: Connection) -> None:
+            audit(conn, now, actor, "callback.view", conversation_id, tenant=self._tenant)
+
+        await self._db.run(log, write=True)
+        return found[-1].text
+
     async def open_chat(self, conversation_id: str, purpose: Purpose) -> None:
         """The conversation's chat key, for as long as the conversation may last."""
         await self._vault.open_chat(
@@ -863,4 +902,5 @@ def _conversation(row: Any) -> Conversation:
         acting_for=bool(row.acting_for),
         transfer_to=row.transfer_to,
         transfer_expires=row.transfer_expires,
+        callback_at=row.callback_at,
     )

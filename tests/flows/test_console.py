@@ -560,3 +560,42 @@ async def test_a_full_or_closed_queue_overflows_to_an_unidentified_one(
 
     with pytest.raises(ConfigError, match="overflow_to"):
         demo_settings(tmp_path, queues=[{"tag": "a", "overflow_to": "a"}])
+
+
+async def test_a_waiting_resident_can_ask_to_be_called_back(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    number = "+31 6 2468 1357"  # a canary: it may be nowhere after the end
+    instance: Instance = await make_app(demo_settings(tmp_path))
+    conversation_id = await waiting_conversation(instance)
+    page = f"/comm/demo/c/{conversation_id}"
+    assert "Bel mij terug" in (await instance.client.get(page)).text
+    for bad in ("12", "call me", "+31 6 2468 1357 " * 3):
+        refused = await instance.client.post(page + "/callback", data={"number": bad})
+        assert refused.status_code in (400, 422), bad
+        assert refused.headers["content-type"] == "application/problem+json"
+    asked = await instance.client.post(page + "/callback", data={"number": number})
+    assert asked.status_code == 303
+    shown = (await instance.client.get(page)).text
+    assert "eindigt op 57" in shown and number not in shown and "Bel mij terug" not in shown
+    again = await instance.client.post(page + "/callback", data={"number": number})
+    assert again.status_code == 409
+
+    agent = await enrol(instance, "anna")
+    await agent.login()
+    await agent.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    board = await agent.client.get("/agent/default/board")
+    assert "Terugbelverzoek" in board.text and number not in board.text
+    await agent.post(f"/agent/default/c/{conversation_id}/accept")
+    panel = await agent.client.get(f"/agent/default/c/{conversation_id}")
+    assert number in panel.text and "niet aangetoond" in panel.text
+    assert "callback.view" in [a for _, a, _ in await audit_of(instance, conversation_id)]
+    assert number not in str(await audit_of(instance, conversation_id))
+
+    await agent.post(f"/agent/default/c/{conversation_id}/close")
+    conversations = instance.services.conversations
+    assert conversations is not None
+    await conversations.purge_expired()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert number.encode() not in raw and b"24681357" not in raw

@@ -80,6 +80,8 @@ conversations = Table(
     # A warm transfer on offer: to which agent, until when (the holder keeps it meanwhile).
     Column("transfer_to", String(32), nullable=True),
     Column("transfer_expires", Float, nullable=True),
+    # The resident asked to be called back (the number is a sealed chat entry, never here).
+    Column("callback_at", Float, nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),

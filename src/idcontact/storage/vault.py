@@ -61,6 +61,10 @@ def _encrypt(key: bytes, conversation_id: str, payload: Mapping[str, object]) ->
     )
 
 
+CHAT_SENDERS = ("resident", "agent")
+"""Who writes in a chat; the vault's message store also keeps other sealed entries."""
+
+
 def _chat_key_id(conversation_id: str) -> str:
     return f"chat:{conversation_id}"
 
@@ -156,6 +160,9 @@ class Vault:
             _chat_key_id(conversation_id), AESGCM.generate_key(bit_length=256), ttl_seconds
         )
 
+    async def has_chat(self, conversation_id: str) -> bool:
+        return await self._keys.get(_chat_key_id(conversation_id)) is not None
+
     async def append_chat(self, conversation_id: str, sender: str, text: str) -> ChatMessage:
         """Store a message, encrypted (the conversation id and its number are bound to it), and
         return it with its number: 1, 2, … per conversation, in the order stored. A
@@ -200,8 +207,11 @@ class Vault:
                 continue  # another instance took this number first: the next one
         raise VaultError()
 
-    async def chat_since(self, conversation_id: str, after: int = 0) -> list[ChatMessage]:
-        """The messages after number ``after``; none once the conversation's key is gone."""
+    async def chat_since(
+        self, conversation_id: str, after: int = 0, *, senders: tuple[str, ...] = CHAT_SENDERS
+    ) -> list[ChatMessage]:
+        """The messages after number ``after``; none once the conversation's key is gone.
+        Only those of ``senders``: other entries (a callback number) are no chat."""
         key = await self._keys.get(_chat_key_id(conversation_id))
         if key is None:
             return []
@@ -213,6 +223,7 @@ class Vault:
                     .where(
                         chat_messages.c.conversation_id == conversation_id,
                         chat_messages.c.seq > after,
+                        chat_messages.c.sender.in_(senders),
                     )
                     .order_by(chat_messages.c.seq)
                     .limit(1000)
@@ -233,7 +244,10 @@ class Vault:
         def work(conn: Connection) -> bool:
             found = conn.execute(
                 select(chat_messages.c.seq)
-                .where(chat_messages.c.conversation_id == conversation_id)
+                .where(
+                    chat_messages.c.conversation_id == conversation_id,
+                    chat_messages.c.sender.in_(CHAT_SENDERS),
+                )
                 .limit(1)
             ).first()
             return found is not None

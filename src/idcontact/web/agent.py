@@ -559,6 +559,12 @@ def agent_router(
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "record_links": links_out,
+                "callback": (
+                    await store.callback_number(conversation_id, actor=f"agent:{me}")
+                    if conversation.callback_at is not None
+                    and conversation.state in ("connected", "wrap_up")
+                    else None
+                ),
                 "transfer": await transfer_context(s, conversation),
                 "identify": identify_context(s, conversation),
                 "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),

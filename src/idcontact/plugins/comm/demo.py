@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from idcontact.conversations import Conversation, Conversations
+from idcontact.conversations import CALLBACK, Conversation, Conversations
 from idcontact.domain.lifecycle import State
 from idcontact.errors import (
+    BadRequestError,
     ConfigError,
     MethodNotAllowedForPurposeError,
 )
@@ -33,7 +34,7 @@ from idcontact.events import Bus
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.plugins.comm.common import add_attr_route, purpose_of
 from idcontact.queues import Place, QueueService
-from idcontact.settings import Purpose
+from idcontact.settings import PHONE_PATTERN, Purpose
 from idcontact.web.citizen import opening_time, wait_minutes
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
@@ -85,6 +86,12 @@ TEXT: dict[str, dict[str, str]] = {
         "refresh": "Vernieuwen",
         "call_us": "Ons telefoonnummer is {phone}.",
         "end": "Gesprek beëindigen",
+        "callback_offer": "Liever niet wachten? Laat uw telefoonnummer achter; een medewerker "
+        "belt u terug zodra u aan de beurt bent.",
+        "callback_label": "Uw telefoonnummer",
+        "callback_send": "Bel mij terug",
+        "callback_done": "We bellen u terug op het nummer dat eindigt op {end}. U kunt deze "
+        "pagina sluiten.",
     },
     "en": {
         "demo": "Demo channel: here you wait for an agent.",
@@ -119,6 +126,12 @@ TEXT: dict[str, dict[str, str]] = {
         "refresh": "Refresh",
         "call_us": "Our phone number is {phone}.",
         "end": "End conversation",
+        "callback_offer": "Rather not wait? Leave your phone number; an employee calls you back "
+        "when it is your turn.",
+        "callback_label": "Your phone number",
+        "callback_send": "Call me back",
+        "callback_done": "We will call you back on the number ending in {end}. You can close "
+        "this page.",
     },
 }
 
@@ -225,6 +238,25 @@ class DemoCommPlugin:
         queue = self._queues.queue(conversation.queue)
         when = opening_time(estimate.opens_at, queue.time_zone, lang)
         return t["closed_until"].format(when=when) if when else t["closed"]
+
+    async def _callback_context(
+        self, conversation: Conversation, lang: str
+    ) -> dict[str, object] | None:
+        """While waiting: the offer to be called back instead, or that it was asked."""
+        if conversation.state != "waiting":
+            return None
+        t = TEXT[lang]
+        if conversation.callback_at is not None:
+            found = await self._conversations.vault.chat_since(conversation.id, senders=(CALLBACK,))
+            end = found[-1].text[-2:] if found else "…"
+            return {"done": t["callback_done"].format(end=end)}
+        return {
+            "offer": t["callback_offer"],
+            "label": t["callback_label"],
+            "send": t["callback_send"],
+            "action": f"{self._ctx.public_base}/c/{conversation.id}/callback"
+            + self._lang_query(lang),
+        }
 
     async def _snapshot(self, conversation_id: str) -> dict[str, object]:
         conversation = await self._conversations.get(conversation_id)
@@ -362,6 +394,7 @@ class DemoCommPlugin:
                     "end_action": (
                         f"{ctx.public_base}/c/{conversation_id}/end{self._lang_query(lang)}"
                     ),
+                    "callback": await self._callback_context(conversation, lang),
                 },
                 tenant=ctx.tenant,
                 lang=lang,
@@ -384,6 +417,28 @@ class DemoCommPlugin:
                 self._stream(conversation_id, self._bus()),
                 media_type="text/event-stream",
                 headers=STREAM_HEADERS,
+            )
+
+        @router.post(
+            "/c/{conversation_id}/callback", response_class=RedirectResponse, status_code=303
+        )
+        async def callback(
+            request: Request,
+            conversation_id: str,
+            number: str = Form(max_length=32, pattern=PHONE_PATTERN, min_length=3),
+        ) -> RedirectResponse:
+            """Rather called back than waiting: the number is kept sealed with the
+            conversation, which keeps its place in line."""
+            if sum(c.isdigit() for c in number) < 6:
+                raise BadRequestError("That is not a phone number")
+            await conversations.request_callback(
+                conversation_id, number.strip(), actor=f"comm:{tag}:resident"
+            )
+            lang = language(request, ctx.settings)
+            return RedirectResponse(
+                f"{ctx.public_base}/c/{conversation_id}{self._lang_query(lang)}",
+                status_code=303,
+                headers=TOKEN_PAGE_HEADERS,
             )
 
         @router.post("/c/{conversation_id}/end", response_class=RedirectResponse, status_code=303)

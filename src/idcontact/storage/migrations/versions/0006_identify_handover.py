@@ -1,5 +1,6 @@
-"""Identification asked during a conversation (chat, or a call with a code), transcripts
-waiting to be handed over, a caller acting for someone else, and a warm transfer on offer.
+"""The conversation in the contact centre's workflow: identification asked during it (chat,
+or a call with a code), a transcript waiting to be handed over, a caller acting for someone
+else, a warm transfer on offer, a callback request.
 
 Revision ID: 0006
 Revises: 0005
@@ -24,6 +25,7 @@ COLUMNS = (
     sa.Column("acting_for", sa.Integer, nullable=True),
     sa.Column("transfer_to", sa.String(32), nullable=True),
     sa.Column("transfer_expires", sa.Float, nullable=True),
+    sa.Column("callback_at", sa.Float, nullable=True),
 )
 
 
