@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from idcontact.cli import main
 from idcontact.keys import KeyConfig
 from idcontact.settings import (
+    AgentSso,
     AuthMethod,
     CommMethod,
     Design,
@@ -24,6 +25,7 @@ from idcontact.settings import (
     Purpose,
     Queue,
     Settings,
+    SsoGroup,
     Telephony,
     Tenant,
     Transcripts,
@@ -51,6 +53,8 @@ MODELS: list[type[BaseModel]] = [
     Telephony,
     Irma,
     IrmaRequestor,
+    AgentSso,
+    SsoGroup,
 ]
 
 
