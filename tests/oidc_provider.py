@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 CLIENT_ID = "idcontact-console"
@@ -48,6 +49,9 @@ class Provider:
     """An OAuth error code to answer ``/authorize`` with instead of a code."""
     id_token_changes: dict[str, Any] = field(default_factory=dict)
     """Claims overridden in (or, with value ``None``, removed from) the next ID tokens."""
+    interactive: bool = False
+    """Show a page with a button first (as a real provider's login page), so the way back is
+    a navigation started on the provider's site."""
     foreign_signature: bool = False
     """Sign with a key that is not in the JWKS, under the published key's kid."""
     keys: list[RSAKey] = field(default_factory=list)
@@ -69,7 +73,7 @@ class Provider:
         return Starlette(
             routes=[
                 Route("/.well-known/openid-configuration", self.discovery),
-                Route("/authorize", self.authorize),
+                Route("/authorize", self.authorize, methods=["GET", "POST"]),
                 Route("/token", self.token, methods=["POST"]),
                 Route("/jwks", self.jwks),
             ]
@@ -98,20 +102,32 @@ class Provider:
 
     async def authorize(self, request: Request) -> Response:
         q = request.query_params
-        redirect_uri = q.get("redirect_uri", "")
+        if request.method == "POST":
+            q = await request.form()  # type: ignore[assignment]
+        elif self.interactive:
+            fields = "".join(
+                f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                for k, v in q.items()
+            )
+            return HTMLResponse(
+                '<!doctype html><html lang="en"><title>Test provider</title><main>'
+                f'<form method="post" action="/authorize">{fields}'
+                "<button>Approve</button></form></main></html>"
+            )
+        redirect_uri = str(q.get("redirect_uri", ""))
         if q.get("client_id") != CLIENT_ID or redirect_uri not in self.redirect_uris:
             return JSONResponse({"error": "invalid_request"}, status_code=400)
         if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
             return JSONResponse({"error": "invalid_request"}, status_code=400)
-        if "openid" not in q.get("scope", "").split() or not q.get("nonce"):
+        if "openid" not in str(q.get("scope", "")).split() or not q.get("nonce"):
             return JSONResponse({"error": "invalid_request"}, status_code=400)
-        answer: dict[str, str] = {"state": q.get("state", "")}
+        answer: dict[str, str] = {"state": str(q.get("state", ""))}
         if self.deny:
             answer |= {"error": self.deny, "error_description": "User said no CANARY-DESC"}
         else:
             code = secrets.token_urlsafe(24)
             self.grants[code] = Grant(
-                CLIENT_ID, redirect_uri, q["code_challenge"], q["nonce"], dict(self.user)
+                CLIENT_ID, redirect_uri, str(q["code_challenge"]), str(q["nonce"]), dict(self.user)
             )
             answer["code"] = code
         return RedirectResponse(f"{redirect_uri}?{urlencode(answer)}", status_code=302)
