@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import Connection, select, text
 
+from idcontact.app import create_app
 from idcontact.errors import ConfigError
 from idcontact.storage.db import agents
 from tests.conftest import (
@@ -522,3 +523,6 @@ def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
     secret_file.unlink()
     with pytest.raises(ConfigError, match="client_secret_file"):
         settings.agent_sso.secret()
+    # Checked when the app is built, so a missing file stops start-up.
+    with pytest.raises(ConfigError, match="client_secret_file"):
+        create_app(settings)

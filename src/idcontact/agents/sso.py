@@ -118,6 +118,7 @@ class OidcClient:
         self._clock = clock
         self._leeway = leeway
         self._cache = _Cache()
+        config.secret()  # fail at start-up, not at the first login, when the file is missing
 
     # -- provider documents ---------------------------------------------------------------
 
