@@ -287,6 +287,11 @@ async def test_one_login_refreshes_every_tenant_of_the_same_provider(
     b = Browser(instance)
     try:
         provider.user["groups"] = ["idc-agents", "idc-nijmegen"]
+        # A login started for one tenant does not finish at another's callback.
+        url = await b.to_provider("default")
+        crossed = await b.client.get(path_of(url).replace("/sso/default/", "/sso/nijmegen/"))
+        assert crossed.status_code == 400
+        assert provider.token_requests == 0
         assert (await b.login("default")).status_code == 200
         assert (await b.client.get("/agent/nijmegen/audit.csv")).status_code == 200
         provider.user["groups"] = ["idc-agents"]

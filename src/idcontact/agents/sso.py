@@ -201,7 +201,9 @@ class OidcClient:
             code_challenge_method="S256",
         )
         sealed = self._sealer.seal(
-            SEAL, {"s": state, "n": nonce, "v": verifier, "p": popup}, STATE_SECONDS
+            SEAL,
+            {"s": state, "n": nonce, "v": verifier, "p": popup, "r": redirect_uri},
+            STATE_SECONDS,
         )
         return str(url), sealed
 
@@ -222,7 +224,9 @@ class OidcClient:
         """Check the callback against the browser's state, redeem the code, validate the ID
         token; returns who logged in. Raises SsoError/SsoRefusedError/SsoProviderError."""
         state = params.get("state", "")
-        if not hmac.compare_digest(str(pending.get("s", "")).encode(), state.encode()):
+        if pending.get("r") != redirect_uri or not hmac.compare_digest(
+            str(pending.get("s", "")).encode(), state.encode()
+        ):
             raise SsoError("The answer of the identity provider does not belong to this login")
         error = params.get("error")
         if error is not None:
