@@ -258,6 +258,29 @@ async def test_a_rotated_provider_key_is_fetched_again(
     assert provider.jwks_requests == fetched + 1
 
 
+@pytest.mark.parametrize(
+    ("then", "goes_to"),
+    [
+        ("/agent/default/c/abc123", "/agent/default/c/abc123"),
+        ("https://evil.example/agent/", "/agent/"),
+        ("//evil.example/agent/", "/agent/"),
+        ("/agent//evil.example", "/agent/"),
+        ("/agent/../yivi", "/agent/"),
+        ("/agent/..", "/agent/"),
+        ('/agent/"><script>', "/agent/"),
+    ],
+)
+async def test_the_login_returns_to_a_console_page_only(
+    browser: Browser, then: str, goes_to: str
+) -> None:
+    start = await browser.client.get("/agent/sso/default", params={"then": then})
+    answer = await browser.idp.get(start.headers["location"])
+    done = await browser.client.get(path_of(answer.headers["location"]))
+    assert done.status_code == 200
+    assert f'content="0; url={goes_to}"' in done.text
+    assert f'<a href="{goes_to}">' in done.text
+
+
 async def test_popup_login_tells_the_opener_instead_of_redirecting(browser: Browser) -> None:
     done = await browser.login(popup=True)
     assert done.status_code == 200

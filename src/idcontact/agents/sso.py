@@ -183,8 +183,9 @@ class OidcClient:
 
     # -- the flow -------------------------------------------------------------------------
 
-    async def begin(self, redirect_uri: str, popup: bool) -> tuple[str, str]:
-        """The provider's authorization URL and the sealed state for this browser's cookie."""
+    async def begin(self, redirect_uri: str, popup: bool, then: str) -> tuple[str, str]:
+        """The provider's authorization URL and the sealed state for this browser's cookie;
+        ``then``: where the browser goes after the login (a console path, checked)."""
         doc = await self.metadata()
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)
@@ -202,7 +203,7 @@ class OidcClient:
         )
         sealed = self._sealer.seal(
             SEAL,
-            {"s": state, "n": nonce, "v": verifier, "p": popup, "r": redirect_uri},
+            {"s": state, "n": nonce, "v": verifier, "p": popup, "r": redirect_uri, "u": then},
             STATE_SECONDS,
         )
         return str(url), sealed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ PRE_COOKIE = "idc_pre"
 SSO_COOKIE = "idc_sso"
 SSO_PATH = "/agent/sso"
 SSO_PARAMS = ("state", "code", "error")
+CONSOLE_PATH = re.compile(r"/agent/[A-Za-z0-9._~/-]{0,200}")
 """What the callback reads of the provider's answer (never ``error_description``)."""
 HEARTBEAT = 15.0
 WAITING_SHOWN = 25
@@ -259,12 +261,17 @@ def agent_router(
         return f"{settings.public_url}{SSO_PATH}/{slug}/callback"
 
     @router.get("/sso/{slug}", response_model=None)
-    async def sso_start(request: Request, slug: str, popup: bool = False) -> Response:
+    async def sso_start(
+        request: Request, slug: str, popup: bool = False, then: str = "/agent/"
+    ) -> Response:
         """Off to the provider; ``popup=1`` when the console opened this in a pop-up window
-        (the end then tells the opener and closes instead of showing the console)."""
+        (the end then tells the opener and closes instead of showing the console); ``then``:
+        the console page to go to afterwards (only paths under ``/agent/``)."""
         client = sso_client(slug)
+        if not CONSOLE_PATH.fullmatch(then) or "//" in then or ".." in then.split("/"):
+            then = "/agent/"
         try:
-            url, sealed = await client.begin(callback_url(slug), popup)
+            url, sealed = await client.begin(callback_url(slug), popup, then)
         except SsoProviderError as exc:
             return login_form(request, {"error": exc.title}, exc.status)
         response = RedirectResponse(url, status_code=303)
@@ -308,7 +315,10 @@ def agent_router(
         # A page, not a redirect: after the provider's cross-site redirect the browser would
         # not send the SameSite=Strict session cookie along a further redirect.
         done = page(
-            request, "agent_sso_done.html", {"popup": bool(pending.get("p"))}, tenants[slug][0]
+            request,
+            "agent_sso_done.html",
+            {"popup": bool(pending.get("p")), "then": str(pending.get("u") or "/agent/")},
+            tenants[slug][0],
         )
         done.headers["Cache-Control"] = "no-store"
         return await logged_in(request, done, session_id)
