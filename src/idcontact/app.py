@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from idcontact import __version__
 from idcontact.agents.directory import AgentDirectory
+from idcontact.agents.sso import OidcClient
 from idcontact.conversations import Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
@@ -322,6 +323,13 @@ def create_app(
                 csrf_secret,
                 clock,
                 links={slug: t.links for slug, t in tenants.items() if t.links is not None},
+                sso={
+                    t.slug: OidcClient(
+                        t.agent_sso, http, sealer, clock, leeway=settings.token_leeway
+                    )
+                    for t in settings.all_tenants
+                    if t.agent_sso is not None
+                },
             )
         )
 

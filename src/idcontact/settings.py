@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -459,6 +459,84 @@ class Irma(_Model):
         return self
 
 
+class SsoGroup(_Model):
+    """One group of the identity provider and what its members are in this tenant."""
+
+    group: str = Field(min_length=1, max_length=256)
+    """The group as the ID token names it in ``groups_claim`` (an id or a name)."""
+    role: Literal["agent", "supervisor", "admin"] = "agent"
+    queues: tuple[str, ...] = ("*",)
+    """The tenant's queues its members serve; ``*``: all."""
+
+
+class AgentSso(_Model):
+    """Agent login through the municipality's identity provider (OpenID Connect).
+
+    The provider authenticates (with its own second factor); its groups say who may work for
+    this tenant, with which role and queues. See docs/agent-console.md.
+    """
+
+    issuer: str
+    """The provider's issuer URL; its ``/.well-known/openid-configuration`` is read from it."""
+    client_id: str = Field(min_length=1, max_length=256)
+    client_secret: SecretStr | None = None
+    """The client secret ID Contact authenticates with (HTTP Basic at the token endpoint)."""
+    client_secret_file: Path | None = None
+    """A file holding the client secret instead (one of the two is required)."""
+    label: str = Field(default="", max_length=80)
+    """The button text: "Inloggen met <label>"; default: the tenant's name."""
+    scopes: tuple[str, ...] = ("openid", "profile")
+    groups_claim: str = Field(default="groups", min_length=1, max_length=100)
+    """The ID token claim holding the user's groups (a list, or one string)."""
+    name_claim: str = Field(default="name", min_length=1, max_length=100)
+    """The claim shown as the agent's name in the console (never written to the audit log)."""
+    groups: tuple[SsoGroup, ...]
+    """Which groups may log in here, with which role and queues; a user in several groups
+    gets the highest role and the queues of all of them. Nobody else gets in."""
+    require_acr: tuple[str, ...] = ()
+    """If set, the ID token's ``acr`` must be one of these (e.g. a multi-factor level)."""
+    allow_http: bool = False
+    """Accept a plain-HTTP issuer on 127.0.0.1/localhost (tests and demos only)."""
+    algorithms: tuple[Literal["RS256", "PS256", "ES256", "EdDSA"], ...] = ("RS256", "ES256")
+    """ID token signature algorithms accepted (never ``none`` or a shared-secret one)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentSso:
+        url = urlsplit(self.issuer)
+        if url.scheme == "http":
+            if not (self.allow_http and url.hostname in ("127.0.0.1", "localhost", "::1")):
+                raise ValueError(
+                    "issuer: must be an https URL (plain http only on 127.0.0.1 with allow_http)"
+                )
+        elif url.scheme != "https" or not url.hostname or url.query or url.fragment:
+            raise ValueError("issuer: must be an https URL without query or fragment")
+        if (self.client_secret is None) == (self.client_secret_file is None):
+            raise ValueError(
+                "client_secret: set exactly one of client_secret and client_secret_file"
+            )
+        if "openid" not in self.scopes:
+            raise ValueError("scopes: must include 'openid'")
+        if not self.groups:
+            raise ValueError("groups: map at least one group to a role")
+        _unique("groups", [g.group for g in self.groups], key="group")
+        if not self.algorithms:
+            raise ValueError("algorithms: name at least one")
+        return self
+
+    def secret(self) -> str:
+        """The client secret, read now (a file may be rotated without a restart)."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        path = self.client_secret_file or Path()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError("agent_sso.client_secret_file: cannot be read") from None
+        if not text:
+            raise ConfigError("agent_sso.client_secret_file: is empty")
+        return text
+
+
 class TenantFields(_Model):
     """What each municipality configures for itself: name, look, purposes, methods and keys.
 
@@ -497,6 +575,8 @@ class TenantFields(_Model):
     transcripts: Transcripts = Transcripts()
     """At the end of a conversation with messages: delete them, or hand them over first."""
     """ID Bellen: the phone line and its link codes (docs/phone.md)."""
+    agent_sso: AgentSso | None = None
+    """Agents of this tenant log in through its identity provider (OpenID Connect)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TenantFields:
@@ -574,6 +654,11 @@ class TenantFields(_Model):
                     f"phone.fallback_purpose: purpose {fallback!r} does not allow unidentified "
                     "conversations (allow_unidentified)"
                 )
+        if self.agent_sso is not None:
+            for i, g in enumerate(self.agent_sso.groups):
+                for q in g.queues:
+                    if q != "*" and q not in queue_tags:
+                        raise ValueError(f"agent_sso.groups[{i}].queues: unknown queue {q!r}")
         disclosed = {a for p in self.purposes for a in p.attributes}
         for i, link in enumerate(self.record_links):
             unknown = [a for a in link.attributes if a not in disclosed]

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from idcontact.cli import main
 from idcontact.keys import KeyConfig
 from idcontact.settings import (
+    AgentSso,
     AuthMethod,
     CommMethod,
     Design,
@@ -25,6 +26,7 @@ from idcontact.settings import (
     Queue,
     RecordLink,
     Settings,
+    SsoGroup,
     Telephony,
     Tenant,
     Transcripts,
@@ -53,6 +55,8 @@ MODELS: list[type[BaseModel]] = [
     Telephony,
     Irma,
     IrmaRequestor,
+    AgentSso,
+    SsoGroup,
 ]
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -44,6 +44,9 @@ Role = Literal["agent", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "supervisor", "admin")
 ENROL_SECONDS = 72 * 3600
 TOTP_SEAL = "agent-totp"
+SSO_PREFIX = "sso:"
+"""User names of agents who log in through an identity provider (``sso:<key>``); an
+administrator cannot create or reset such names, so the two kinds of account never mix."""
 TEN_YEARS = 10 * 365 * 24 * 3600
 PHONE_ENDPOINT = re.compile(r"(PJSIP|SIP|IAX2|Local)/[A-Za-z0-9_.@+-]{1,80}")
 T = TypeVar("T")
@@ -59,6 +62,12 @@ class LoginThrottledError(IdContactError):
     status = 429
     slug = "login-throttled"
     title = "Too many failed logins; wait a while and try again"
+
+
+class AccessRefusedError(IdContactError):
+    status = 403
+    slug = "access-refused"
+    title = "Your account has no access to the agent console; ask an administrator"
 
 
 class EnrolmentError(BadRequestError):
@@ -127,6 +136,8 @@ class AgentDirectory:
         """Create an agent who still has to enrol; returns the one-time enrolment code."""
         if not username or len(username) > 100 or not username.isprintable():
             raise BadRequestError("A user name is 1 to 100 printable characters")
+        if username.startswith(SSO_PREFIX):
+            raise BadRequestError(f"User names starting with {SSO_PREFIX!r} are for SSO accounts")
         for m in memberships:
             if m.role not in ROLES:
                 raise BadRequestError(f"Unknown role; use one of {', '.join(ROLES)}")
@@ -166,6 +177,9 @@ class AgentDirectory:
         """A new enrolment code; password, second factor and sessions are revoked."""
         code = new_session_id()
         now = self._clock()
+
+        if username.startswith(SSO_PREFIX):
+            raise BadRequestError("SSO accounts have no password: manage them at the provider")
 
         def work(conn: Connection) -> None:
             agent_id = _agent_id(conn, username)
@@ -333,10 +347,9 @@ class AgentDirectory:
 
             await self._db.run(fail, write=True)
             raise LoginFailedError()
-        session_id = new_session_id()
         agent_id = str(row.id)
 
-        def start(conn: Connection) -> None:
+        def start(conn: Connection) -> str:
             # The step is taken under a guard, so one code opens one session only.
             taken = conn.execute(
                 update(agents)
@@ -349,21 +362,99 @@ class AgentDirectory:
             if taken.rowcount != 1:
                 raise LoginFailedError()
             conn.execute(delete(login_failures).where(login_failures.c.key == keys[0]))
+            return self._start_session(conn, agent_id, now, "password")
+
+        return await self._db.run(start, write=True)
+
+    async def sso_login(
+        self, key: str, name: str, memberships: Mapping[str, Membership | None], tenant: str
+    ) -> str:
+        """Log in the agent an identity provider vouched for (``key``: issuer + subject) to
+        ``tenant``; created on their first login. Their memberships of the tenants in
+        ``memberships`` are replaced (``None``: removed) at every login, also a refused one,
+        so a group taken away at the provider revokes access at the next login. Returns a new
+        session id, or raises AccessRefusedError (no membership of ``tenant``, disabled);
+        a refused newcomer leaves nothing behind."""
+        username = SSO_PREFIX + key
+        refused = memberships.get(tenant) is None
+        now = self._clock()
+
+        def work(conn: Connection) -> str | None:
+            row = conn.execute(select(agents).where(agents.c.username == username)).first()
+            if row is not None and row.disabled:
+                raise AccessRefusedError()
+            if row is None and refused:
+                return None
+            if row is None:
+                agent_id = new_id(12)
+                conn.execute(
+                    insert(agents).values(
+                        id=agent_id,
+                        username=username,
+                        display_name=name or "Medewerker",
+                        disabled=0,
+                        created_at=now,
+                        presence="paused",
+                        presence_since=now,
+                    )
+                )
+            else:
+                agent_id = str(row.id)
+                if name and name != row.display_name:
+                    conn.execute(
+                        update(agents).where(agents.c.id == agent_id).values(display_name=name)
+                    )
+            for slug, member in memberships.items():
+                self._replace_membership(conn, agent_id, slug, member, now)
+            return None if refused else self._start_session(conn, agent_id, now, "sso")
+
+        session_id = await self._db.run(work, write=True)
+        if session_id is None:
+            raise AccessRefusedError()
+        return session_id
+
+    def _replace_membership(
+        self, conn: Connection, agent_id: str, tenant: str, member: Membership | None, now: float
+    ) -> None:
+        """Set one tenant's membership as the provider's groups say; audited when it changes."""
+        where = (agent_memberships.c.agent_id == agent_id, agent_memberships.c.tenant == tenant)
+        before = conn.execute(select(agent_memberships).where(*where)).first()
+        old = (before.role, tuple(json.loads(before.queues))) if before else None
+        new = (member.role, member.queues) if member else None
+        if old == new:
+            return
+        conn.execute(delete(agent_memberships).where(*where))
+        if member is not None:
             conn.execute(
-                insert(agent_sessions).values(
-                    key=session_key(session_id),
+                insert(agent_memberships).values(
                     agent_id=agent_id,
-                    created_at=now,
-                    last_seen=now,
-                    expires_at=now + self._session_seconds,
+                    tenant=tenant,
+                    role=member.role,
+                    queues=json.dumps(member.queues),
                 )
             )
-            for m in conn.execute(
-                select(agent_memberships.c.tenant).where(agent_memberships.c.agent_id == agent_id)
-            ):
-                audit(conn, now, f"agent:{agent_id}", "agent.login", None, tenant=m.tenant)
+        detail = {"agent": agent_id, "via": "sso", "role": member.role if member else None}
+        audit(conn, now, "sso", "agent.membership", None, detail, tenant=tenant)
 
-        await self._db.run(start, write=True)
+    def _start_session(self, conn: Connection, agent_id: str, now: float, via: str) -> str:
+        """The one way a login ends: a fresh session id (only its hash is stored) and an
+        ``agent.login`` event in each tenant the agent belongs to."""
+        session_id = new_session_id()
+        conn.execute(
+            insert(agent_sessions).values(
+                key=session_key(session_id),
+                agent_id=agent_id,
+                created_at=now,
+                last_seen=now,
+                expires_at=now + self._session_seconds,
+            )
+        )
+        for m in conn.execute(
+            select(agent_memberships.c.tenant).where(agent_memberships.c.agent_id == agent_id)
+        ):
+            audit(
+                conn, now, f"agent:{agent_id}", "agent.login", None, {"via": via}, tenant=m.tenant
+            )
         return session_id
 
     def _failures(self, conn: Connection, key: str, now: float) -> list[float]:

@@ -10,6 +10,8 @@ so they cannot even be counted. Every form carries a CSRF token bound to the ses
 from __future__ import annotations
 
 import io
+import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +33,12 @@ from idcontact.agents.credentials import (
     qr_svg,
 )
 from idcontact.agents.directory import AgentDirectory, AgentSession, Membership, Role
+from idcontact.agents.sso import (
+    STATE_SECONDS as SSO_STATE_SECONDS,
+    OidcClient,
+    SsoProviderError,
+    map_groups,
+)
 from idcontact.conversations import Conversation
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
@@ -42,9 +50,15 @@ from idcontact.web.chat import chat_socket, post_message
 
 SESSION_COOKIE = "idc_agent"
 PRE_COOKIE = "idc_pre"
+SSO_COOKIE = "idc_sso"
+SSO_PATH = "/agent/sso"
+SSO_PARAMS = ("state", "code", "error")
+CONSOLE_PATH = re.compile(r"/agent/[A-Za-z0-9._~/-]{0,200}")
+"""What the callback reads of the provider's answer (never ``error_description``)."""
 HEARTBEAT = 15.0
 WAITING_SHOWN = 25
 ZONE = ZoneInfo("Europe/Amsterdam")
+log = logging.getLogger(__name__)
 
 
 class CsrfError(IdContactError):
@@ -100,9 +114,11 @@ def agent_router(
     secret: bytes,
     clock: Callable[[], float],
     links: Mapping[str, LinkCodes] | None = None,
+    sso: Mapping[str, OidcClient] | None = None,
 ) -> APIRouter:
     """``links``: each tenant's phone link codes, for the failed-attempt figures in the
-    supervisors' statistics."""
+    supervisors' statistics; ``sso``: the identity providers of the tenants whose agents log
+    in through one."""
     router = APIRouter(prefix="/agent", include_in_schema=False)
     secure = settings.public_url.startswith("https://")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.public_url))
@@ -196,9 +212,23 @@ def agent_router(
         if not pre or not check_csrf(pre, secret, csrf):
             raise CsrfError()
 
+    providers = dict(sso or {})
+
+    def login_form(request: Request, context: dict[str, object], status: int = 200) -> HTMLResponse:
+        """The login page: the password form and a button per tenant with SSO."""
+        buttons = [
+            {
+                "url": f"/agent/sso/{slug}",
+                "label": client.config.label or tenants[slug][0].name,
+            }
+            for slug, client in providers.items()
+            if slug in tenants
+        ]
+        return form_page(request, "agent_login.html", {**context, "sso": buttons}, status)
+
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request, done: str = "") -> HTMLResponse:
-        return form_page(request, "agent_login.html", {"enrolled": done == "enrolled"})
+        return login_form(request, {"enrolled": done == "enrolled"})
 
     @router.post("/login", response_model=None)
     async def login(
@@ -213,20 +243,93 @@ def agent_router(
         try:
             session_id = await directory.login(username, password, code, client=client)
         except IdContactError as exc:
-            return form_page(
-                request,
-                "agent_login.html",
-                {"error": exc.title, "username": username},
-                status=exc.status,
-            )
+            return login_form(request, {"error": exc.title, "username": username}, exc.status)
+        return await logged_in(request, RedirectResponse("/agent/", status_code=303), session_id)
+
+    async def logged_in(request: Request, response: Response, session_id: str) -> Response:
+        """Hand the browser its new session (any earlier one is revoked); the pre-session
+        and SSO state cookies are spent."""
         old = request.cookies.get(SESSION_COOKIE)
         if old:
             await directory.logout(old)
-        response = RedirectResponse("/agent/", status_code=303)
-        # A fresh session id after login; the pre-session cookie is spent.
         set_cookie(response, SESSION_COOKIE, session_id, int(settings.agent_session_hours * 3600))
         response.delete_cookie(PRE_COOKIE, path="/agent")
+        response.delete_cookie(SSO_COOKIE, path=SSO_PATH)
         return response
+
+    # -- single sign-on through a tenant's identity provider ------------------------------
+
+    def sso_client(slug: str) -> OidcClient:
+        client = providers.get(slug)
+        if client is None or slug not in tenants:
+            raise NotFoundError("No such login")
+        return client
+
+    def callback_url(slug: str) -> str:
+        return f"{settings.public_url}{SSO_PATH}/{slug}/callback"
+
+    @router.get("/sso/{slug}", response_model=None)
+    async def sso_start(
+        request: Request, slug: str, popup: bool = False, then: str = "/agent/"
+    ) -> Response:
+        """Off to the provider; ``popup=1`` when the console opened this in a pop-up window
+        (the end then tells the opener and closes instead of showing the console); ``then``:
+        the console page to go to afterwards (only paths under ``/agent/``)."""
+        client = sso_client(slug)
+        if not CONSOLE_PATH.fullmatch(then) or "//" in then or ".." in then.split("/"):
+            then = "/agent/"
+        try:
+            url, sealed = await client.begin(callback_url(slug), popup, then)
+        except SsoProviderError as exc:
+            return login_form(request, {"error": exc.title}, exc.status)
+        response = RedirectResponse(url, status_code=303)
+        # Lax, not Strict: the provider's redirect back is a cross-site navigation.
+        response.set_cookie(
+            SSO_COOKIE,
+            sealed,
+            max_age=SSO_STATE_SECONDS,
+            path=SSO_PATH,
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @router.get("/sso/{slug}/callback", response_model=None)
+    async def sso_callback(request: Request, slug: str) -> Response:
+        """The provider's answer: state checked, code redeemed, groups mapped, session."""
+        client = sso_client(slug)
+        params = {k: v for k, v in request.query_params.items() if k in SSO_PARAMS}
+        try:
+            pending = client.pending(request.cookies.get(SSO_COOKIE, ""))
+            identity = await client.finish(params, pending, callback_url(slug))
+            # Every tenant that trusts the same provider and client is refreshed from the
+            # same groups, so one login serves them all and revokes in all of them.
+            members = {
+                other: map_groups(other, c.config, identity.groups)
+                for other, c in providers.items()
+                if other in tenants
+                and c.config.issuer == client.config.issuer
+                and c.config.client_id == client.config.client_id
+            }
+            if members.get(slug) is None:
+                log.info("SSO login to tenant %s refused: no group of the user is mapped", slug)
+            session_id = await directory.sso_login(identity.key, identity.name, members, slug)
+        except IdContactError as exc:
+            response = login_form(request, {"error": exc.title}, exc.status)
+            response.delete_cookie(SSO_COOKIE, path=SSO_PATH)
+            return response
+        # A page, not a redirect: after the provider's cross-site redirect the browser would
+        # not send the SameSite=Strict session cookie along a further redirect.
+        done = page(
+            request,
+            "agent_sso_done.html",
+            {"popup": bool(pending.get("p")), "then": str(pending.get("u") or "/agent/")},
+            tenants[slug][0],
+        )
+        done.headers["Cache-Control"] = "no-store"
+        return await logged_in(request, done, session_id)
 
     @router.get("/enrol/{code}", response_class=HTMLResponse)
     async def enrol_page(request: Request, code: str) -> HTMLResponse:
