@@ -587,10 +587,9 @@ class TenantFields(_Model):
         _unique("purposes", [p.tag for p in self.purposes])
         _unique("queues", [q.tag for q in self.queues])
         queue_tags = [q.tag for q in self.all_queues]
-        for i, q in enumerate(self.all_queues):
-            if q.overflow_to is not None and (
-                q.overflow_to not in queue_tags or q.overflow_to == q.tag
-            ):
+        for i, queue in enumerate(self.all_queues):
+            spill = queue.overflow_to
+            if spill is not None and (spill not in queue_tags or spill == queue.tag):
                 raise ValueError(f"queues[{i}].overflow_to: must be another queue of the tenant")
         expanded: list[Purpose] = []
         for i, p in enumerate(self.purposes):
