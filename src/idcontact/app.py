@@ -43,6 +43,7 @@ from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import LinkCodes
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
+from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
@@ -442,6 +443,14 @@ def _mount_tenant(
     issuer = TokenIssuer(
         keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
     )
+    starter = AuthOnlyStarter(
+        http,
+        f"{settings.core_url or INPROC_BASE}{prefix}/start",
+        keys.requestor,
+        keys.requestor_kid,
+        timeout=settings.plugin_timeout,
+        clock=clock,
+    )
     served: set[tuple[Kind, str]] = set()
     for kind, methods in (("auth", tenant.auth_methods), ("comm", tenant.comm_methods)):
         if kind not in roles:
@@ -468,6 +477,7 @@ def _mount_tenant(
                 queues=services.queues if kind == "comm" else None,
                 links=services.links if kind == "comm" else None,
                 irma=irma if kind == "auth" else None,
+                starter=starter if kind == "comm" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
             router = plugin.router

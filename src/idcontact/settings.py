@@ -561,6 +561,8 @@ class Settings(TenantFields, BaseSettings):
     """Base URL browsers use to reach this instance (no trailing slash)."""
     internal_url: str | None = None
     """Base URL other roles use to reach this instance; ``None`` means in-process."""
+    core_url: str | None = None
+    """Where a channel role reaches the core (its auth-only starts); ``None``: in-process."""
     data_dir: Path = Path("data")
     database_url: str | None = None
     """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
@@ -588,7 +590,7 @@ class Settings(TenantFields, BaseSettings):
     irma: Irma = Field(default_factory=Irma)
     """The built-in IRMA server (``/yivi``)."""
 
-    @field_validator("public_url", "internal_url")
+    @field_validator("public_url", "internal_url", "core_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         if v is None:
