@@ -479,3 +479,22 @@ def _same_person(purpose: Purpose, before: Mapping[str, object], after: Mapping[
 
 def _mailer(config: FormConfig) -> Mailer | None:
     return Mailer(config.smtp) if config.smtp is not None else None
+
+
+def forms_for(
+    public_url: str, comm_method: str, conversations: Conversations, queues: QueueService | None
+) -> Forms:
+    """The contact form of a tenant's ``form`` method, from its ``[plugins.comm.<tag>]``
+    settings: for the plugin (the resident's side) and the console (the agent's)."""
+    tenant = conversations.tenant
+    raw = tenant.plugins.get("comm", {}).get(comm_method, {})
+    config = form_config(
+        {k: v for k, v in raw.items() if k != "use_attr_url"}, f"plugins.comm.{comm_method}"
+    )
+    return Forms(
+        conversations,
+        queues,
+        config,
+        comm_method=comm_method,
+        link_base=f"{public_url}{tenant.prefix}/comm/{comm_method}",
+    )

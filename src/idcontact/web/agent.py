@@ -34,6 +34,7 @@ from idcontact.agents.directory import AgentDirectory, AgentSession, Membership,
 from idcontact.conversations import Conversation
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
+from idcontact.forms import Forms, forms_for
 from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
 from idcontact.settings import Settings, Tenant
@@ -400,6 +401,25 @@ def agent_router(
         await s.queues.set_presence(s.agent.agent_id, presence)
         return RedirectResponse(f"/agent/{slug}/", status_code=303)
 
+    @router.post(
+        "/{slug}/c/{conversation_id}/answer", response_class=RedirectResponse, status_code=303
+    )
+    async def answer(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        text: Annotated[str, Form(max_length=50_000)],
+    ) -> RedirectResponse:
+        """Answer a contact-form question I hold: it is then done, no longer my work."""
+        s = await posted(request, slug, csrf)
+        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
+        desk = form_desk(s, conversation)
+        if desk is None:
+            raise BadRequestError("This conversation is no contact-form question")
+        await desk.answer(conversation_id, s.agent.agent_id, text)
+        return RedirectResponse(f"/agent/{slug}/", status_code=303)
+
     @router.post("/{slug}/c/{conversation_id}/{action}", response_class=RedirectResponse)
     async def act(
         request: Request,
@@ -493,6 +513,7 @@ def agent_router(
                 "wrap_up_until": _time(conversation.wrap_up_until),
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
+                "form": await form_context(s, conversation),
                 **await line_context(s, conversation),
             },
             s.tenant,
@@ -527,6 +548,26 @@ def agent_router(
             "send": "Versturen",
             "download": "",
             "messages": await s.queues.conversations.vault.chat_since(conversation.id),
+        }
+
+    def form_desk(s: Seat, conversation: Conversation) -> Forms | None:
+        """The contact form a conversation came from, when its channel is the form plugin."""
+        method = s.tenant.comm_method(conversation.comm_method)
+        if method is None or method.plugin != "form":
+            return None
+        return forms_for(settings.public_url, method.tag, s.queues.conversations, s.queues)
+
+    async def form_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """The question of a contact form I hold, and the answer form while I have it."""
+        desk = form_desk(s, conversation)
+        if desk is None:
+            return None
+        thread = await desk.thread(conversation.id) if conversation.state == "connected" else None
+        return {
+            "thread": thread,
+            "action": f"/agent/{s.tenant.slug}/c/{conversation.id}/answer",
+            "max_answer": desk.config.max_answer,
+            "answered": conversation.state == "answered",
         }
 
     @router.websocket("/{slug}/c/{conversation_id}/chat")

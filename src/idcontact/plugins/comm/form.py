@@ -15,7 +15,7 @@ side over HTTP. Routes:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Request
@@ -28,8 +28,9 @@ from idcontact.errors import (
     NotFoundError,
     UnsupportedMediaTypeError,
 )
-from idcontact.forms import Forms, form_config
+from idcontact.forms import forms_for
 from idcontact.plugins.base import PluginContext
+from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.plugins.comm.demo import DemoCommPlugin
 from idcontact.settings import Purpose
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
@@ -112,37 +113,23 @@ TEXT: dict[str, dict[str, str]] = {
 }
 
 
-class Starter(Protocol):
-    """Starts an auth-only session at the core (§4.3) and returns where the browser goes."""
-
-    async def start(
-        self, *, purpose: str, auth_method: str, comm_url: str, attr_url: str | None
-    ) -> str: ...
-
-
 class FormCommPlugin(DemoCommPlugin):
     template: ClassVar[str] = "form.html"
     unidentified: ClassVar[bool] = False  # the answer is read by identifying again
 
     def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         super().__init__(ctx, config)
-        settings = {k: v for k, v in config.items() if k != "use_attr_url"}
-        self._config = form_config(settings, f"plugins.comm.{ctx.method.tag}")
-        self.forms = Forms(
-            self._conversations,
-            self._queues,
-            self._config,
-            comm_method=ctx.method.tag,
-            link_base=ctx.public_base,
+        self.forms = forms_for(
+            ctx.settings.public_url, ctx.method.tag, self._conversations, self._queues
         )
+        self._config = self.forms.config
         self._secure = ctx.public_base.startswith("https://")
 
     @property
-    def _starter(self) -> Starter:
-        starter: Starter | None = getattr(self._ctx, "starter", None)
-        if starter is None:
+    def _starter(self) -> AuthOnlyStarter:
+        if self._ctx.starter is None:
             raise ConfigError("comm plugin 'form': reading answers needs auth-only starts")
-        return starter
+        return self._ctx.starter
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         # Question and answer are chat messages: the key lives as long as the data may.
