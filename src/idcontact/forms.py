@@ -262,7 +262,7 @@ class Forms:
         address = attrs.get(self._config.email_attribute) if isinstance(attrs, dict) else None
         if not isinstance(address, str) or "@" not in address:
             return False
-        link = await self._new_link(conversation_id)
+        link = secrets.token_urlsafe(32)  # replaces the first link once the mail went out
         label = purpose.label.nl if purpose.label else purpose.tag
         body = (
             f"Uw vraag over '{label}' is beantwoord.\n\n"
@@ -278,11 +278,7 @@ class Forms:
         except MailError:
             await self._audit(conversation_id, "system", "form.mail_failed")
             return False
-        await self._audit(conversation_id, "system", "form.mailed")
-        return True
-
-    async def _new_link(self, conversation_id: str) -> str:
-        link = secrets.token_urlsafe(32)
+        now = self._clock()
 
         def work(conn: Connection) -> None:
             conn.execute(
@@ -290,9 +286,10 @@ class Forms:
                 .where(self._mine(form_questions.c.conversation_id == conversation_id))
                 .values(link_hash=self._link_hash(link), failures=0)
             )
+            audit(conn, now, "system", "form.mailed", conversation_id, tenant=self._tenant.slug)
 
         await self._run(work, write=True)
-        return link
+        return True
 
     async def _audit(
         self, conversation_id: str, actor: str, action: str, detail: dict[str, object] | None = None

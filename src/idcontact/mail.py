@@ -40,6 +40,9 @@ class SmtpConfig(BaseModel):
     password_file: Path | None = None
     """A file holding the password (a mounted secret), instead of ``password``."""
     timeout: float = Field(default=10.0, gt=0, le=60)
+    ca_file: Path | None = None
+    """CA certificates (PEM) to verify the relay with, e.g. a private CA; unset: the
+    system's."""
 
     @model_validator(mode="after")
     def _one_password(self) -> SmtpConfig:
@@ -85,7 +88,7 @@ class Mailer:
 
     def _send(self, message: EmailMessage) -> None:
         c = self._config
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
         smtp: smtplib.SMTP
         if c.security == "tls":
             smtp = smtplib.SMTP_SSL(c.host, c.port, timeout=c.timeout, context=context)
