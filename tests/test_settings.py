@@ -93,8 +93,13 @@ def test_demo_config_loads() -> None:
         "waste_collection": ("demo", "yivi"),
         "senior_pass": ("demo",),
     }
-    for p in settings.purposes:
-        assert p.allowed_comm == ("demo", "chat", "phone")
+    # The contact form only where the data identifies the resident (the answer is read by
+    # identifying again as the same person).
+    assert {p.tag: p.allowed_comm for p in settings.purposes} == {
+        "report_move": ("demo", "chat", "form", "phone"),
+        "waste_collection": ("demo", "chat", "phone"),
+        "senior_pass": ("demo", "chat", "phone"),
+    }
     move = settings.purpose("report_move")
     assert move is not None
     assert move.min_assurance == "substantial"
