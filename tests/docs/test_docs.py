@@ -9,7 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from idcontact.cli import main
+from idcontact.forms import FormConfig
 from idcontact.keys import KeyConfig
+from idcontact.mail import SmtpConfig
 from idcontact.settings import (
     AuthMethod,
     CommMethod,
@@ -49,6 +51,8 @@ MODELS: list[type[BaseModel]] = [
     Telephony,
     Irma,
     IrmaRequestor,
+    FormConfig,
+    SmtpConfig,
 ]
 
 
