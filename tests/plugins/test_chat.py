@@ -218,3 +218,17 @@ def test_another_channel_has_no_chat(client: TestClient) -> None:
         ) as ws:
             ws.receive_json()
     assert refused.value.code == 4404
+
+
+def test_the_agent_answers_without_script(client: TestClient) -> None:
+    """The console's chat form posts to ``/say`` (not taken by the generic action route)."""
+    page = resident_in_line(client)
+    conversation_id = agent_holding(client, page)
+    panel = client.get(f"/agent/default/c/{conversation_id}")
+    sent = client.post(
+        f"/agent/default/c/{conversation_id}/say",
+        data={"csrf": field(panel.text, "csrf"), "text": "Zonder script: " + CANARY},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303, sent.text
+    assert CANARY in client.get(page).text  # the resident sees it

@@ -401,6 +401,29 @@ def agent_router(
         await s.queues.set_presence(s.agent.agent_id, presence)
         return RedirectResponse(f"/agent/{slug}/", status_code=303)
 
+    # Before the generic /{action} route below, which would otherwise take these paths.
+    @router.post(
+        "/{slug}/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303
+    )
+    async def say(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        text: Annotated[str, Form(max_length=2000)],
+    ) -> RedirectResponse:
+        """Without JavaScript: answer in the chat and see the panel again."""
+        s = await posted(request, slug, csrf)
+        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
+        if (
+            not is_chat(s.tenant, conversation)
+            or conversation.state != "connected"
+            or not text.strip()
+        ):
+            raise BadRequestError("No message can be sent here now")
+        await post_message(s.queues.conversations, bus, conversation_id, "agent", text.strip())
+        return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+
     @router.post(
         "/{slug}/c/{conversation_id}/answer", response_class=RedirectResponse, status_code=303
     )
@@ -592,28 +615,6 @@ def agent_router(
             return
         await ws.accept()
         await chat_socket(ws, queues.conversations, bus, conversation_id, "agent")
-
-    @router.post(
-        "/{slug}/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303
-    )
-    async def say(
-        request: Request,
-        slug: str,
-        conversation_id: str,
-        csrf: Annotated[str, Form(max_length=200)],
-        text: Annotated[str, Form(max_length=2000)],
-    ) -> RedirectResponse:
-        """Without JavaScript: answer in the chat and see the panel again."""
-        s = await posted(request, slug, csrf)
-        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
-        if (
-            not is_chat(s.tenant, conversation)
-            or conversation.state != "connected"
-            or not text.strip()
-        ):
-            raise BadRequestError("No message can be sent here now")
-        await post_message(s.queues.conversations, bus, conversation_id, "agent", text.strip())
-        return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
 
     @router.get("/{slug}/c/{conversation_id}/line", response_class=HTMLResponse)
     async def line(request: Request, slug: str, conversation_id: str) -> HTMLResponse:

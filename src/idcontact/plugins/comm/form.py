@@ -26,11 +26,10 @@ from idcontact.errors import (
     ConfigError,
     MethodNotAllowedForPurposeError,
     NotFoundError,
-    UnsupportedMediaTypeError,
 )
 from idcontact.forms import forms_for
 from idcontact.plugins.base import PluginContext
-from idcontact.plugins.comm.common import AuthOnlyStarter
+from idcontact.plugins.comm.common import JWT_BODY, AuthOnlyStarter, jwt_body
 from idcontact.plugins.comm.demo import DemoCommPlugin
 from idcontact.settings import Purpose
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
@@ -260,21 +259,10 @@ class FormCommPlugin(DemoCommPlugin):
             )
             return response
 
-        @router.post(
-            "/reid/{slot}",
-            openapi_extra={
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/jwt": {"schema": {"type": "string"}}},
-                }
-            },
-        )
+        @router.post("/reid/{slot}", openapi_extra=JWT_BODY)
         async def reidentified(request: Request, slot: str) -> dict[str, str]:
             """The new disclosure of a reading attempt (``application/jwt``), exactly once."""
-            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media != "application/jwt":
-                raise UnsupportedMediaTypeError("Send the token as application/jwt")
-            token = (await request.body()).decode("ascii", errors="replace").strip()
+            token = await jwt_body(request)
             if len(token) > MAX_TOKEN:
                 raise NotFoundError("No such attribute slot")
             return {"state": await forms.settle(token, slot=slot)}
