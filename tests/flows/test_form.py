@@ -4,8 +4,8 @@ one-time link and reads the answer; the link works once; at the retention everyt
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any
 
 import httpx
 import pytest
@@ -127,7 +127,10 @@ async def test_ask_leave_answer_read_again_once(instance: Instance) -> None:
     assert all(CANARY_BSN not in d and QUESTION not in d for _, d in actions)
 
 
-async def test_everything_is_gone_at_the_retention(instance: Instance, tmp_path: Any) -> None:
+async def test_everything_is_gone_at_the_retention(
+    instance: Instance, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     conversation_id, link = await ask(instance)
     await answered_by(instance, conversation_id)
     conversations = instance.services.conversations
@@ -159,3 +162,18 @@ async def test_everything_is_gone_at_the_retention(instance: Instance, tmp_path:
         raw = raw_bytes(instance.settings.data_dir)
         for canary in (QUESTION, ANSWER, CANARY_NAME):
             assert canary.encode() not in raw
+    else:  # PostgreSQL: no row of any table holds them (the keys were in an UNLOGGED table)
+        dump = await instance.services.db.run(
+            lambda conn: repr(
+                [
+                    conn.execute(text(f"SELECT * FROM {t}")).all()  # noqa: S608
+                    for t in ("conversations", "chat_messages", "vault_entries", "audit_events")
+                ]
+            )
+        )
+        for canary in (QUESTION, ANSWER, CANARY_NAME, CANARY_BSN):
+            assert canary not in dump
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
+    assert "request" in logged  # the access log was captured
+    for canary in (QUESTION, ANSWER, CANARY_NAME, CANARY_BSN, link.rsplit("/", 1)[1]):
+        assert canary not in logged
