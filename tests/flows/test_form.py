@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -147,13 +148,14 @@ async def test_everything_is_gone_at_the_retention(
     assert await conversations.purge_expired() == 1
     assert await state(instance, conversation_id) == "purged"
     for table in ("chat_messages", "vault_entries"):
-        rows = await instance.services.db.run(
-            lambda conn, table=table: conn.execute(
+
+        def left(conn: Any, table: str = table) -> Any:
+            return conn.execute(
                 text(f"SELECT count(*) FROM {table} WHERE conversation_id = :c"),  # noqa: S608
                 {"c": conversation_id},
             ).scalar()
-        )
-        assert rows == 0
+
+        assert await instance.services.db.run(left) == 0
     expired = await instance.client.get(link)
     assert expired.status_code == 410 and "bewaartermijn" in expired.text
     if instance.settings.resolved_database_url.startswith("sqlite"):

@@ -38,11 +38,11 @@ JWT = {"Content-Type": "application/jwt"}
 
 async def count(instance: Instance, table: str) -> int:
     assert instance.services.db is not None
-    return int(
-        await instance.services.db.run(
-            lambda conn: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()  # noqa: S608
-        )
-    )
+
+    def work(conn: Any) -> int:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar())  # noqa: S608
+
+    return await instance.services.db.run(work)
 
 
 async def identified(instance: Instance) -> str:
