@@ -26,7 +26,9 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, and_, insert, select, update
@@ -145,6 +147,12 @@ class Forms:
 
     def link_url(self, link: str) -> str:
         return f"{self._link_base}/a/{link}"
+
+    def deleted_by(self, conversation: Conversation, purpose: Purpose) -> str:
+        """When the sweeper deletes it all (``purge_at``), in the queue's time zone."""
+        at = conversation.created_at + purpose.retention_minutes * 60
+        zone = ZoneInfo(self._tenant.queue_of(purpose).time_zone)
+        return datetime.fromtimestamp(at, zone).strftime("%d-%m-%Y %H:%M")
 
     def _link_hash(self, link: str) -> str:
         return self._conversations.keyed("form-link", link)
@@ -268,8 +276,8 @@ class Forms:
             f"Uw vraag over '{label}' is beantwoord.\n\n"
             "U leest het antwoord via deze link, nadat u zich opnieuw heeft geïdentificeerd:\n"
             f"{self.link_url(link)}\n\n"
-            "De link werkt één keer en vervangt de link die u eerder kreeg. Het antwoord wordt "
-            f"na {purpose.retention_minutes} minuten na uw vraag gewist.\n\n"
+            "De link werkt één keer en vervangt de link die u eerder kreeg. Uw vraag en het "
+            f"antwoord worden uiterlijk {self.deleted_by(conversation, purpose)} gewist.\n\n"
             f"Your question about '{purpose.label.get('en') if purpose.label else purpose.tag}' "
             "has been answered. Open the link above and identify again to read it.\n"
         )
@@ -379,12 +387,11 @@ class Forms:
                 row.conversation_id, actor="comm:form:reidentify"
             )
             before = data.get("attributes") if data else None
-            same = _same_person(
-                self._purpose(conversation.purpose),
-                before if isinstance(before, dict) else {},
-                dict(result.attributes or {}),
-            )
-            verdict = "match" if same else "mismatch"
+            if isinstance(before, dict):  # else deleted meanwhile: nothing to compare with
+                same = _same_person(
+                    self._purpose(conversation.purpose), before, dict(result.attributes or {})
+                )
+                verdict = "match" if same else "mismatch"
         failed = verdict != "match"
 
         def judge(conn: Connection) -> bool:

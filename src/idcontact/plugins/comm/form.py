@@ -14,9 +14,7 @@ side over HTTP. Routes:
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, ClassVar
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -171,12 +169,6 @@ class FormCommPlugin(DemoCommPlugin):
         response.status_code = status
         return response
 
-    def _deleted_by(self, conversation: Conversation, purpose: Purpose) -> str:
-        """When the sweeper deletes it all (``purge_at``), in the queue's time zone."""
-        at = conversation.created_at + purpose.retention_minutes * 60
-        zone = ZoneInfo(self._ctx.tenant.queue_of(purpose).time_zone)
-        return datetime.fromtimestamp(at, zone).strftime("%d-%m-%Y %H:%M")
-
     @property
     def router(self) -> APIRouter:
         router = super().router
@@ -202,7 +194,7 @@ class FormCommPlugin(DemoCommPlugin):
                     "purpose_label": purpose.label.get(lang) if purpose.label else purpose.tag,
                     "link": forms.link_url(link),
                     "mails": self._mails(purpose),
-                    "kept": TEXT[lang]["kept"].format(when=self._deleted_by(conversation, purpose)),
+                    "kept": TEXT[lang]["kept"].format(when=forms.deleted_by(conversation, purpose)),
                 },
             )
 
@@ -293,7 +285,7 @@ class FormCommPlugin(DemoCommPlugin):
                     "purpose_label": purpose.label.get(lang) if purpose.label else purpose.tag,
                     "thread": outcome.thread,
                     "link": forms.link_url(outcome.link or ""),
-                    "kept": TEXT[lang]["kept"].format(when=self._deleted_by(conversation, purpose)),
+                    "kept": TEXT[lang]["kept"].format(when=forms.deleted_by(conversation, purpose)),
                 },
             )
             response.delete_cookie(COOKIE, path=ctx.mount_path)
