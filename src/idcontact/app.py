@@ -15,7 +15,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,7 @@ from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
+from idcontact.transcripts import TranscriptKeeper, load_hand_over
 from idcontact.web import problem
 from idcontact.web.agent import agent_router
 from idcontact.web.citizen import citizen_router, theme_router
@@ -95,6 +96,8 @@ class Services:
     """The phone channel's call logic, when a PBX is configured (``[telephony]``)."""
     irma: Sessions | None = None
     """The built-in IRMA server's sessions, when ``[irma] enabled``."""
+    hand_overs: dict[str, TranscriptKeeper] = field(default_factory=dict)
+    """Per tenant that hands transcripts over (``[transcripts]``): the sweeper's keeper."""
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -206,7 +209,7 @@ def create_app(
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
         tasks: list[asyncio.Task[None]] = []
         if stores and db is not None:
-            tasks.append(asyncio.create_task(_sweep(stores, directory)))
+            tasks.append(asyncio.create_task(_sweep(stores, directory, list(hand_overs.values()))))
             tasks.append(asyncio.create_task(_seal(db, list(tenants))))
         for t in tenants.values():
             if t.queues is not None:
@@ -248,6 +251,14 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
+    hand_overs = {
+        slug: TranscriptKeeper(
+            t.conversations,
+            load_hand_over(t.tenant.transcripts.plugin or "", http, t.tenant.transcripts.settings),
+        )
+        for slug, t in tenants.items()
+        if t.conversations is not None and t.tenant.transcripts.keep == "hand_over"
+    }
     app.state.services = Services(
         settings,
         http,
@@ -258,6 +269,7 @@ def create_app(
         directory,
         calls,
         irma.sessions if irma else None,
+        hand_overs,
     )
     if irma is not None:
         app.include_router(irma.router)
@@ -514,10 +526,16 @@ async def _seal(db: Database, tenants: Sequence[str]) -> None:
         await asyncio.sleep(SEAL_INTERVAL)
 
 
-async def _sweep(stores: Sequence[Conversations], directory: AgentDirectory | None) -> None:
-    """Purge by time, in-process, on every deployment size."""
+async def _sweep(
+    stores: Sequence[Conversations],
+    directory: AgentDirectory | None,
+    hand_overs: Sequence[TranscriptKeeper] = (),
+) -> None:
+    """Hand transcripts over, then purge by time, in-process, on every deployment size."""
     while True:
         try:
+            for keeper in hand_overs:
+                await keeper.run()
             purged = 0
             for conversations in stores:
                 purged += await conversations.purge_expired()

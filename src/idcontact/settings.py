@@ -236,6 +236,28 @@ def phone_digits(number: str) -> str:
     return digits
 
 
+class Transcripts(_Model):
+    """What happens to a conversation's messages (chat, video chat, form) when it ends."""
+
+    keep: Literal["delete", "hand_over"] = "delete"
+    """``delete``: destroyed with the conversation. ``hand_over``: first handed, with the
+    conversation's attributes, to the municipality's customer-contact system (archiving rules
+    may require it) through the ``plugin``; kept sealed until that succeeds."""
+    plugin: str | None = None
+    """The hand-over plugin (entry point group ``idcontact.handover``): ``webhook`` built in."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """The plugin's own settings (for ``webhook``: ``url``, ``token``/``token_file``)."""
+    retry_hours: int = Field(default=24, ge=1, le=14 * 24)
+    """How long a failing hand-over is retried; then the data is destroyed anyway (and an
+    alarm logged), so no conversation outlives this by accident."""
+
+    @model_validator(mode="after")
+    def _plugin_when_handing_over(self) -> Transcripts:
+        if self.keep == "hand_over" and not self.plugin:
+            raise ValueError("plugin: keep = 'hand_over' needs a hand-over plugin")
+        return self
+
+
 class Phone(_Model):
     """ID Bellen for one tenant: the line residents call and how its link codes behave.
 
@@ -425,6 +447,8 @@ class TenantFields(_Model):
     audit_retention_days: int = Field(default=365, ge=1, le=3650)
     """Audit events older than this are deleted (the chain stays verifiable from its start)."""
     phone: Phone = Phone()
+    transcripts: Transcripts = Transcripts()
+    """At the end of a conversation with messages: delete them, or hand them over first."""
     """ID Bellen: the phone line and its link codes (docs/phone.md)."""
 
     @model_validator(mode="after")

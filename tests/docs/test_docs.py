@@ -28,6 +28,7 @@ from idcontact.settings import (
     Settings,
     Telephony,
     Tenant,
+    Transcripts,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,7 @@ MODELS: list[type[BaseModel]] = [
     Labels,
     Queue,
     Phone,
+    Transcripts,
     Telephony,
     Irma,
     IrmaRequestor,

@@ -65,6 +65,13 @@ conversations = Table(
     Column("hijack_at", Float, nullable=True),
     Column("call_ref_hash", String(64), nullable=True),
     Column("call_state", String(16), nullable=True),
+    # Identification asked during the conversation (chat, video): for which purpose, how far
+    # (asked, started, done, failed, ineligible) and since when; its slot is ``slot_hash``.
+    Column("identify_purpose", String(64), nullable=True),
+    Column("identify_state", String(16), nullable=True),
+    Column("identify_at", Float, nullable=True),
+    # The transcript still has to reach the customer-contact system; retried until then.
+    Column("hand_over_until", Float, nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),

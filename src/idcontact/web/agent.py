@@ -37,7 +37,7 @@ from idcontact.events import Bus, Event
 from idcontact.forms import Forms, forms_for
 from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
-from idcontact.settings import Settings, Tenant
+from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
 from idcontact.web.chat import chat_socket, post_message
 
@@ -451,8 +451,10 @@ def agent_router(
         action: str,
         csrf: Annotated[str, Form(max_length=200)],
         attribute: Annotated[str, Form(max_length=64)] = "",
+        purpose: Annotated[str, Form(max_length=64)] = "",
     ) -> Response:
-        """accept, decline, finish (wrap-up), close (delete now) or reveal a masked attribute."""
+        """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute, or
+        ask the resident to identify (for ``purpose``)."""
         s = await posted(request, slug, csrf)
         me = s.agent.agent_id
         if action == "accept":
@@ -479,6 +481,17 @@ def agent_router(
             return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "reveal":
             return await panel(request, s, conversation_id, reveal=attribute)
+        if action == "identify":
+            conversation = await s.queues.held(conversation_id, me)
+            chosen = next((p for p in askable(s, conversation) if p.tag == purpose), None)
+            if chosen is None:
+                raise BadRequestError(
+                    "Identification can be asked only in a chat you are in, for one of its topics"
+                )
+            await s.queues.conversations.ask_identification(
+                conversation_id, chosen, actor=f"agent:{me}"
+            )
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         raise NotFoundError("No such action")
 
     async def panel(
@@ -537,6 +550,7 @@ def agent_router(
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "form": await form_context(s, conversation),
+                "identify": identify_context(s, conversation),
                 **await line_context(s, conversation),
             },
             s.tenant,
@@ -558,6 +572,7 @@ def agent_router(
         base = f"/agent/{s.tenant.slug}/c/{conversation.id}"
         return {
             "me": "agent",
+            "state_key": f"{conversation.state}/{conversation.identify_state or ''}",
             "page": base,
             "ws": f"{base}/chat",
             "say": f"{base}/say",
@@ -591,6 +606,33 @@ def agent_router(
             "action": f"/agent/{s.tenant.slug}/c/{conversation.id}/answer",
             "max_answer": desk.config.max_answer,
             "answered": conversation.state == "answered",
+        }
+
+    def askable(s: Seat, conversation: Conversation) -> list[Purpose]:
+        """The purposes I may ask the resident in this chat to identify for: those of its
+        channel that some method can prove; none unless I am in the chat."""
+        if not is_chat(s.tenant, conversation) or conversation.state != "connected":
+            return []
+        return [
+            p
+            for p in s.tenant.purposes
+            if conversation.comm_method in p.allowed_comm and p.allowed_auth
+        ]
+
+    def identify_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """The question to identify, and how far an earlier one got."""
+        purposes = [
+            {"tag": p.tag, "label": p.label.nl if p.label else p.tag}
+            for p in askable(s, conversation)
+        ]
+        if not purposes:
+            return None
+        asked = s.tenant.purpose(conversation.identify_purpose or "")
+        return {
+            "purposes": purposes,
+            "state": conversation.identify_state,
+            "purpose": (asked.label.nl if asked and asked.label else conversation.identify_purpose),
+            "again": conversation.identified,
         }
 
     @router.websocket("/{slug}/c/{conversation_id}/chat")

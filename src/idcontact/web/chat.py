@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -40,21 +41,24 @@ async def chat_socket(
     bus: Bus,
     conversation_id: str,
     side: Side,
+    activity: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve one accepted WebSocket until either side leaves or the conversation closes."""
+    """Serve one accepted WebSocket until either side leaves or the conversation closes;
+    ``activity`` is awaited after each message this side sends (session feedback)."""
     tenant = conversations.tenant.slug
     try:
         after = max(0, int(ws.query_params.get("after", "0")))
     except ValueError:
         after = 0
     async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
-        state: str = (await conversations.get(conversation_id)).state
-        await ws.send_json({"type": "state", "state": state})
+        current = await conversations.get(conversation_id)
+        state: str = current.state
+        await ws.send_json(_state_frame(state, current.identify_state))
         after = await _send_since(ws, conversations, conversation_id, after)
         if state not in OPEN:
             await ws.close()
             return
-        reader = asyncio.create_task(_read(ws, conversations, bus, conversation_id, side))
+        reader = asyncio.create_task(_read(ws, conversations, bus, conversation_id, side, activity))
         try:
             while not reader.done():
                 waiting = asyncio.create_task(sub.next(HEARTBEAT))
@@ -76,7 +80,7 @@ async def chat_socket(
                     await ws.send_json({"type": "typing", "from": event.data["typing"]})
                 elif "state" in event.data:
                     state = str(event.data["state"])
-                    await ws.send_json({"type": "state", "state": state})
+                    await ws.send_json(_state_frame(state, event.data.get("identify")))
                     if state not in OPEN:
                         break
         except (WebSocketDisconnect, RuntimeError):
@@ -119,8 +123,22 @@ async def _send_since(
     return after
 
 
+def _state_frame(state: str, identify: object) -> dict[str, object]:
+    """The conversation's state, with how far an identification asked in it is: the page
+    shows other things for each (the browser asks the server for it again)."""
+    frame: dict[str, object] = {"type": "state", "state": state}
+    if identify is not None:
+        frame["identify"] = identify
+    return frame
+
+
 async def _read(
-    ws: WebSocket, conversations: Conversations, bus: Bus, conversation_id: str, side: Side
+    ws: WebSocket,
+    conversations: Conversations,
+    bus: Bus,
+    conversation_id: str,
+    side: Side,
+    activity: Callable[[], Awaitable[None]] | None,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
     tenant = conversations.tenant.slug
@@ -147,5 +165,7 @@ async def _read(
                 await ws.send_json({"type": "error", "error": "closed"})
                 continue
             await post_message(conversations, bus, conversation_id, side, text)
+            if activity is not None:
+                await activity()
         except IdContactError:
             await ws.send_json({"type": "error", "error": "closed"})

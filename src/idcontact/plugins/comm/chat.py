@@ -10,6 +10,7 @@ messages are in the vault, under the conversation's chat key).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 from fastapi import APIRouter, Form, Request, WebSocket
@@ -17,8 +18,14 @@ from fastapi.responses import PlainTextResponse, RedirectResponse
 
 from idcontact.conversations import Conversation
 from idcontact.domain.lifecycle import InvalidTransitionError
-from idcontact.errors import BadRequestError, IdContactError
+from idcontact.errors import (
+    BadRequestError,
+    ConfigError,
+    IdContactError,
+    MethodNotAllowedForPurposeError,
+)
 from idcontact.plugins.base import PluginContext
+from idcontact.plugins.comm.common import SessionFeedback
 from idcontact.plugins.comm.demo import DemoCommPlugin
 from idcontact.settings import Purpose
 from idcontact.web.chat import CHATTING, MAX_TEXT, OPEN, chat_socket, post_message
@@ -32,6 +39,19 @@ TEXT = {
         "label": "Uw bericht",
         "send": "Versturen",
         "download": "Gesprek downloaden",
+        "identify_asked": "De medewerker vraagt u zich te identificeren voor: {purpose}.",
+        "identify_sees": "De medewerker ziet dan deze gegevens van u:",
+        "identify_with": "Identificeren met {method}",
+        "identify_no": "Liever niet",
+        "identify_failed": "Identificeren is niet gelukt of geannuleerd. U kunt het opnieuw "
+        "proberen.",
+        "identify_ineligible": "Met deze gegevens kunnen we u voor dit onderwerp niet helpen.",
+        "identify_done": "U bent geïdentificeerd. De medewerker ziet nu uw gegevens.",
+        "identify_hint": "U gaat naar de identificatie en komt daarna terug in dit gesprek; "
+        "uw berichten blijven staan.",
+        "logout": "Uitloggen",
+        "logout_hint": "Uitloggen wist uw gegevens bij de medewerker; het gesprek gaat door.",
+        "logged_out": "U bent uitgelogd. De medewerker ziet uw gegevens niet meer.",
     },
     "en": {
         "you": "You",
@@ -40,6 +60,18 @@ TEXT = {
         "label": "Your message",
         "send": "Send",
         "download": "Download the conversation",
+        "identify_asked": "The employee asks you to identify for: {purpose}.",
+        "identify_sees": "The employee will then see this data about you:",
+        "identify_with": "Identify with {method}",
+        "identify_no": "No, thank you",
+        "identify_failed": "Identification failed or was cancelled. You can try again.",
+        "identify_ineligible": "With this data we cannot help you on this topic.",
+        "identify_done": "You are identified. The employee now sees your data.",
+        "identify_hint": "You go to the identification and then come back to this "
+        "conversation; your messages stay.",
+        "logout": "Log out",
+        "logout_hint": "Logging out deletes your data at the employee; the conversation goes on.",
+        "logged_out": "You have logged out. The employee no longer sees your data.",
     },
 }
 
@@ -49,17 +81,67 @@ class ChatCommPlugin(DemoCommPlugin):
 
     def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         super().__init__(ctx, config)
+        self._feedback = SessionFeedback(
+            ctx.http,
+            self._conversations,
+            f"comm:{ctx.method.tag}",
+            timeout=ctx.settings.plugin_timeout,
+        )
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         # The chat key lives as long as the conversation may (its retention).
-        await self._conversations.vault.open_chat(conversation_id, purpose.retention_minutes * 60)
+        await self._conversations.open_chat(conversation_id, purpose)
+
+    def _identify_context(self, conversation: Conversation, lang: str) -> dict[str, object] | None:
+        """The agent's question to identify, while it is open: for what, which data the agent
+        will see, and with which methods (the purpose's own)."""
+        tenant = self._ctx.tenant
+        t = TEXT[lang]
+        asked = conversation.identify_state
+        if asked == "done" and conversation.identified:
+            return {"state": "done", "text": t["identify_done"]}
+        if asked == "logged_out":
+            return {"state": "logged_out", "text": t["logged_out"]}
+        if asked not in ("asked", "started", "failed", "ineligible"):
+            return None
+        purpose = tenant.purpose(conversation.identify_purpose or "")
+        if purpose is None or conversation.state not in ("waiting", "offered", "connected"):
+            return None
+        label = purpose.label.get(lang) if purpose.label else purpose.tag
+        methods = [tenant.auth_method(tag) for tag in purpose.allowed_auth]
+        return {
+            "state": asked,
+            "text": t["identify_asked"].format(purpose=label),
+            "problem": t.get(f"identify_{asked}") if asked in ("failed", "ineligible") else "",
+            "sees": t["identify_sees"],
+            "labels": [tenant.attribute_label(k, lang) for k in purpose.attributes],
+            "hint": t["identify_hint"],
+            "methods": [
+                {"tag": m.tag, "label": t["identify_with"].format(method=m.name)}
+                for m in methods
+                if m is not None
+            ],
+            "no": t["identify_no"],
+            "action": f"{self._ctx.public_base}/c/{conversation.id}/identify"
+            + self._lang_query(lang),
+        }
 
     async def _page_context(self, conversation: Conversation, lang: str) -> dict[str, object]:
         """The chat window, with the messages so far (readable without a script)."""
         t = TEXT[lang]
         base = f"{self._ctx.public_base}/c/{conversation.id}"
+        can_log_out = conversation.identified and conversation.state in CHATTING
         return {
+            "identify": self._identify_context(conversation, lang),
+            "logout": {
+                "action": base + "/logout" + self._lang_query(lang),
+                "label": t["logout"],
+                "hint": t["logout_hint"],
+            }
+            if can_log_out
+            else None,
             "chat": {
+                "state_key": f"{conversation.state}/{conversation.identify_state or ''}",
                 "me": "resident",
                 "page": base + self._lang_query(lang),
                 "ws": f"{self._base_path}/c/{conversation.id}/ws",
@@ -74,7 +156,7 @@ class ChatCommPlugin(DemoCommPlugin):
                 "download": t["download"],
                 "messages": await self._conversations.vault.chat_since(conversation.id),
                 "csrf": "",
-            }
+            },
         }
 
     @property
@@ -83,6 +165,58 @@ class ChatCommPlugin(DemoCommPlugin):
         ctx, conversations = self._ctx, self._conversations
         tag = ctx.method.tag
         bus = self._bus()
+        feedback = self._feedback
+
+        def back(request: Request, conversation_id: str) -> RedirectResponse:
+            lang = language(request, ctx.settings)
+            return RedirectResponse(
+                f"{ctx.public_base}/c/{conversation_id}{self._lang_query(lang)}",
+                status_code=303,
+                headers=TOKEN_PAGE_HEADERS,
+            )
+
+        @router.post("/c/{conversation_id}/identify", response_class=RedirectResponse)
+        async def identify(
+            request: Request,
+            conversation_id: str,
+            auth_method: str = Form(default="", max_length=64),
+            decline: str = Form(default="", max_length=8),
+        ) -> RedirectResponse:
+            """The resident answers the agent's question to identify: with a method (to the
+            auth plugin, and back to this page after) or "no, thank you"."""
+            if decline:
+                await conversations.decline_identification(
+                    conversation_id, actor=f"comm:{tag}:resident"
+                )
+                return back(request, conversation_id)
+            conversation = await conversations.get(conversation_id)
+            if conversation.identify_purpose is None:
+                raise InvalidTransitionError("No identification is asked in this conversation")
+            purpose = self._purpose(conversation.identify_purpose)
+            if auth_method not in purpose.allowed_auth:
+                raise MethodNotAllowedForPurposeError("Choose one of the offered methods")
+            if ctx.starter is None:
+                raise ConfigError("comm plugin: no core to start an identification with")
+            purpose_tag, slot = await conversations.identification_slot(conversation_id)
+            lang = language(request, ctx.settings)
+            client_url = await ctx.starter.start(
+                purpose=purpose_tag,
+                auth_method=auth_method,
+                comm_url=f"{ctx.public_base}/c/{conversation_id}{self._lang_query(lang)}",
+                attr_url=f"{ctx.internal_base}/attr/{slot}",
+            )
+            feedback.forget(conversation_id)
+            return RedirectResponse(client_url, status_code=303, headers=TOKEN_PAGE_HEADERS)
+
+        @router.post("/c/{conversation_id}/logout", response_class=RedirectResponse)
+        async def logout(request: Request, conversation_id: str) -> RedirectResponse:
+            """Log out: the auth plugin hears it (§4.5) and the attributes are deleted."""
+            conversation = await conversations.get(conversation_id)
+            if not conversation.identified:
+                raise InvalidTransitionError("There is no identification to log out of")
+            await feedback.logout(conversation_id)
+            await conversations.log_out(conversation_id, actor=f"comm:{tag}:resident")
+            return back(request, conversation_id)
 
         @router.websocket("/c/{conversation_id}/ws")
         async def socket(ws: WebSocket, conversation_id: str) -> None:
@@ -95,7 +229,14 @@ class ChatCommPlugin(DemoCommPlugin):
             if bus is None:
                 await ws.close(code=1011)
                 return
-            await chat_socket(ws, conversations, bus, conversation_id, "resident")
+            await chat_socket(
+                ws,
+                conversations,
+                bus,
+                conversation_id,
+                "resident",
+                functools.partial(feedback.active, conversation_id),
+            )
 
         @router.post("/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303)
         async def say(
@@ -108,12 +249,8 @@ class ChatCommPlugin(DemoCommPlugin):
             if not text.strip():
                 raise BadRequestError("The message is empty")
             await post_message(conversations, bus, conversation_id, "resident", text.strip())
-            lang = language(request, ctx.settings)
-            return RedirectResponse(
-                f"{ctx.public_base}/c/{conversation_id}{self._lang_query(lang)}",
-                status_code=303,
-                headers=TOKEN_PAGE_HEADERS,
-            )
+            await feedback.active(conversation_id)
+            return back(request, conversation_id)
 
         @router.get("/c/{conversation_id}/transcript", response_class=PlainTextResponse)
         async def transcript(request: Request, conversation_id: str) -> PlainTextResponse:

@@ -3,6 +3,7 @@ from within a conversation."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,8 @@ from idcontact.errors import (
 from idcontact.keys import JoseKey
 from idcontact.settings import Purpose, Tenant
 from idcontact.tokens import sign_jwt
+
+log = logging.getLogger(__name__)
 
 START_SECONDS = 300
 """How long a signed auth-only start request is valid (as in the original)."""
@@ -120,3 +123,72 @@ class AuthOnlyStarter:
                 f"The core refused the identification (status {response.status_code})"
             )
         return client_url
+
+
+class SessionFeedback:
+    """Session feedback to the auth plugin (protocol §4.5): when a token carried a
+    ``session_url``, ``POST {session_url}?type=user_active`` on the resident's activity (at
+    most once a minute) and ``type=logout`` when they log out. Server-side, no cookies; the
+    answer is ignored and a failure never reaches the resident."""
+
+    MAX_CACHED = 10_000
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        conversations: Conversations,
+        actor: str,
+        *,
+        interval: float = 60.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._conversations = conversations
+        self._actor = actor
+        self._interval = interval
+        self._timeout = timeout
+        self._clock = clock
+        # conversation id → (session_url or None, when user_active was last sent)
+        self._known: dict[str, tuple[str | None, float]] = {}
+
+    async def _url(self, conversation_id: str) -> tuple[str | None, float]:
+        known = self._known.get(conversation_id)
+        if known is None:
+            data = await self._conversations.attributes(conversation_id, actor=self._actor)
+            url = data.get("session_url") if data else None
+            known = (url if isinstance(url, str) else None, float("-inf"))
+            if len(self._known) >= self.MAX_CACHED:
+                self._known.pop(next(iter(self._known)))
+            self._known[conversation_id] = known
+        return known
+
+    def forget(self, conversation_id: str) -> None:
+        """New attributes (or none): read the session_url again next time."""
+        self._known.pop(conversation_id, None)
+
+    async def active(self, conversation_id: str) -> None:
+        url, last = await self._url(conversation_id)
+        now = self._clock()
+        if url is None or now - last < self._interval:
+            return
+        self._known[conversation_id] = (url, now)
+        await self._send(url, "user_active")
+
+    async def logout(self, conversation_id: str) -> None:
+        url, _ = await self._url(conversation_id)
+        self.forget(conversation_id)
+        if url is not None:
+            await self._send(url, "logout")
+
+    async def _send(self, url: str, kind: str) -> None:
+        try:
+            response = await self._http.post(url, params={"type": kind}, timeout=self._timeout)
+        except httpx.HTTPError:
+            log.warning("session feedback not delivered", extra={"feedback": kind})
+            return
+        if response.status_code >= 300:
+            log.warning(
+                "session feedback refused",
+                extra={"feedback": kind, "plugin_status": response.status_code},
+            )

@@ -130,7 +130,7 @@ class FormCommPlugin(DemoCommPlugin):
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         # Question and answer are chat messages: the key lives as long as the data may.
-        await self._conversations.vault.open_chat(conversation_id, purpose.retention_minutes * 60)
+        await self._conversations.open_chat(conversation_id, purpose)
 
     async def _opened(self, conversation: Conversation) -> Conversation:
         return conversation  # it joins the queue when the question is sent, not on opening

@@ -71,12 +71,17 @@
         typingTimer = window.setTimeout(function () {
           typing.textContent = "";
         }, 4000);
-      } else if (data.type === "state" && box.getAttribute("data-state") && data.state !== box.getAttribute("data-state")) {
-        // Another state has other buttons: the server renders the page again (a GET, never a
-        // repeated POST of the form that led here).
-        window.location.assign(box.getAttribute("data-page"));
       } else if (data.type === "state") {
-        box.setAttribute("data-state", data.state);
+        // The state, and how far an identification asked in it is: another one has other
+        // buttons, so the server renders the page again (a GET, never a repeated POST of the
+        // form that led here).
+        var key = data.state + "/" + (data.identify || "");
+        var shown = box.getAttribute("data-state");
+        if (shown && key !== shown) {
+          window.location.assign(box.getAttribute("data-page"));
+        } else {
+          box.setAttribute("data-state", key);
+        }
       }
     });
     socket.addEventListener("close", function () {

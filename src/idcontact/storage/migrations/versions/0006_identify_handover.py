@@ -1,0 +1,32 @@
+"""Identification asked during a conversation, and transcripts waiting to be handed over.
+
+Revision ID: 0006
+Revises: 0005
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+COLUMNS = (
+    sa.Column("identify_purpose", sa.String(64), nullable=True),
+    sa.Column("identify_state", sa.String(16), nullable=True),
+    sa.Column("identify_at", sa.Float, nullable=True),
+    sa.Column("hand_over_until", sa.Float, nullable=True),
+)
+
+
+def upgrade() -> None:
+    for column in COLUMNS:
+        op.add_column("conversations", column)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("conversations") as batch:
+        for column in reversed(COLUMNS):
+            batch.drop_column(column.name)
