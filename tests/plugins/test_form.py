@@ -26,7 +26,7 @@ from sqlalchemy import text
 from idcontact.forms import MAX_FAILURES, forms_for
 from tests.conftest import CANARY_BSN, CANARY_NAME, PUBLIC, AppFactory, Instance, demo_settings
 from tests.flows.test_bad_input import assert_problem
-from tests.flows.test_console import enrol, state, tick
+from tests.flows.test_console import enrol, state, tick, waiting_conversation
 from tests.flows.test_core_flows import JSON, consent, issue
 from tests.flows.test_form import ANSWER, QUESTION, answered_by, ask, read, read_link
 
@@ -68,8 +68,12 @@ async def test_bad_questions_change_nothing(instance: Instance) -> None:
     sent = await instance.client.post(f"{page}/ask", data={"question": "x" * 4000})
     assert sent.status_code == 200
     twice = await instance.client.post(f"{page}/ask", data={"question": "nog een"})
-    assert_problem(twice, 409, "invalid-transition")
-    assert await count(instance, "chat_messages") == 1
+    assert twice.status_code == 409 and "al verstuurd" in twice.text  # a page: a reload, say
+    assert 'id="read-link"' not in twice.text  # the link is shown once
+    await instance.client.post(f"/comm/form/c/{conversation_id}/end")  # withdrawn
+    gone = await instance.client.post(f"{page}/ask", data={"question": "nog een"})
+    assert_problem(gone, 409, "invalid-transition")
+    assert await count(instance, "chat_messages") == 0  # withdrawn: deleted at once
 
 
 async def test_a_form_needs_identification(instance: Instance) -> None:
@@ -399,3 +403,29 @@ def browser(instance: Instance, cookie: str) -> httpx.AsyncClient:
         base_url=PUBLIC,
         cookies={"idc_form": cookie},
     )
+
+
+async def test_a_question_in_hand_does_not_block_a_chat(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """One chat at a time (``max_chats = 1``), yet a taken form question leaves room for it."""
+    instance: Instance = await make_app(
+        demo_settings(tmp_path, queues=[{"tag": "general", "max_chats": 1}])
+    )
+    question, _ = await ask(instance)
+    agent = await enrol(instance, "hanna")
+    assert (await agent.login()).status_code == 303
+    await agent.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    assert (await agent.post(f"/agent/default/c/{question}/accept")).status_code == 303
+    assert await state(instance, question) == "connected"
+    chat = await waiting_conversation(instance)  # the demo channel counts as a chat
+    await tick(instance)
+    assert await state(instance, chat) == "offered"
+    assert (await agent.post(f"/agent/default/c/{chat}/accept")).status_code == 303
+    # Holding that chat, a second chat is not offered; the question still can be answered.
+    other = await waiting_conversation(instance, bsn="999990020")
+    await tick(instance)
+    assert await state(instance, other) == "waiting"
+    done = await agent.post(f"/agent/default/c/{question}/answer", text=ANSWER)
+    assert done.status_code == 303 and await state(instance, question) == "answered"

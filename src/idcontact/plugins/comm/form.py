@@ -33,6 +33,8 @@ from idcontact.settings import Purpose
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 COOKIE = "idc_form"
+SENT = frozenset({"waiting", "offered", "connected", "answered"})
+"""The states of a conversation whose question has been sent."""
 MAX_TOKEN = 60_000
 
 TEXT: dict[str, dict[str, str]] = {
@@ -48,6 +50,8 @@ TEXT: dict[str, dict[str, str]] = {
         "antwoord, nadat u zich opnieuw heeft geïdentificeerd:",
         "save_mail": "Zodra het antwoord klaar is, krijgt u ook een e-mail op uw geverifieerde "
         "adres, met een nieuwe link (die de oude vervangt).",
+        "already": "Uw vraag was al verstuurd. De link om het antwoord te lezen is maar één "
+        "keer getoond: gebruik de link die u heeft bewaard.",
         "waiting": "Uw vraag is verstuurd en wacht op een antwoord. Lees het antwoord met de "
         "link die u heeft bewaard.",
         "answered": "Uw vraag is beantwoord. Lees het antwoord met de link die u heeft bewaard.",
@@ -84,6 +88,8 @@ TEXT: dict[str, dict[str, str]] = {
         "identifying again:",
         "save_mail": "When the answer is ready you also get an e-mail at your verified address, "
         "with a new link (which replaces this one).",
+        "already": "Your question was sent already. The link to read the answer was shown only "
+        "once: use the link you kept.",
         "waiting": "Your question has been sent and awaits an answer. Read the answer with the "
         "link you kept.",
         "answered": "Your question has been answered. Read the answer with the link you kept.",
@@ -183,6 +189,9 @@ class FormCommPlugin(DemoCommPlugin):
         ) -> HTMLResponse:
             """Send the question; the page shows the one-time link to read the answer, once."""
             lang = language(request, ctx.settings)
+            sent = await self._conversations.get(conversation_id)
+            if sent.state in SENT:  # sent before (a reload, say): the link is not shown again
+                return self._page(request, lang, {"view": "already"}, status=409)
             link = await forms.submit(conversation_id, question, actor=f"comm:{tag}:resident")
             conversation = await self._conversations.get(conversation_id)
             purpose = self._purpose(conversation.purpose)
