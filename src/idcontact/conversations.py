@@ -80,6 +80,8 @@ class Conversation:
     """The phone call: ``waiting``, ``ringing`` (the agent's phone), ``connected``, ``ended``."""
     identify_purpose: str | None = None
     """The purpose an agent asked the resident to identify for during the conversation."""
+    acting_for: bool = False
+    """The agent noted that the resident acts for someone else: the data proves the caller."""
     identify_state: str | None = None
     """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
     ``declined``."""
@@ -343,10 +345,16 @@ class Conversations:
     # -- identification during a conversation (auth during comm, protocol §4.3) --------------
 
     async def ask_identification(
-        self, conversation_id: str, purpose: Purpose, *, actor: str
+        self,
+        conversation_id: str,
+        purpose: Purpose,
+        *,
+        actor: str,
+        values: dict[str, Any] | None = None,
     ) -> Conversation:
         """An agent asks the resident to identify for ``purpose`` (again, after a pause: the
-        new attributes replace the old). The resident's page shows the question."""
+        new attributes replace the old). The resident's page shows the question. ``values``:
+        channel columns written with it (a phone call's code)."""
         now = self._clock()
         conversation = await self.annotate_checked(
             conversation_id,
@@ -355,6 +363,7 @@ class Conversations:
                 "identify_state": "asked",
                 "identify_at": now,
                 "slot_hash": None,
+                **(values or {}),
             },
             where=conversations.c.state.in_(ASKABLE),
             event=("conversation.identify_asked", actor, {"purpose": purpose.tag}),
@@ -745,7 +754,7 @@ class Conversations:
                     update(conversations)
                     .where(conversations.c.id == conversation_id, is_due)
                     # Its link code is free again: codes are unique among live ones only.
-                    .values(state="purged", slot_hash=None, link_hash=None)
+                    .values(state="purged", slot_hash=None, link_hash=None, identify_code_hash=None)
                 )
                 if marked.rowcount != 1:
                     return False  # no longer due, or another instance's sweeper was first
@@ -839,4 +848,5 @@ def _conversation(row: Any) -> Conversation:
         call_state=row.call_state,
         identify_purpose=row.identify_purpose,
         identify_state=row.identify_state,
+        acting_for=bool(row.acting_for),
     )

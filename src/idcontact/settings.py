@@ -7,11 +7,14 @@ offending setting (``purposes[2].allowed_auth``) and never its value, because va
 from __future__ import annotations
 
 import math
+import re
+import string
 import tomllib
 from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import (
     AfterValidator,
@@ -236,6 +239,39 @@ def phone_digits(number: str) -> str:
     return digits
 
 
+class RecordLink(_Model):
+    """A link from the attribute panel to the resident's record elsewhere (KISS, say): a URL
+    template whose ``{tag}`` placeholders are filled with disclosed attributes, URL-encoded."""
+
+    label: str = Field(min_length=1, max_length=80)
+    url: str = Field(max_length=500)
+
+    @field_validator("url")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if not v.startswith("https://") and not v.startswith("http://127.0.0.1"):
+            raise ValueError("must be an https URL template")
+        try:
+            fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(v)]
+        except ValueError:
+            raise ValueError("must be a URL template with {attribute} placeholders") from None
+        names = [n for n, spec, conv in fields if n is not None and not spec and conv is None]
+        plain = len(names) == sum(1 for n, _, _ in fields if n is not None)
+        if not names or not plain or not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
+            raise ValueError("needs {attribute} placeholders, e.g. {bsn}")
+        return v
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return tuple(n for _, n, _, _ in string.Formatter().parse(self.url) if n is not None)
+
+    def for_attributes(self, values: Mapping[str, object]) -> str | None:
+        """The link for these attributes; ``None`` unless every placeholder was disclosed."""
+        if not all(isinstance(values.get(n), str) and values.get(n) for n in self.attributes):
+            return None
+        return self.url.format_map({n: quote(str(values[n]), safe="") for n in self.attributes})
+
+
 class Transcripts(_Model):
     """What happens to a conversation's messages (chat, video chat, form) when it ends."""
 
@@ -295,6 +331,10 @@ class Phone(_Model):
     """How often a waiting caller hears their place and expected wait again."""
     language: Literal["nl", "en"] = "nl"
     """The language of the phone prompts."""
+    identify_code_length: int = Field(default=6, ge=6, le=12)
+    """Digits of the code an agent reads out to a caller who should identify during the call."""
+    identify_code_minutes: int = Field(default=10, ge=1, le=60)
+    """How long such a code works (once)."""
     webhook_secret: LongSecret | None = None
     """Enables ``/link_phone`` and ``/session_info`` for another contact-centre platform, which
     authenticates with it as a bearer token or an HMAC signature (docs/phone.md)."""
@@ -444,6 +484,8 @@ class TenantFields(_Model):
     """Attributes masked in the agent console until the agent clicks "show" (audited)."""
     wrap_up_seconds: int = Field(default=120, ge=0, le=3600)
     """After a conversation ends the agent keeps its data this long (wrap-up), then it is gone."""
+    record_links: tuple[RecordLink, ...] = ()
+    """Links from the agent's panel to the resident's record in the contact-centre system."""
     audit_retention_days: int = Field(default=365, ge=1, le=3650)
     """Audit events older than this are deleted (the chain stays verifiable from its start)."""
     phone: Phone = Phone()
@@ -521,6 +563,13 @@ class TenantFields(_Model):
                 raise ValueError(
                     f"phone.fallback_purpose: purpose {fallback!r} does not allow unidentified "
                     "conversations (allow_unidentified)"
+                )
+        disclosed = {a for p in self.purposes for a in p.attributes}
+        for i, link in enumerate(self.record_links):
+            unknown = [a for a in link.attributes if a not in disclosed]
+            if unknown:
+                raise ValueError(
+                    f"record_links[{i}].url: {', '.join(unknown)} is no purpose's attribute"
                 )
         if any(m.channel == "phone" for m in self.comm_methods) and not self.phone_line:
             raise ValueError("phone.number: a phone comm method needs the number to call")

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from idcontact.agents.directory import Membership
+from idcontact.errors import ConfigError
 from tests.conftest import CANARY_BSN, CANARY_NAME, PUBLIC, AppFactory, Instance, demo_settings
 from tests.flows.test_core_flows import JSON, issue
 from tests.flows.test_tenants import NIJMEGEN_CANARY, flow, two_tenants
@@ -329,3 +330,68 @@ async def test_supervisor_statistics_and_admin_export(instance: Instance) -> Non
     export = await admin.client.get("/agent/default/audit.csv")
     assert export.status_code == 200 and export.text.startswith("id,time_utc,actor")
     assert CANARY_BSN not in export.text and CANARY_NAME not in export.text
+
+
+async def test_record_links_and_acting_for_someone_else(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """The panel links to the resident's record elsewhere through an audited redirect (the
+    masked BSN never sits in the page), and the agent can note that the resident acts for
+    someone else: the panel then says whose identity is proven."""
+    links = [{"label": "Open in KISS", "url": "https://kiss.example/personen?bsn={bsn}#p"}]
+    instance: Instance = await make_app(demo_settings(tmp_path, record_links=links))
+    agent = await enrol(instance, "anna")
+    await agent.login()
+    conversation_id = await waiting_conversation(instance)
+    await agent.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    await agent.post(f"/agent/default/c/{conversation_id}/accept")
+    panel = await agent.client.get(f"/agent/default/c/{conversation_id}")
+    assert "Open in KISS" in panel.text and CANARY_BSN not in panel.text
+    opened = await agent.client.get(f"/agent/default/c/{conversation_id}/record/0")
+    assert opened.status_code == 303
+    assert opened.headers["location"] == f"https://kiss.example/personen?bsn={CANARY_BSN}#p"
+    assert opened.headers["referrer-policy"] == "no-referrer"
+    assert (
+        await agent.client.get(f"/agent/default/c/{conversation_id}/record/1")
+    ).status_code == 404
+    other = await enrol(instance, "bert")
+    await other.login()
+    assert (
+        await other.client.get(f"/agent/default/c/{conversation_id}/record/0")
+    ).status_code == 404
+
+    assert "Namens een ander." not in panel.text
+    marked = await agent.post(f"/agent/default/c/{conversation_id}/represent", attribute="on")
+    assert marked.status_code == 303
+    panel = await agent.client.get(f"/agent/default/c/{conversation_id}")
+    assert "Namens een ander." in panel.text and "Toch niet namens een ander" in panel.text
+    await agent.post(f"/agent/default/c/{conversation_id}/represent", attribute="off")
+    assert (
+        "Namens een ander."
+        not in (await agent.client.get(f"/agent/default/c/{conversation_id}")).text
+    )
+    db = instance.services.db
+    assert db is not None
+    actions = await db.run(
+        lambda conn: [
+            r[0]
+            for r in conn.execute(
+                text("SELECT action FROM audit_events WHERE conversation_id = :c"),
+                {"c": conversation_id},
+            )
+        ]
+    )
+    assert actions.count("conversation.acting_for") == 2
+    assert actions.count("attributes.view") >= 2  # the panel and the record link
+
+
+def test_record_link_templates_are_checked(tmp_path: Any) -> None:
+    for url, problem in (
+        ("http://kiss.example/{bsn}", "https URL"),
+        ("https://kiss.example/personen", "placeholders"),
+        ("https://kiss.example/{bsn!r}", "placeholders"),
+        ("https://kiss.example/{shoe_size}", "no purpose's attribute"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            demo_settings(tmp_path, record_links=[{"label": "KISS", "url": url}])

@@ -453,8 +453,9 @@ def agent_router(
         attribute: Annotated[str, Form(max_length=64)] = "",
         purpose: Annotated[str, Form(max_length=64)] = "",
     ) -> Response:
-        """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute, or
-        ask the resident to identify (for ``purpose``)."""
+        """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute,
+        mark that the resident acts for someone else (``attribute=on``/``off``), or ask the
+        resident to identify (for ``purpose``)."""
         s = await posted(request, slug, csrf)
         me = s.agent.agent_id
         if action == "accept":
@@ -481,13 +482,29 @@ def agent_router(
             return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "reveal":
             return await panel(request, s, conversation_id, reveal=attribute)
+        if action == "represent":  # the resident says they act for someone else (or not)
+            conversation = await s.queues.held(conversation_id, me)
+            if conversation.state not in ("connected", "wrap_up"):
+                raise BadRequestError("Only a conversation you are in can be marked")
+            acting = attribute == "on"
+            await s.queues.conversations.annotate_checked(
+                conversation_id,
+                {"acting_for": 1 if acting else None},
+                event=("conversation.acting_for", f"agent:{me}", {"acting_for": acting}),
+            )
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "identify":
             conversation = await s.queues.held(conversation_id, me)
             chosen = next((p for p in askable(s, conversation) if p.tag == purpose), None)
             if chosen is None:
                 raise BadRequestError(
-                    "Identification can be asked only in a chat you are in, for one of its topics"
+                    "Identification can be asked only in a conversation you are in, for one of "
+                    "its topics"
                 )
+            if conversation.channel == "phone" and links is not None:
+                # The caller opens the question with a code read out to them: shown only now.
+                code = await links[slug].identify_code(conversation_id, chosen, actor=f"agent:{me}")
+                return await panel(request, s, conversation_id, code=code)
             await s.queues.conversations.ask_identification(
                 conversation_id, chosen, actor=f"agent:{me}"
             )
@@ -495,7 +512,7 @@ def agent_router(
         raise NotFoundError("No such action")
 
     async def panel(
-        request: Request, s: Seat, conversation_id: str, *, reveal: str = ""
+        request: Request, s: Seat, conversation_id: str, *, reveal: str = "", code: str = ""
     ) -> HTMLResponse:
         me = s.agent.agent_id
         conversation = await s.queues.held(conversation_id, me)
@@ -536,6 +553,13 @@ def agent_router(
             if name in attrs
         ]
         provenance = _provenance(s.tenant, data)
+        # Through our own address: the panel's HTML never holds a masked value, and each use
+        # is audited.
+        links_out = [
+            {"label": link.label, "url": f"/agent/{s.tenant.slug}/c/{conversation_id}/record/{n}"}
+            for n, link in enumerate(s.tenant.record_links)
+            if link.for_attributes(attrs) is not None
+        ]
         return page(
             request,
             "agent_conversation.html",
@@ -550,7 +574,11 @@ def agent_router(
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "form": await form_context(s, conversation),
+                "record_links": links_out,
                 "identify": identify_context(s, conversation),
+                "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),
+                "identify_url": f"{settings.public_url}{s.tenant.prefix}/code",
+                "code_minutes": s.tenant.phone.identify_code_minutes,
                 **await line_context(s, conversation),
             },
             s.tenant,
@@ -611,7 +639,8 @@ def agent_router(
     def askable(s: Seat, conversation: Conversation) -> list[Purpose]:
         """The purposes I may ask the resident in this chat to identify for: those of its
         channel that some method can prove; none unless I am in the chat."""
-        if not is_chat(s.tenant, conversation) or conversation.state != "connected":
+        by_phone = conversation.channel == "phone" and links is not None and s.tenant.slug in links
+        if conversation.state != "connected" or not (is_chat(s.tenant, conversation) or by_phone):
             return []
         return [
             p
@@ -657,6 +686,24 @@ def agent_router(
             return
         await ws.accept()
         await chat_socket(ws, queues.conversations, bus, conversation_id, "agent")
+
+    @router.get("/{slug}/c/{conversation_id}/record/{n}", response_class=RedirectResponse)
+    async def record(request: Request, slug: str, conversation_id: str, n: int) -> Response:
+        """Open the resident's record in the contact-centre system (``record_links``)."""
+        s = await seat(request, slug)
+        me = s.agent.agent_id
+        conversation = await s.queues.held(conversation_id, me)
+        if not 0 <= n < len(s.tenant.record_links) or conversation.state not in (
+            "connected",
+            "wrap_up",
+        ):
+            raise NotFoundError("No such link")
+        data = await s.queues.conversations.attributes(conversation_id, actor=f"agent:{me}")
+        attrs = data.get("attributes") if data else None
+        url = s.tenant.record_links[n].for_attributes(attrs if isinstance(attrs, dict) else {})
+        if url is None:
+            raise NotFoundError("No such link")
+        return RedirectResponse(url, status_code=303, headers={"Referrer-Policy": "no-referrer"})
 
     @router.get("/{slug}/c/{conversation_id}/line", response_class=HTMLResponse)
     async def line(request: Request, slug: str, conversation_id: str) -> HTMLResponse:

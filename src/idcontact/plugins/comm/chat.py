@@ -20,13 +20,12 @@ from idcontact.conversations import Conversation
 from idcontact.domain.lifecycle import InvalidTransitionError
 from idcontact.errors import (
     BadRequestError,
-    ConfigError,
     IdContactError,
-    MethodNotAllowedForPurposeError,
 )
 from idcontact.plugins.base import PluginContext
 from idcontact.plugins.comm.common import SessionFeedback
 from idcontact.plugins.comm.demo import DemoCommPlugin
+from idcontact.plugins.comm.identify import identify_context, start_identification
 from idcontact.settings import Purpose
 from idcontact.web.chat import CHATTING, MAX_TEXT, OPEN, chat_socket, post_message
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language
@@ -39,19 +38,8 @@ TEXT = {
         "label": "Uw bericht",
         "send": "Versturen",
         "download": "Gesprek downloaden",
-        "identify_asked": "De medewerker vraagt u zich te identificeren voor: {purpose}.",
-        "identify_sees": "De medewerker ziet dan deze gegevens van u:",
-        "identify_with": "Identificeren met {method}",
-        "identify_no": "Liever niet",
-        "identify_failed": "Identificeren is niet gelukt of geannuleerd. U kunt het opnieuw "
-        "proberen.",
-        "identify_ineligible": "Met deze gegevens kunnen we u voor dit onderwerp niet helpen.",
-        "identify_done": "U bent geïdentificeerd. De medewerker ziet nu uw gegevens.",
-        "identify_hint": "U gaat naar de identificatie en komt daarna terug in dit gesprek; "
-        "uw berichten blijven staan.",
         "logout": "Uitloggen",
         "logout_hint": "Uitloggen wist uw gegevens bij de medewerker; het gesprek gaat door.",
-        "logged_out": "U bent uitgelogd. De medewerker ziet uw gegevens niet meer.",
     },
     "en": {
         "you": "You",
@@ -60,18 +48,8 @@ TEXT = {
         "label": "Your message",
         "send": "Send",
         "download": "Download the conversation",
-        "identify_asked": "The employee asks you to identify for: {purpose}.",
-        "identify_sees": "The employee will then see this data about you:",
-        "identify_with": "Identify with {method}",
-        "identify_no": "No, thank you",
-        "identify_failed": "Identification failed or was cancelled. You can try again.",
-        "identify_ineligible": "With this data we cannot help you on this topic.",
-        "identify_done": "You are identified. The employee now sees your data.",
-        "identify_hint": "You go to the identification and then come back to this "
-        "conversation; your messages stay.",
         "logout": "Log out",
         "logout_hint": "Logging out deletes your data at the employee; the conversation goes on.",
-        "logged_out": "You have logged out. The employee no longer sees your data.",
     },
 }
 
@@ -92,47 +70,19 @@ class ChatCommPlugin(DemoCommPlugin):
         # The chat key lives as long as the conversation may (its retention).
         await self._conversations.open_chat(conversation_id, purpose)
 
-    def _identify_context(self, conversation: Conversation, lang: str) -> dict[str, object] | None:
-        """The agent's question to identify, while it is open: for what, which data the agent
-        will see, and with which methods (the purpose's own)."""
-        tenant = self._ctx.tenant
-        t = TEXT[lang]
-        asked = conversation.identify_state
-        if asked == "done" and conversation.identified:
-            return {"state": "done", "text": t["identify_done"]}
-        if asked == "logged_out":
-            return {"state": "logged_out", "text": t["logged_out"]}
-        if asked not in ("asked", "started", "failed", "ineligible"):
-            return None
-        purpose = tenant.purpose(conversation.identify_purpose or "")
-        if purpose is None or conversation.state not in ("waiting", "offered", "connected"):
-            return None
-        label = purpose.label.get(lang) if purpose.label else purpose.tag
-        methods = [tenant.auth_method(tag) for tag in purpose.allowed_auth]
-        return {
-            "state": asked,
-            "text": t["identify_asked"].format(purpose=label),
-            "problem": t.get(f"identify_{asked}") if asked in ("failed", "ineligible") else "",
-            "sees": t["identify_sees"],
-            "labels": [tenant.attribute_label(k, lang) for k in purpose.attributes],
-            "hint": t["identify_hint"],
-            "methods": [
-                {"tag": m.tag, "label": t["identify_with"].format(method=m.name)}
-                for m in methods
-                if m is not None
-            ],
-            "no": t["identify_no"],
-            "action": f"{self._ctx.public_base}/c/{conversation.id}/identify"
-            + self._lang_query(lang),
-        }
-
     async def _page_context(self, conversation: Conversation, lang: str) -> dict[str, object]:
         """The chat window, with the messages so far (readable without a script)."""
         t = TEXT[lang]
         base = f"{self._ctx.public_base}/c/{conversation.id}"
         can_log_out = conversation.identified and conversation.state in CHATTING
         return {
-            "identify": self._identify_context(conversation, lang),
+            "identify": identify_context(
+                self._ctx.tenant,
+                conversation,
+                lang,
+                action=f"{base}/identify{self._lang_query(lang)}",
+                hint="hint_chat",
+            ),
             "logout": {
                 "action": base + "/logout" + self._lang_query(lang),
                 "label": t["logout"],
@@ -189,21 +139,13 @@ class ChatCommPlugin(DemoCommPlugin):
                     conversation_id, actor=f"comm:{tag}:resident"
                 )
                 return back(request, conversation_id)
-            conversation = await conversations.get(conversation_id)
-            if conversation.identify_purpose is None:
-                raise InvalidTransitionError("No identification is asked in this conversation")
-            purpose = self._purpose(conversation.identify_purpose)
-            if auth_method not in purpose.allowed_auth:
-                raise MethodNotAllowedForPurposeError("Choose one of the offered methods")
-            if ctx.starter is None:
-                raise ConfigError("comm plugin: no core to start an identification with")
-            purpose_tag, slot = await conversations.identification_slot(conversation_id)
             lang = language(request, ctx.settings)
-            client_url = await ctx.starter.start(
-                purpose=purpose_tag,
-                auth_method=auth_method,
+            client_url = await start_identification(
+                ctx,
+                conversations,
+                conversation_id,
+                auth_method,
                 comm_url=f"{ctx.public_base}/c/{conversation_id}{self._lang_query(lang)}",
-                attr_url=f"{ctx.internal_base}/attr/{slot}",
             )
             feedback.forget(conversation_id)
             return RedirectResponse(client_url, status_code=303, headers=TOKEN_PAGE_HEADERS)

@@ -18,6 +18,14 @@
   var retry = 1000;
   var typingTimer = null;
   var lastTyped = 0;
+  var leaving = false;
+  // Another form of the page (identify, log out, end) navigates away: a state change heard
+  // meanwhile must not reload the page under it.
+  document.addEventListener("submit", function (event) {
+    if (event.target !== form) {
+      leaving = true;
+    }
+  }, true);
 
   function lastSeq() {
     var items = log.querySelectorAll("li[data-seq]");
@@ -77,6 +85,9 @@
         // form that led here).
         var key = data.state + "/" + (data.identify || "");
         var shown = box.getAttribute("data-state");
+        if (leaving) {
+          return;
+        }
         if (shown && key !== shown) {
           window.location.assign(box.getAttribute("data-page"));
         } else {

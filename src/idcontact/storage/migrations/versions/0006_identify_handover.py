@@ -1,4 +1,5 @@
-"""Identification asked during a conversation, and transcripts waiting to be handed over.
+"""Identification asked during a conversation (chat, or a call with a code), transcripts
+waiting to be handed over, and a caller acting for someone else.
 
 Revision ID: 0006
 Revises: 0005
@@ -17,16 +18,23 @@ COLUMNS = (
     sa.Column("identify_purpose", sa.String(64), nullable=True),
     sa.Column("identify_state", sa.String(16), nullable=True),
     sa.Column("identify_at", sa.Float, nullable=True),
+    sa.Column("identify_code_hash", sa.String(64), nullable=True),
+    sa.Column("identify_code_expires", sa.Float, nullable=True),
     sa.Column("hand_over_until", sa.Float, nullable=True),
+    sa.Column("acting_for", sa.Integer, nullable=True),
 )
 
 
 def upgrade() -> None:
     for column in COLUMNS:
         op.add_column("conversations", column)
+    op.create_index(
+        "ix_conversations_identify_code_hash", "conversations", ["identify_code_hash"], unique=True
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_conversations_identify_code_hash", "conversations")
     with op.batch_alter_table("conversations") as batch:
         for column in reversed(COLUMNS):
             batch.drop_column(column.name)
