@@ -309,16 +309,7 @@ class Conversations:
         def work(conn: Connection) -> None:
             if before is not None:
                 before(conn)
-            try:
-                conn.execute(
-                    insert(used_tokens).values(
-                        replay_key=received.replay_key,
-                        # Kept past exp + any configurable leeway (≤ 120 s).
-                        expires_at=received.expires_at + 180,
-                    )
-                )
-            except IntegrityError:  # the whole unit of work rolls back
-                raise TokenReplayError() from None
+            _mark_used(conn, received)
             claimed = conn.execute(
                 update(conversations)
                 .where(
@@ -352,6 +343,14 @@ class Conversations:
             raise
         await self._changed(conversation_id)
         return state
+
+    async def read_again(self, token: str) -> ReceivedToken:
+        """Verify a later disclosure by a conversation's resident (identifying again, e.g. to
+        read a contact form's answer) and record it against replay; its attributes are stored
+        nowhere: the caller compares them and keeps only the verdict."""
+        received = self._reader.read(token)
+        await self._db.run(lambda conn: _mark_used(conn, received), write=True)
+        return received
 
     # -- identification during a conversation (auth during comm, protocol §4.3) --------------
 
@@ -460,14 +459,7 @@ class Conversations:
             values.update(delivered_at=now, purpose=purpose.tag, purge_at=purge_at)
 
         def work(conn: Connection) -> None:
-            try:
-                conn.execute(
-                    insert(used_tokens).values(
-                        replay_key=received.replay_key, expires_at=received.expires_at + 180
-                    )
-                )
-            except IntegrityError:
-                raise TokenReplayError() from None
+            _mark_used(conn, received)
             claimed = conn.execute(
                 update(conversations)
                 .where(
@@ -846,6 +838,20 @@ class Conversations:
         await self._db.run(forget_tokens, write=True)
         await self._vault.keys.purge_expired()
         return purged
+
+
+def _mark_used(conn: Connection, received: ReceivedToken) -> None:
+    """Record a token as used, in the caller's unit of work; a second use is refused."""
+    try:
+        conn.execute(
+            insert(used_tokens).values(
+                replay_key=received.replay_key,
+                # Kept past exp + any configurable leeway (≤ 120 s).
+                expires_at=received.expires_at + 180,
+            )
+        )
+    except IntegrityError:  # the whole unit of work rolls back
+        raise TokenReplayError() from None
 
 
 @dataclass(frozen=True)

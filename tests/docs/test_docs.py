@@ -9,7 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from idcontact.cli import main
+from idcontact.forms import FormConfig
 from idcontact.keys import KeyConfig
+from idcontact.mail import SmtpConfig
 from idcontact.settings import (
     AgentSso,
     AuthMethod,
@@ -57,6 +59,8 @@ MODELS: list[type[BaseModel]] = [
     IrmaRequestor,
     AgentSso,
     SsoGroup,
+    FormConfig,
+    SmtpConfig,
 ]
 
 

@@ -242,3 +242,17 @@ def test_the_agents_socket_closes_when_the_chat_is_transferred_away(client: Test
         assert gone.value.code == 4404  # the browser goes back to the console
     with client.websocket_connect(page + "/ws") as resident:  # back in line (or offered again)
         assert resident.receive_json()["state"] in ("waiting", "offered")
+
+
+def test_the_agent_answers_without_script(client: TestClient) -> None:
+    """The console's chat form posts to ``/say`` (not taken by the generic action route)."""
+    page = resident_in_line(client)
+    conversation_id = agent_holding(client, page)
+    panel = client.get(f"/agent/default/c/{conversation_id}")
+    sent = client.post(
+        f"/agent/default/c/{conversation_id}/say",
+        data={"csrf": field(panel.text, "csrf"), "text": "Zonder script: " + CANARY},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303, sent.text
+    assert CANARY in client.get(page).text  # the resident sees it

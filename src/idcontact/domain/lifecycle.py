@@ -4,11 +4,16 @@
 
     created ──► authenticated ──► waiting ──► offered ──► connected ──► wrap_up ──► ended ──► purged
        │  └──► failed / ineligible             ▲ ▲  │           │
-       └──► waiting (talk without identifying) │ └──┘ offer not accepted in time: back to the queue
+       └──► waiting (talk without identifying) │ └──┘           ├──► answered (contact form)
+                                               │  offer not accepted in time: back to the queue
                                                └────────────────┘ transferred to a queue
 
 Any state before ``ended`` may end (the resident hangs up or cancels); any state may be purged
 by the sweeper except a live connection, which is never counted as idle.
+
+``answered`` is the contact form's: the agent has answered the written question and is done
+with it (it is no longer their work), while the question, the answer and the attributes stay
+until the purpose's retention, so the resident can read the answer after identifying again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ State = Literal[
     "offered",
     "connected",
     "wrap_up",
+    "answered",
     "ended",
     "purged",
 ]
@@ -38,8 +44,9 @@ _NEXT: dict[State, frozenset[State]] = {
     "ineligible": frozenset(),
     "waiting": frozenset({"offered"}),
     "offered": frozenset({"connected", "waiting"}),
-    "connected": frozenset({"wrap_up", "waiting"}),
+    "connected": frozenset({"wrap_up", "waiting", "answered"}),
     "wrap_up": frozenset(),
+    "answered": frozenset(),
     "ended": frozenset({"purged"}),
     "purged": frozenset(),
 }
@@ -47,7 +54,7 @@ FINAL: frozenset[State] = frozenset({"ended", "purged"})
 LIVE: frozenset[State] = frozenset({"connected"})
 """States in which the resident is talking to an agent: never purged as idle."""
 HOLDS_ATTRIBUTES: frozenset[State] = frozenset(
-    {"authenticated", "waiting", "offered", "connected", "wrap_up"}
+    {"authenticated", "waiting", "offered", "connected", "wrap_up", "answered"}
 )
 
 

@@ -181,6 +181,26 @@ chat_messages = Table(
     Column("created_at", Float, nullable=False),
 )
 
+form_questions = Table(
+    "form_questions",
+    metadata,
+    # The contact form (forms.py): the question and answer themselves are chat messages in the
+    # vault; this row holds only keyed hashes of the secrets and the times.
+    Column("conversation_id", String(32), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("submitted_at", Float, nullable=False),
+    Column("answered_at", Float, nullable=True),
+    # The one-time link to read the answer (keyed hash; NULL once used up) and failed reads.
+    Column("link_hash", String(64), nullable=True, unique=True),
+    Column("failures", Integer, nullable=False, default=0),
+    # A re-identification in progress: its attr_url slot, its return path and the browser.
+    Column("slot_hash", String(64), nullable=True, unique=True),
+    Column("return_hash", String(64), nullable=True, unique=True),
+    Column("browser_hash", String(64), nullable=True),
+    Column("attempt_expires", Float, nullable=True),
+    Column("verdict", String(16), nullable=True),
+)
+
 used_tokens = Table(
     "used_tokens",
     metadata,

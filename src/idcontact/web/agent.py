@@ -42,6 +42,7 @@ from idcontact.agents.sso import (
 from idcontact.conversations import Conversation
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
+from idcontact.forms import Forms, forms_for
 from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
 from idcontact.settings import Purpose, Settings, Tenant
@@ -518,6 +519,48 @@ def agent_router(
         await s.queues.set_presence(s.agent.agent_id, presence)
         return RedirectResponse(f"/agent/{slug}/", status_code=303)
 
+    # Before the generic /{action} route below, which would otherwise take these paths.
+    @router.post(
+        "/{slug}/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303
+    )
+    async def say(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        text: Annotated[str, Form(max_length=2000)],
+    ) -> RedirectResponse:
+        """Without JavaScript: answer in the chat and see the panel again."""
+        s = await posted(request, slug, csrf)
+        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
+        if (
+            not is_chat(s.tenant, conversation)
+            or conversation.state != "connected"
+            or not text.strip()
+        ):
+            raise BadRequestError("No message can be sent here now")
+        await post_message(s.queues.conversations, bus, conversation_id, "agent", text.strip())
+        return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+
+    @router.post(
+        "/{slug}/c/{conversation_id}/answer", response_class=RedirectResponse, status_code=303
+    )
+    async def answer(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        text: Annotated[str, Form(max_length=50_000)],
+    ) -> RedirectResponse:
+        """Answer a contact-form question I hold: it is then done, no longer my work."""
+        s = await posted(request, slug, csrf)
+        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
+        desk = form_desk(s, conversation)
+        if desk is None:
+            raise BadRequestError("This conversation is no contact-form question")
+        await desk.answer(conversation_id, s.agent.agent_id, text)
+        return RedirectResponse(f"/agent/{slug}/", status_code=303)
+
     @router.post("/{slug}/c/{conversation_id}/{action}", response_class=RedirectResponse)
     async def act(
         request: Request,
@@ -661,6 +704,7 @@ def agent_router(
                 "wrap_up_until": _time(conversation.wrap_up_until),
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
+                "form": await form_context(s, conversation),
                 "record_links": links_out,
                 "callback": (
                     await store.callback_number(conversation_id, actor=f"agent:{me}")
@@ -734,6 +778,26 @@ def agent_router(
             "until": _time(conversation.transfer_expires) if pending else "",
         }
 
+    def form_desk(s: Seat, conversation: Conversation) -> Forms | None:
+        """The contact form a conversation came from, when its channel is the form plugin."""
+        method = s.tenant.comm_method(conversation.comm_method)
+        if method is None or method.plugin != "form":
+            return None
+        return forms_for(settings.public_url, method.tag, s.queues.conversations, s.queues)
+
+    async def form_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """The question of a contact form I hold, and the answer form while I have it."""
+        desk = form_desk(s, conversation)
+        if desk is None:
+            return None
+        thread = await desk.thread(conversation.id) if conversation.state == "connected" else None
+        return {
+            "thread": thread,
+            "action": f"/agent/{s.tenant.slug}/c/{conversation.id}/answer",
+            "max_answer": desk.config.max_answer,
+            "answered": conversation.state == "answered",
+        }
+
     def askable(s: Seat, conversation: Conversation) -> list[Purpose]:
         """The purposes I may ask the resident in this chat to identify for: those of its
         channel that some method can prove; none unless I am in the chat."""
@@ -786,28 +850,6 @@ def agent_router(
         await chat_socket(
             ws, queues.conversations, bus, conversation_id, "agent", agent_id=agent.agent_id
         )
-
-    @router.post(
-        "/{slug}/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303
-    )
-    async def say(
-        request: Request,
-        slug: str,
-        conversation_id: str,
-        csrf: Annotated[str, Form(max_length=200)],
-        text: Annotated[str, Form(max_length=2000)],
-    ) -> RedirectResponse:
-        """Without JavaScript: answer in the chat and see the panel again."""
-        s = await posted(request, slug, csrf)
-        conversation = await s.queues.held(conversation_id, s.agent.agent_id)
-        if (
-            not is_chat(s.tenant, conversation)
-            or conversation.state != "connected"
-            or not text.strip()
-        ):
-            raise BadRequestError("No message can be sent here now")
-        await post_message(s.queues.conversations, bus, conversation_id, "agent", text.strip())
-        return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
 
     @router.get("/{slug}/c/{conversation_id}/record/{n}", response_class=RedirectResponse)
     async def record(request: Request, slug: str, conversation_id: str, n: int) -> Response:

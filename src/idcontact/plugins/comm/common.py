@@ -38,23 +38,28 @@ def purpose_of(tenant: Tenant, tag: str) -> Purpose:
 def add_attr_route(router: APIRouter, conversations: Conversations) -> None:
     """``POST /attr/{slot}``: out-of-band delivery of an attribute token, exactly once."""
 
-    @router.post(
-        "/attr/{slot}",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/jwt": {"schema": {"type": "string"}}},
-            }
-        },
-    )
+    @router.post("/attr/{slot}", openapi_extra=JWT_BODY)
     async def receive_attributes(request: Request, slot: str) -> dict[str, str]:
         """Out-of-band delivery of an attribute token (``application/jwt``)."""
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/jwt":
-            raise UnsupportedMediaTypeError("Send the token as application/jwt")
-        token = (await request.body()).decode("ascii", errors="replace").strip()
-        state = await conversations.deliver_to_slot(slot, token)
+        state = await conversations.deliver_to_slot(slot, await jwt_body(request))
         return {"state": state}
+
+
+JWT_BODY: dict[str, object] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/jwt": {"schema": {"type": "string"}}},
+    }
+}
+"""``openapi_extra`` of a route that takes a token as its body."""
+
+
+async def jwt_body(request: Request) -> str:
+    """The token a request carries as ``application/jwt`` (415 for anything else)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/jwt":
+        raise UnsupportedMediaTypeError("Send the token as application/jwt")
+    return (await request.body()).decode("ascii", errors="replace").strip()
 
 
 class AuthOnlyStarter:

@@ -176,6 +176,8 @@ class DemoCommPlugin:
     kind: ClassVar[Kind] = "comm"
     template: ClassVar[str] = "demo_comm.html"
     """The resident's page; a channel built on this one extends it."""
+    unidentified: ClassVar[bool] = True
+    """Whether the channel can serve a resident who does not identify (where allowed)."""
 
     def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         if ctx.conversations is None:
@@ -192,6 +194,15 @@ class DemoCommPlugin:
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         """A conversation of this channel was created (a channel sets up its own parts)."""
+
+    async def _opened(self, conversation: Conversation) -> Conversation:
+        """The resident opened their page: they are present now, so it joins the queue (an
+        asynchronous channel joins later)."""
+        if conversation.state == "authenticated" and self._queues is not None:
+            return await self._queues.enqueue(
+                conversation.id, actor=f"comm:{self._ctx.method.tag}:resident"
+            )
+        return conversation
 
     async def _page_context(self, conversation: Conversation, lang: str) -> dict[str, object]:
         """What a channel adds to the resident's page."""
@@ -325,7 +336,7 @@ class DemoCommPlugin:
                 )
                 await self._created(conversation_id, purpose)
                 return StartCommResponse(client_url=f"{ctx.public_base}/c/{conversation_id}")
-            if body.unidentified and not purpose.allow_unidentified:
+            if body.unidentified and not (purpose.allow_unidentified and self.unidentified):
                 raise MethodNotAllowedForPurposeError("This topic needs identification")
             conversation_id, slot = await conversations.create(
                 purpose, tag, with_slot=self._use_attr_url, unidentified=body.unidentified
@@ -355,11 +366,7 @@ class DemoCommPlugin:
                 if conversation.state == "created":
                     await conversations.deliver(conversation_id, result)
                 return RedirectResponse(page, status_code=303, headers=TOKEN_PAGE_HEADERS)
-            conversation = await conversations.get(conversation_id)
-            if conversation.state == "authenticated" and self._queues is not None:
-                conversation = await self._queues.enqueue(
-                    conversation_id, actor=f"comm:{tag}:resident"
-                )
+            conversation = await self._opened(await conversations.get(conversation_id))
             purpose = self._purpose(conversation.purpose)
             t = TEXT[lang]
             texts = self._texts(conversation, lang)
