@@ -4,7 +4,9 @@ console). Both run :func:`chat_socket`.
 Frames are JSON. From the browser: ``{"type": "message", "text": …}`` and ``{"type":
 "typing"}``. To it: ``{"type": "message", "seq", "from", "text", "at"}``, ``{"type":
 "typing", "from"}`` and ``{"type": "state", "state"}``. A browser that (re)connects with
-``?after=<last seq it has>`` gets what it missed first, so a reconnect loses nothing.
+``?after=<last seq it has>`` gets what it missed first, so a reconnect loses nothing. A video
+conversation's sockets carry its WebRTC signalling too (``signal`` and ``ice`` frames, see
+``web/video.py``): one authenticated socket per side.
 
 Messages are stored encrypted in the vault; the bus carries only their numbers, so the text
 never leaves this process except to the two browsers (and never reaches Redis or a log).
@@ -24,6 +26,7 @@ from idcontact.conversations import Conversations
 from idcontact.errors import IdContactError
 from idcontact.events import Bus, Event
 from idcontact.storage.vault import ChatMessage
+from idcontact.web.video import MAX_SIGNAL, SIGNALS_PER_MINUTE, Signalling
 
 Side = Literal["resident", "agent"]
 MAX_TEXT = 2000
@@ -40,8 +43,10 @@ async def chat_socket(
     bus: Bus,
     conversation_id: str,
     side: Side,
+    signalling: Signalling | None = None,
 ) -> None:
-    """Serve one accepted WebSocket until either side leaves or the conversation closes."""
+    """Serve one accepted WebSocket until either side leaves or the conversation closes;
+    with ``signalling``, relay a video call's signals between the two sides too."""
     tenant = conversations.tenant.slug
     try:
         after = max(0, int(ws.query_params.get("after", "0")))
@@ -50,11 +55,15 @@ async def chat_socket(
     async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
         state: str = (await conversations.get(conversation_id)).state
         await ws.send_json({"type": "state", "state": state})
+        if signalling is not None and state == "connected":
+            await ws.send_json(signalling.ice())
         after = await _send_since(ws, conversations, conversation_id, after)
         if state not in OPEN:
             await ws.close()
             return
-        reader = asyncio.create_task(_read(ws, conversations, bus, conversation_id, side))
+        reader = asyncio.create_task(
+            _read(ws, conversations, bus, conversation_id, side, signalling)
+        )
         try:
             while not reader.done():
                 waiting = asyncio.create_task(sub.next(HEARTBEAT))
@@ -74,9 +83,14 @@ async def chat_socket(
                     after = await _send_since(ws, conversations, conversation_id, after)
                 elif event.data.get("typing") and event.data["typing"] != side:
                     await ws.send_json({"type": "typing", "from": event.data["typing"]})
+                elif "signal" in event.data:
+                    if event.data.get("from") != side:
+                        await ws.send_json({"type": "signal", "data": event.data["signal"]})
                 elif "state" in event.data:
                     state = str(event.data["state"])
                     await ws.send_json({"type": "state", "state": state})
+                    if signalling is not None and state == "connected":
+                        await ws.send_json(signalling.ice())
                     if state not in OPEN:
                         break
         except (WebSocketDisconnect, RuntimeError):
@@ -120,17 +134,35 @@ async def _send_since(
 
 
 async def _read(
-    ws: WebSocket, conversations: Conversations, bus: Bus, conversation_id: str, side: Side
+    ws: WebSocket,
+    conversations: Conversations,
+    bus: Bus,
+    conversation_id: str,
+    side: Side,
+    signalling: Signalling | None,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
     tenant = conversations.tenant.slug
+    limit = MAX_FRAME if signalling is None else MAX_SIGNAL
+    signals: list[float] = []
     while True:
         raw = await ws.receive_text()
         try:
-            frame = json.loads(raw) if len(raw) <= MAX_FRAME else None
+            frame = json.loads(raw) if len(raw) <= limit else None
         except ValueError:
             frame = None
         kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "signal" and signalling is not None and isinstance(frame, dict):
+            now = time.monotonic()
+            signals[:] = [t for t in signals if now - t < 60.0] + [now]
+            error = (
+                "too-many-signals"
+                if len(signals) > SIGNALS_PER_MINUTE
+                else await _relay(conversations, bus, conversation_id, side, signalling, frame)
+            )
+            if error:
+                await ws.send_json({"type": "error", "error": error})
+            continue
         if kind == "typing":
             await bus.publish(
                 Event(tenant, "conversation", conversation_id, {"typing": side}, time.time())
@@ -149,3 +181,33 @@ async def _read(
             await post_message(conversations, bus, conversation_id, side, text)
         except IdContactError:
             await ws.send_json({"type": "error", "error": "closed"})
+
+
+async def _relay(
+    conversations: Conversations,
+    bus: Bus,
+    conversation_id: str,
+    side: Side,
+    signalling: Signalling,
+    frame: dict[str, object],
+) -> str | None:
+    """Pass one signal to the other side (never stored, never logged); the error, if any."""
+    data = signalling.clean(frame.get("data"))
+    if data is None:
+        return "bad-signal"
+    try:
+        conversation = await conversations.get(conversation_id)
+    except IdContactError:
+        return "closed"
+    if conversation.state != "connected":
+        return "not-connected"
+    await bus.publish(
+        Event(
+            conversations.tenant.slug,
+            "conversation",
+            conversation_id,
+            {"signal": data, "from": side},
+            time.time(),
+        )
+    )
+    return None

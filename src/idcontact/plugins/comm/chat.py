@@ -23,6 +23,7 @@ from idcontact.plugins.comm.demo import DemoCommPlugin
 from idcontact.settings import Purpose
 from idcontact.web.chat import CHATTING, MAX_TEXT, OPEN, chat_socket, post_message
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language
+from idcontact.web.video import Signalling
 
 TEXT = {
     "nl": {
@@ -49,6 +50,8 @@ class ChatCommPlugin(DemoCommPlugin):
 
     def __init__(self, ctx: PluginContext, config: dict[str, Any]) -> None:
         super().__init__(ctx, config)
+        self._signalling: Signalling | None = None
+        """A video channel's signalling, carried by the same socket (``plugins/comm/video``)."""
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         # The chat key lives as long as the conversation may (its retention).
@@ -95,7 +98,7 @@ class ChatCommPlugin(DemoCommPlugin):
             if bus is None:
                 await ws.close(code=1011)
                 return
-            await chat_socket(ws, conversations, bus, conversation_id, "resident")
+            await chat_socket(ws, conversations, bus, conversation_id, "resident", self._signalling)
 
         @router.post("/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303)
         async def say(

@@ -2,6 +2,9 @@
 // number of the last message it has, so nothing is lost). Without this script the window still
 // works: the form posts the message and the page shows them all.
 // Every text comes from the page (data-text-* attributes), so this file holds no language.
+// The socket is shared with a video call's script (video.js): frames this file does not handle
+// go to it as "idc:frame" events on the chat box, "idc:open" says the socket (re)opened, and
+// an "idc:send" event on the box sends its detail as a frame.
 (function () {
   "use strict";
 
@@ -55,6 +58,7 @@
     socket.addEventListener("open", function () {
       retry = 1000;
       box.setAttribute("data-connected", "true");
+      box.dispatchEvent(new CustomEvent("idc:open"));
     });
     socket.addEventListener("message", function (event) {
       var data;
@@ -77,6 +81,8 @@
         window.location.assign(box.getAttribute("data-page"));
       } else if (data.type === "state") {
         box.setAttribute("data-state", data.state);
+      } else {
+        box.dispatchEvent(new CustomEvent("idc:frame", { detail: data }));
       }
     });
     socket.addEventListener("close", function () {
@@ -86,6 +92,12 @@
       retry = Math.min(retry * 2, 15000);
     });
   }
+
+  box.addEventListener("idc:send", function (event) {
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify(event.detail));
+    }
+  });
 
   if (form && input) {
     form.addEventListener("submit", function (event) {
