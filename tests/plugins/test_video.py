@@ -340,9 +340,9 @@ def test_two_aiortc_peers_connect_through_our_sockets_and_the_relay(
     tmp_path: Path, loopback_ice: None
 ) -> None:
     from aiortc import (
-        RTCIceTransportPolicy,
         RTCConfiguration,
         RTCIceServer,
+        RTCIceTransportPolicy,
         RTCPeerConnection,
         RTCSessionDescription,
         VideoStreamTrack,
