@@ -84,7 +84,7 @@ def test_demo_config_loads() -> None:
     settings = load_settings(DEMO_CONFIG)
     assert [p.tag for p in settings.purposes] == ["report_move", "waste_collection", "senior_pass"]
     assert [m.tag for m in settings.auth_methods] == ["demo", "yivi"]
-    assert [m.tag for m in settings.comm_methods] == ["demo", "chat", "phone"]
+    assert [m.tag for m in settings.comm_methods] == ["demo", "chat", "phone", "video"]
     # "*" is expanded at load time: no wildcard survives into the model. Yivi proves names,
     # the BSN and addresses in the demo, not a birth year.
     offered = {p.tag: p.allowed_auth for p in settings.purposes}
@@ -94,7 +94,7 @@ def test_demo_config_loads() -> None:
         "senior_pass": ("demo",),
     }
     for p in settings.purposes:
-        assert p.allowed_comm == ("demo", "chat", "phone")
+        assert p.allowed_comm == ("demo", "chat", "phone", "video")
     move = settings.purpose("report_move")
     assert move is not None
     assert move.min_assurance == "substantial"

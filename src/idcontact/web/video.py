@@ -57,6 +57,8 @@ PANEL_TEXT: dict[str, dict[str, str]] = {
         "other_none": "De medewerker heeft geen camera en microfoon aan: gebruik de chat.",
         "relay": "De video loopt via onze server: de medewerker ziet uw internetadres "
         "(IP-adres) niet.",
+        "direct": "Demo: de video gaat rechtstreeks tussen de browsers, dus de medewerker kan "
+        "uw internetadres (IP-adres) zien.",
         "call_us": " of bel ons op {phone}",
         "remote": "Video van de medewerker",
         "local": "Uw eigen beeld",
@@ -86,6 +88,8 @@ PANEL_TEXT: dict[str, dict[str, str]] = {
         "other_none": "The agent's camera and microphone are off: use the chat.",
         "relay": "The video goes through our server: the agent does not see your internet "
         "(IP) address.",
+        "direct": "Demo: the video goes directly between the browsers, so the agent can see "
+        "your internet (IP) address.",
         "call_us": " or call us on {phone}",
         "remote": "The agent's video",
         "local": "Your own picture",
@@ -109,6 +113,8 @@ AGENT_TEXT: dict[str, str] = {
     "other_none": "De inwoner heeft camera en microfoon geweigerd of niet beschikbaar: ga "
     "verder in de chat.",
     "relay": "De video loopt via onze server: u en de inwoner zien elkaars IP-adres niet.",
+    "direct": "Demo: de video gaat rechtstreeks tussen de browsers; u en de inwoner kunnen "
+    "elkaars IP-adres zien.",
     "remote": "Video van de inwoner",
 }
 RELAY = re.compile(r" typ relay( |$)")
@@ -242,10 +248,11 @@ class Signalling:
 def panel(me: str, lang: str, *, relay_only: bool, phone: str | None) -> dict[str, object]:
     """What ``video_panel.html`` shows one side: who it is and every text ``video.js`` uses."""
     texts = dict(AGENT_TEXT if me == "agent" else PANEL_TEXT[lang])
-    call_us = texts.pop("call_us").format(phone=phone) if phone and me != "agent" else ""
+    call_us = texts.pop("call_us").format(phone=phone) if phone else ""
     texts = {k: v.replace("{call_us}", call_us) for k, v in texts.items()}
-    if not relay_only:
-        texts["relay"] = ""
+    # What the page says about addresses: hidden by the relay, or (demo) not.
+    texts["privacy"] = texts.pop("relay") if relay_only else texts.pop("direct")
+    texts.pop("direct", None)
     return {"me": me, "texts": texts}
 
 

@@ -4,7 +4,8 @@
 // Every text comes from the page (data-text-* attributes), so this file holds no language.
 // The socket is shared with a video call's script (video.js): frames this file does not handle
 // go to it as "idc:frame" events on the chat box, "idc:open" says the socket (re)opened, and
-// an "idc:send" event on the box sends its detail as a frame.
+// an "idc:send" event on the box sends its detail as a frame. Frames that come before that
+// script says "idc:listen" (it may load later than the socket opens) are kept for it.
 (function () {
   "use strict";
 
@@ -21,6 +22,8 @@
   var retry = 1000;
   var typingTimer = null;
   var lastTyped = 0;
+  var listening = false;
+  var early = [];
 
   function lastSeq() {
     var items = log.querySelectorAll("li[data-seq]");
@@ -47,6 +50,14 @@
     log.appendChild(item);
     if (message.from !== me) {
       typing.textContent = "";
+    }
+  }
+
+  function pass(data) {
+    if (listening) {
+      box.dispatchEvent(new CustomEvent("idc:frame", { detail: data }));
+    } else if (early.length < 100) {
+      early.push(data);
     }
   }
 
@@ -82,7 +93,7 @@
       } else if (data.type === "state") {
         box.setAttribute("data-state", data.state);
       } else {
-        box.dispatchEvent(new CustomEvent("idc:frame", { detail: data }));
+        pass(data);
       }
     });
     socket.addEventListener("close", function () {
@@ -93,6 +104,15 @@
     });
   }
 
+  box.addEventListener("idc:listen", function () {
+    listening = true;
+    var frames = early;
+    early = [];
+    frames.forEach(pass);
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      box.dispatchEvent(new CustomEvent("idc:open"));
+    }
+  });
   box.addEventListener("idc:send", function (event) {
     if (socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify(event.detail));

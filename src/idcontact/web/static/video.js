@@ -312,6 +312,7 @@
     var frame = event.detail;
     if (frame.type === "ice") {
       ice = { servers: frame.servers, policy: frame.policy };
+      panel.setAttribute("data-ice", frame.policy); // shown in a failed test's log
       gotIce();
     } else if (frame.type === "signal" && frame.data) {
       onSignal(frame.data);
@@ -320,6 +321,7 @@
   chat.addEventListener("idc:open", function () {
     ready.then(hello); // (again) after every (re)connect: the other side may have missed it
   });
+  chat.dispatchEvent(new CustomEvent("idc:listen")); // and the frames that came before this
 
   play.addEventListener("click", function () {
     remoteVideo.play().then(function () {
