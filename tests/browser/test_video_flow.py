@@ -16,8 +16,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expec
 
 from idcontact.cli import DEMO_CONFIG
 from tests.browser.conftest import BROWSER_ARGS
-from tests.browser.support import PAGE_TIMEOUT_MS, LiveServer, run_server
+from tests.browser.support import PAGE_TIMEOUT_MS, Axe, LiveServer, run_server
 from tests.browser.test_agent_flow import enrol_and_login, enrolment_link
+from tests.browser.test_citizen_a11y import assert_accessible
 from tests.services import Turn, turn_server
 
 LIVE_MS = 5000
@@ -86,8 +87,10 @@ def media_browser(playwright: Playwright, chromium_path: Path) -> Iterator[Brows
         browser.close()
 
 
-def new_context(browser: Browser, server: LiveServer, media: bool) -> BrowserContext:
-    context = browser.new_context()
+def new_context(
+    browser: Browser, server: LiveServer, media: bool, bypass_csp: bool = False
+) -> BrowserContext:
+    context = browser.new_context(bypass_csp=bypass_csp)
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     if media:
         context.grant_permissions(MEDIA, origin=server.base_url)
@@ -96,11 +99,12 @@ def new_context(browser: Browser, server: LiveServer, media: bool) -> BrowserCon
 
 @contextmanager
 def two_sides(
-    browser: Browser, server: LiveServer, *, resident_media: bool
+    browser: Browser, server: LiveServer, *, resident_media: bool, axe: bool = False
 ) -> Iterator[tuple[Page, Page]]:
-    """The agent's page (camera and microphone allowed) and the resident's (allowed or not)."""
+    """The agent's page (camera and microphone allowed) and the resident's (allowed or not);
+    ``axe``: the resident's context lets axe-core in (it bypasses the CSP)."""
     agent_context = new_context(browser, server, media=True)
-    resident_context = new_context(browser, server, media=resident_media)
+    resident_context = new_context(browser, server, media=resident_media, bypass_csp=axe)
     try:
         yield agent_context.new_page(), resident_context.new_page()
     finally:
@@ -164,6 +168,11 @@ def test_resident_and_agent_video_call_through_the_relay(
         expect(resident.locator("#video")).to_have_attribute(
             "data-status", "connected", timeout=CALL_MS
         )
+    # Signals are relayed, never logged or stored.
+    for marker in (b"a=fingerprint", b"typ relay", b"a=ice-ufrag"):
+        assert marker not in video_server.log_text().encode()
+        for path in video_server.data_dir.rglob("*"):
+            assert not path.is_file() or marker not in path.read_bytes(), path
 
 
 def test_refused_camera_and_microphone_leave_the_chat_and_the_agents_picture(
@@ -190,9 +199,12 @@ def test_refused_camera_and_microphone_leave_the_chat_and_the_agents_picture(
 
 
 def test_the_embedded_demo_calls_directly_without_a_turn_server(
-    media_browser: Browser, live_server: LiveServer
+    media_browser: Browser, live_server: LiveServer, axe: Axe
 ) -> None:
-    with two_sides(media_browser, live_server, resident_media=True) as (agent, resident):
+    with two_sides(media_browser, live_server, resident_media=True, axe=True) as (
+        agent,
+        resident,
+    ):
         resident_waiting(resident, live_server)
         agent_accepts(agent, live_server, "demi")
         expect(resident.locator("#video-privacy")).to_contain_text(
@@ -205,3 +217,4 @@ def test_the_embedded_demo_calls_directly_without_a_turn_server(
             remote_picture(page)
             stats = page.evaluate(CALL_STATS)
             assert stats["local"] != "relay" and stats["frames"] > 0, stats
+        assert_accessible(axe, resident)  # the resident's page during a call
