@@ -406,3 +406,31 @@ def test_two_aiortc_peers_connect_through_our_sockets_and_the_relay(
                     await resident.close()
 
             assert asyncio.run(call()) < 20  # about 0.6 s on the CI machine
+
+
+def test_the_call_is_over_when_the_conversation_is(client: TestClient) -> None:
+    page = resident_in_line(client, "video")
+    conversation_id = agent_holding(client, page)
+    english = client.get(page + "?lang=en").text
+    assert "Waiting for the agent&#39;s video…" in english and "Stop video" in english
+    panel = client.get(f"/agent/default/c/{conversation_id}").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', panel)
+    assert csrf
+    with both_sockets(client, page, conversation_id) as (resident, agent):
+        frames_until(resident, "ice")
+        frames_until(agent, "ice")
+        finished = client.post(
+            f"/agent/default/c/{conversation_id}/finish",
+            data={"csrf": csrf.group(1)},
+            follow_redirects=False,
+        )
+        assert finished.status_code == 303
+        assert frames_until(resident, "state")["state"] == "wrap_up"
+    assert 'id="video"' not in client.get(f"/agent/default/c/{conversation_id}").text
+    assert 'id="video"' not in client.get(page).text
+    with client.websocket_connect(
+        f"/agent/default/c/{conversation_id}/chat", headers={"origin": PUBLIC}
+    ) as agent:
+        assert agent.receive_json() == {"type": "state", "state": "wrap_up"}
+        signal(agent, {"bye": True})
+        assert frames_until(agent, "error") == {"type": "error", "error": "not-connected"}
