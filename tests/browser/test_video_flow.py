@@ -129,6 +129,12 @@ def agent_accepts(agent: Page, server: LiveServer, username: str) -> None:
     offer.locator("text=Aannemen").click()
 
 
+def chat_reaches_the_agent(resident: Page, agent: Page, text: str) -> None:
+    resident.fill("#chat-text", text)
+    resident.click("#chat-form button")
+    expect(agent.locator("#chat-log")).to_contain_text(text, timeout=LIVE_MS)
+
+
 def remote_picture(page: Page) -> None:
     page.wait_for_function(
         "() => document.getElementById('video-remote').videoWidth > 0", timeout=CALL_MS
@@ -159,11 +165,7 @@ def test_resident_and_agent_video_call_through_the_relay(
         expect(resident.locator("#video-status")).to_have_text(
             "De video is gestopt. De chat blijft open.", timeout=LIVE_MS
         )
-        resident.fill("#chat-text", "Ik zie u niet meer, maar typ wel.")
-        resident.click("#chat-form button")
-        expect(agent.locator("#chat-log")).to_contain_text(
-            "Ik zie u niet meer, maar typ wel.", timeout=LIVE_MS
-        )
+        chat_reaches_the_agent(resident, agent, "Ik zie u niet meer, maar typ wel.")
         agent.click("#video-restart")  # and starts again
         expect(resident.locator("#video")).to_have_attribute(
             "data-status", "connected", timeout=CALL_MS
@@ -191,11 +193,7 @@ def test_refused_camera_and_microphone_leave_the_chat_and_the_agents_picture(
         )
         expect(video).to_have_attribute("data-status", "connected", timeout=CALL_MS)
         remote_picture(resident)  # the resident still sees the agent
-        resident.fill("#chat-text", "Mijn camera doet het niet.")
-        resident.click("#chat-form button")
-        expect(agent.locator("#chat-log")).to_contain_text(
-            "Mijn camera doet het niet.", timeout=LIVE_MS
-        )
+        chat_reaches_the_agent(resident, agent, "Mijn camera doet het niet.")
 
 
 def test_the_embedded_demo_calls_directly_without_a_turn_server(

@@ -204,8 +204,17 @@
     });
   }
 
-  function description(conn) {
-    return { type: conn.localDescription.type, sdp: conn.localDescription.sdp };
+  // Set the offer or answer being made as this side's, and send it to the other side.
+  function sendLocal(conn, made) {
+    made
+      .then(function (made_) {
+        return conn.setLocalDescription(made_);
+      })
+      .then(function () {
+        var mine = conn.localDescription;
+        send({ description: { type: mine.type, sdp: mine.sdp } });
+      })
+      .catch(fail);
   }
 
   // The agent calls: send what there is, receive both kinds either way.
@@ -222,38 +231,22 @@
         conn.addTransceiver(kind, { direction: "recvonly" });
       }
     });
-    conn
-      .createOffer()
-      .then(function (offer) {
-        return conn.setLocalDescription(offer);
-      })
-      .then(function () {
-        send({ description: description(conn) });
-      })
-      .catch(fail);
+    sendLocal(conn, conn.createOffer());
   }
 
   // The resident answers an offer with a new connection.
   function answer(offer) {
     var conn = newPeer();
-    conn
-      .setRemoteDescription(offer)
-      .then(function () {
-        if (local) {
-          local.getTracks().forEach(function (track) {
-            conn.addTrack(track, local);
-          });
-        }
-        flush();
-        return conn.createAnswer();
-      })
-      .then(function (reply) {
-        return conn.setLocalDescription(reply);
-      })
-      .then(function () {
-        send({ description: description(conn) });
-      })
-      .catch(fail);
+    var made = conn.setRemoteDescription(offer).then(function () {
+      if (local) {
+        local.getTracks().forEach(function (track) {
+          conn.addTrack(track, local);
+        });
+      }
+      flush();
+      return conn.createAnswer();
+    });
+    sendLocal(conn, made);
   }
 
   function otherMedia(kind) {
@@ -328,22 +321,21 @@
       play.hidden = true;
     });
   });
-  mute.addEventListener("click", function () {
-    var on = mute.getAttribute("aria-pressed") !== "true";
-    (local ? local.getAudioTracks() : []).forEach(function (track) {
-      track.enabled = !on;
+  // Mute and camera off: a pressed button turns its kind of track off (and says how to undo).
+  function toggle(button, kind, offName, onName) {
+    button.addEventListener("click", function () {
+      var off = button.getAttribute("aria-pressed") !== "true";
+      (local ? local.getTracks() : []).forEach(function (track) {
+        if (track.kind === kind) {
+          track.enabled = !off;
+        }
+      });
+      button.setAttribute("aria-pressed", String(off));
+      button.textContent = text(off ? onName : offName);
     });
-    mute.setAttribute("aria-pressed", String(on));
-    mute.textContent = text(on ? "unmute" : "mute");
-  });
-  camera.addEventListener("click", function () {
-    var off = camera.getAttribute("aria-pressed") !== "true";
-    (local ? local.getVideoTracks() : []).forEach(function (track) {
-      track.enabled = !off;
-    });
-    camera.setAttribute("aria-pressed", String(off));
-    camera.textContent = text(off ? "camera_on" : "camera_off");
-  });
+  }
+  toggle(mute, "audio", "mute", "unmute");
+  toggle(camera, "video", "camera_off", "camera_on");
   hangup.addEventListener("click", function () {
     stopped = true;
     send({ bye: true });
