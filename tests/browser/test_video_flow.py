@@ -73,6 +73,13 @@ def video_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 
 
 @pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The embedded demo as it is (no TURN server), with no other test's residents in line."""
+    with run_server(tmp_path_factory.mktemp("video-demo")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def media_browser(playwright: Playwright, chromium_path: Path) -> Iterator[Browser]:
     """Chromium with a fake camera and microphone (a test pattern and a beep); whether a page
     may use them is each context's permission, so a test can refuse them too."""
@@ -121,10 +128,12 @@ def resident_waiting(resident: Page, server: LiveServer) -> None:
     expect(resident.locator("#chat")).to_have_attribute("data-connected", "true", timeout=LIVE_MS)
 
 
-def agent_accepts(agent: Page, server: LiveServer, username: str) -> None:
+def agent_accepts(agent: Page, server: LiveServer, username: str, resident: Page) -> None:
+    """The agent logs in and accepts the resident's conversation (the one on that page)."""
+    conversation_id = resident.url.split("?", 1)[0].rsplit("/", 1)[1]
     enrol_and_login(agent, enrolment_link(server, username), username)
     agent.click("text=Beschikbaar")
-    offer = agent.locator("li.offer")
+    offer = agent.locator(f"li.offer[data-id='{conversation_id}']")
     expect(offer).to_be_visible(timeout=LIVE_MS)
     offer.locator("text=Aannemen").click()
 
@@ -147,7 +156,7 @@ def test_resident_and_agent_video_call_through_the_relay(
     with two_sides(media_browser, video_server, resident_media=True) as (agent, resident):
         resident_waiting(resident, video_server)
         expect(resident.locator("#video")).to_have_count(0)  # no call before an agent
-        agent_accepts(agent, video_server, "vera")
+        agent_accepts(agent, video_server, "vera", resident)
         for page in (agent, resident):
             expect(page.locator("#video")).to_have_attribute(
                 "data-status", "connected", timeout=CALL_MS
@@ -182,7 +191,7 @@ def test_refused_camera_and_microphone_leave_the_chat_and_the_agents_picture(
 ) -> None:
     with two_sides(media_browser, video_server, resident_media=False) as (agent, resident):
         resident_waiting(resident, video_server)
-        agent_accepts(agent, video_server, "ruud")
+        agent_accepts(agent, video_server, "ruud", resident)
         video = resident.locator("#video")
         expect(video).to_have_attribute("data-media", "none", timeout=LIVE_MS)
         expect(resident.locator("#video-media")).to_contain_text(
@@ -197,14 +206,14 @@ def test_refused_camera_and_microphone_leave_the_chat_and_the_agents_picture(
 
 
 def test_the_embedded_demo_calls_directly_without_a_turn_server(
-    media_browser: Browser, live_server: LiveServer, axe: Axe
+    media_browser: Browser, demo_server: LiveServer, axe: Axe
 ) -> None:
-    with two_sides(media_browser, live_server, resident_media=True, axe=True) as (
+    with two_sides(media_browser, demo_server, resident_media=True, axe=True) as (
         agent,
         resident,
     ):
-        resident_waiting(resident, live_server)
-        agent_accepts(agent, live_server, "demi")
+        resident_waiting(resident, demo_server)
+        agent_accepts(agent, demo_server, "demi", resident)
         expect(resident.locator("#video-privacy")).to_contain_text(
             "Demo: de video gaat rechtstreeks tussen de browsers"
         )
