@@ -15,7 +15,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -43,6 +43,7 @@ from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import LinkCodes
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
+from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
@@ -51,6 +52,7 @@ from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
+from idcontact.transcripts import TranscriptKeeper, load_hand_over
 from idcontact.web import problem
 from idcontact.web.agent import agent_router
 from idcontact.web.citizen import citizen_router, theme_router
@@ -94,6 +96,8 @@ class Services:
     """The phone channel's call logic, when a PBX is configured (``[telephony]``)."""
     irma: Sessions | None = None
     """The built-in IRMA server's sessions, when ``[irma] enabled``."""
+    hand_overs: dict[str, TranscriptKeeper] = field(default_factory=dict)
+    """Per tenant that hands transcripts over (``[transcripts]``): the sweeper's keeper."""
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -205,7 +209,7 @@ def create_app(
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
         tasks: list[asyncio.Task[None]] = []
         if stores and db is not None:
-            tasks.append(asyncio.create_task(_sweep(stores, directory)))
+            tasks.append(asyncio.create_task(_sweep(stores, directory, list(hand_overs.values()))))
             tasks.append(asyncio.create_task(_seal(db, list(tenants))))
         for t in tenants.values():
             if t.queues is not None:
@@ -247,6 +251,14 @@ def create_app(
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
+    hand_overs = {
+        slug: TranscriptKeeper(
+            t.conversations,
+            load_hand_over(t.tenant.transcripts.plugin or "", http, t.tenant.transcripts.settings),
+        )
+        for slug, t in tenants.items()
+        if t.conversations is not None and t.tenant.transcripts.keep == "hand_over"
+    }
     app.state.services = Services(
         settings,
         http,
@@ -257,6 +269,7 @@ def create_app(
         directory,
         calls,
         irma.sessions if irma else None,
+        hand_overs,
     )
     if irma is not None:
         app.include_router(irma.router)
@@ -442,6 +455,14 @@ def _mount_tenant(
     issuer = TokenIssuer(
         keys.signing, kid=keys.signing_kid, status_spelling=settings.status_spelling, clock=clock
     )
+    starter = AuthOnlyStarter(
+        http,
+        f"{settings.core_url or INPROC_BASE}{prefix}/start",
+        keys.requestor,
+        keys.requestor_kid,
+        timeout=settings.plugin_timeout,
+        clock=clock,
+    )
     served: set[tuple[Kind, str]] = set()
     for kind, methods in (("auth", tenant.auth_methods), ("comm", tenant.comm_methods)):
         if kind not in roles:
@@ -468,6 +489,7 @@ def _mount_tenant(
                 queues=services.queues if kind == "comm" else None,
                 links=services.links if kind == "comm" else None,
                 irma=irma if kind == "auth" else None,
+                starter=starter if kind == "comm" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
             router = plugin.router
@@ -504,10 +526,16 @@ async def _seal(db: Database, tenants: Sequence[str]) -> None:
         await asyncio.sleep(SEAL_INTERVAL)
 
 
-async def _sweep(stores: Sequence[Conversations], directory: AgentDirectory | None) -> None:
-    """Purge by time, in-process, on every deployment size."""
+async def _sweep(
+    stores: Sequence[Conversations],
+    directory: AgentDirectory | None,
+    hand_overs: Sequence[TranscriptKeeper] = (),
+) -> None:
+    """Hand transcripts over, then purge by time, in-process, on every deployment size."""
     while True:
         try:
+            for keeper in hand_overs:
+                await keeper.run()
             purged = 0
             for conversations in stores:
                 purged += await conversations.purge_expired()

@@ -642,7 +642,7 @@ def phone_prompts(config: Path | None, out: Path) -> None:
 @main.command()
 def plugins() -> None:
     """List installed plugins (only those named in the configuration are ever loaded)."""
-    for kind in ("auth", "comm"):
+    for kind in ("auth", "comm", "handover"):
         for ep in sorted(entry_points(group=f"idcontact.{kind}"), key=lambda e: e.name):
             click.echo(f"{kind}\t{ep.name}\t{ep.value}")
 

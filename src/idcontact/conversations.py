@@ -8,20 +8,29 @@ transaction, so a refused or failed delivery changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES, LIVE, State, change, sources
+from idcontact.domain.lifecycle import (
+    HOLDS_ATTRIBUTES,
+    LIVE,
+    InvalidTransitionError,
+    State,
+    change,
+    sources,
+)
 from idcontact.domain.queueing import HandleTime
 from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
 from idcontact.events import Bus, Event
@@ -32,6 +41,9 @@ from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
+ASKABLE: tuple[State, ...] = ("waiting", "offered", "connected")
+"""States in which an agent may ask the resident to identify (and the answer may arrive)."""
 
 
 def new_id(nbytes: int = 16) -> str:
@@ -66,6 +78,16 @@ class Conversation:
     """When another call presented this conversation's code again: a possible hijack."""
     call_state: str | None = None
     """The phone call: ``waiting``, ``ringing`` (the agent's phone), ``connected``, ``ended``."""
+    identify_purpose: str | None = None
+    """The purpose an agent asked the resident to identify for during the conversation."""
+    acting_for: bool = False
+    transfer_to: str | None = None
+    """A warm transfer on offer to this agent (until ``transfer_expires``)."""
+    transfer_expires: float | None = None
+    """The agent noted that the resident acts for someone else: the data proves the caller."""
+    identify_state: str | None = None
+    """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
+    ``declined``."""
 
     @property
     def identified(self) -> bool:
@@ -88,6 +110,9 @@ class Conversation:
             "wrap_up_until": self.wrap_up_until,
             "call_state": self.call_state,
             "hijack": self.hijack_at is not None,
+            "identify": self.identify_state,
+            "transfer_to": self.transfer_to,
+            "transfer_expires": self.transfer_expires,
         }
 
 
@@ -212,6 +237,11 @@ class Conversations:
         row = await self._find(conversations.c.slot_hash == slot_hash(slot))
         if row is None:
             raise NotFoundError("No such attribute slot")
+        if row.identify_state == "started":
+            received = self._reader.read(token)
+            await self._accept_during(row, slot, received)
+            state: State = row.state
+            return state
         if row.delivered_at is not None:
             raise SlotUsedError()
         received = self._reader.read(token)
@@ -225,6 +255,33 @@ class Conversations:
         received = self._reader.read(token)
         return await self._accept(row.id, row.purge_at, received, self._purpose(row.purpose))
 
+    def _disclosed(
+        self, received: ReceivedToken, purpose: Purpose, now: float
+    ) -> tuple[
+        Literal["done", "failed", "ineligible"], dict[str, object] | None, dict[str, object]
+    ]:
+        """What a verified token means for ``purpose``: the outcome, what the vault keeps (only
+        the purpose's attributes; anything extra is dropped here) and the audit's subject."""
+        result = received.result
+        if result.status != "success":
+            return "failed", None, {}
+        attrs = {k: v for k, v in (result.attributes or {}).items() if k in purpose.attributes}
+        if not all(attrs.get(rule.attribute) in rule.one_of for rule in purpose.eligibility):
+            return "ineligible", None, {}
+        payload: dict[str, object] = {
+            "attributes": attrs,
+            "session_url": result.session_url,
+            "provenance": dict(result.provenance or {}),
+            "received_at": now,
+            "issued_at": received.issued_at,
+            "kid": received.kid,
+        }
+        # The resident in the audit log: a keyed pseudonym of the identifying attribute only.
+        identifying = (result.attributes or {}).get(purpose.subject_attribute or "")
+        if identifying and self._pseudonym_secret:
+            return "done", payload, {"subject": pseudonym(self._pseudonym_secret, identifying)}
+        return "done", payload, {}
+
     async def _accept(
         self,
         conversation_id: str,
@@ -235,34 +292,14 @@ class Conversations:
         before: Callable[[Connection], None] | None = None,
     ) -> State:
         now = self._clock()
-        result = received.result
-        state: State
-        payload: dict[str, object] | None = None
-        if result.status != "success":
-            state = "failed"
-        else:
-            # Only the purpose's attributes are kept; anything extra is dropped here.
-            attrs = {k: v for k, v in (result.attributes or {}).items() if k in purpose.attributes}
-            eligible = all(attrs.get(rule.attribute) in rule.one_of for rule in purpose.eligibility)
-            state = "authenticated" if eligible else "ineligible"
-            if eligible:
-                payload = {
-                    "attributes": attrs,
-                    "session_url": result.session_url,
-                    "provenance": dict(result.provenance or {}),
-                    "received_at": now,
-                    "issued_at": received.issued_at,
-                    "kid": received.kid,
-                }
-        # The resident in the audit log: a keyed pseudonym of the identifying attribute only.
-        subject: dict[str, object] = {}
-        identifying = (result.attributes or {}).get(purpose.subject_attribute or "")
-        if state == "authenticated" and identifying and self._pseudonym_secret:
-            subject = {"subject": pseudonym(self._pseudonym_secret, identifying)}
+        outcome, payload, subject = self._disclosed(received, purpose, now)
+        state: State = "authenticated" if outcome == "done" else outcome
         sealed: Sealed | None = None
         if payload is not None:
             # The data key goes to the key store before the transaction; removed on failure.
-            sealed = await self._vault.seal(conversation_id, payload, int(max(60, purge_at - now)))
+            sealed = await self._vault.seal(
+                conversation_id, payload, self.key_seconds(purge_at - now)
+            )
 
         def work(conn: Connection) -> None:
             if before is not None:
@@ -311,6 +348,169 @@ class Conversations:
         await self._changed(conversation_id)
         return state
 
+    # -- identification during a conversation (auth during comm, protocol §4.3) --------------
+
+    async def ask_identification(
+        self,
+        conversation_id: str,
+        purpose: Purpose,
+        *,
+        actor: str,
+        values: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """An agent asks the resident to identify for ``purpose`` (again, after a pause: the
+        new attributes replace the old). The resident's page shows the question. ``values``:
+        channel columns written with it (a phone call's code)."""
+        now = self._clock()
+        conversation = await self.annotate_checked(
+            conversation_id,
+            {
+                "identify_purpose": purpose.tag,
+                "identify_state": "asked",
+                "identify_at": now,
+                "slot_hash": None,
+                **(values or {}),
+            },
+            where=conversations.c.state.in_(ASKABLE),
+            event=("conversation.identify_asked", actor, {"purpose": purpose.tag}),
+        )
+        if conversation is None:
+            raise InvalidTransitionError("Identification can only be asked during a conversation")
+        return conversation
+
+    async def identification_slot(self, conversation_id: str) -> tuple[str, str]:
+        """The resident starts identifying: a fresh single-use attr_url slot for the asked
+        purpose (an earlier, unused slot stops working). Returns the purpose tag and the slot."""
+        slot = secrets.token_urlsafe(32)
+        conversation = await self.annotate_checked(
+            conversation_id,
+            {"identify_state": "started", "slot_hash": slot_hash(slot)},
+            where=and_(
+                conversations.c.state.in_(ASKABLE),
+                conversations.c.identify_state.in_(("asked", "started", "failed", "ineligible")),
+            ),
+        )
+        if conversation is None or conversation.identify_purpose is None:
+            raise InvalidTransitionError("No identification is asked in this conversation now")
+        return conversation.identify_purpose, slot
+
+    async def decline_identification(self, conversation_id: str, *, actor: str) -> None:
+        """The resident would rather not identify: the agent sees that; nothing else changes."""
+        conversation = await self.annotate_checked(
+            conversation_id,
+            {"identify_state": "declined", "slot_hash": None},
+            where=conversations.c.identify_state.in_(("asked", "started", "failed", "ineligible")),
+            event=("conversation.identify_declined", actor, None),
+        )
+        if conversation is None:
+            raise InvalidTransitionError("No identification is asked in this conversation now")
+
+    async def log_out(self, conversation_id: str, *, actor: str) -> None:
+        """The resident logged out: their attributes are destroyed now; the conversation (and
+        its chat) goes on unidentified, and the agent may ask again."""
+        conversation = await self.get(conversation_id)
+        if conversation.state not in ASKABLE or not conversation.identified:
+            raise InvalidTransitionError("There is no identification to log out of")
+        await self._vault.destroy_attributes(conversation_id)
+        await self.annotate_checked(
+            conversation_id,
+            {"delivered_at": None, "identify_state": "logged_out", "slot_hash": None},
+            event=("conversation.logged_out", actor, None),
+        )
+
+    async def _accept_during(self, row: Any, slot: str, received: ReceivedToken) -> None:
+        """Attributes from an identification during the conversation: its state stays; the
+        attributes (new or replacing earlier ones) are those of the asked purpose, kept no
+        longer than that purpose's retention. A refused token changes nothing."""
+        now = self._clock()
+        purpose = self._purpose(row.identify_purpose)
+        outcome, payload, subject = self._disclosed(received, purpose, now)
+        purge_at = min(float(row.purge_at), now + purpose.retention_minutes * 60)
+        sealed: Sealed | None = None
+        fresh = False
+        if payload is not None:
+            sealed, fresh = await self._vault.reseal(
+                row.id, payload, self.key_seconds(purge_at - now)
+            )
+        values: dict[str, Any] = {
+            "identify_state": outcome,
+            "identify_at": now,
+            "slot_hash": None,
+            "last_activity": now,
+        }
+        if sealed is not None:
+            values.update(delivered_at=now, purpose=purpose.tag, purge_at=purge_at)
+
+        def work(conn: Connection) -> None:
+            try:
+                conn.execute(
+                    insert(used_tokens).values(
+                        replay_key=received.replay_key, expires_at=received.expires_at + 180
+                    )
+                )
+            except IntegrityError:
+                raise TokenReplayError() from None
+            claimed = conn.execute(
+                update(conversations)
+                .where(
+                    self._mine(row.id),
+                    conversations.c.slot_hash == slot_hash(slot),
+                    conversations.c.identify_state == "started",
+                    conversations.c.state.in_(ASKABLE),
+                )
+                .values(**values)
+            )
+            if claimed.rowcount != 1:
+                raise SlotUsedError()
+            if sealed is not None:
+                self._vault.replace(conn, sealed)
+            audit(
+                conn,
+                now,
+                "system",
+                f"conversation.identify_{outcome}",
+                row.id,
+                {"purpose": purpose.tag, "attribute_names": sorted(purpose.attributes), **subject},
+                tenant=self._tenant,
+            )
+
+        try:
+            await self._db.run(work, write=True)
+        except BaseException:
+            if fresh:
+                await self._vault.forget(row.id)
+            raise
+        await self._changed(row.id)
+
+    async def annotate_checked(
+        self,
+        conversation_id: str,
+        values: dict[str, Any],
+        *,
+        where: Any = None,
+        event: tuple[str, str, dict[str, object] | None] | None = None,
+    ) -> Conversation | None:
+        """:meth:`annotate` with an audit event in the same unit of work; the conversation as
+        changed, or ``None`` when ``where`` no longer holds (then nothing changed)."""
+        now = self._clock()
+
+        def work(conn: Connection) -> Any:
+            guard = [self._mine(conversation_id)] + ([where] if where is not None else [])
+            changed = conn.execute(update(conversations).where(*guard).values(**values))
+            if changed.rowcount != 1:
+                return None
+            if event is not None:
+                kind, actor, detail = event
+                audit(conn, now, actor, kind, conversation_id, detail, tenant=self._tenant)
+            return conn.execute(select(conversations).where(self._mine(conversation_id))).one()
+
+        row = await self._db.run(work, write=True)
+        if row is None:
+            return None
+        conversation = _conversation(row)
+        await self.publish(conversation)
+        return conversation
+
     async def view(
         self, conversation_id: str, *, actor: str
     ) -> tuple[Conversation, dict[str, object] | None]:
@@ -355,9 +555,38 @@ class Conversations:
             )
             return "wrap_up"
         change(current.state, "ended")
-        await self._vault.destroy(conversation_id)
-        await self.transition(conversation_id, "ended", actor=actor)
+        keep = await self._kept_for_hand_over(conversation_id)
+        if keep is None:
+            await self._vault.destroy(conversation_id)
+        await self.transition(conversation_id, "ended", actor=actor, values=keep)
         return "ended"
+
+    async def _kept_for_hand_over(self, conversation_id: str) -> dict[str, Any] | None:
+        """At the end: whether the messages (and attributes) wait for the tenant's hand-over
+        (``[transcripts] keep = "hand_over"``) instead of being destroyed now; the columns that
+        say so, until when."""
+        policy = self._config.transcripts
+        if policy.keep != "hand_over" or not await self._vault.has_messages(conversation_id):
+            return None
+        return {"hand_over_until": self._clock() + policy.retry_hours * 3600}
+
+    def key_seconds(self, seconds: float) -> int:
+        """How long a data key must live for data kept ``seconds``: longer by the hand-over
+        window where transcripts are handed over, so a waiting hand-over never finds its keys
+        expired (the deletion itself is explicit, not by expiry)."""
+        policy = self._config.transcripts
+        extra = policy.retry_hours * 3600 if policy.keep == "hand_over" else 0
+        return int(max(60, seconds) + extra)
+
+    async def open_chat(self, conversation_id: str, purpose: Purpose) -> None:
+        """The conversation's chat key, for as long as the conversation may last."""
+        await self._vault.open_chat(
+            conversation_id, self.key_seconds(purpose.retention_minutes * 60)
+        )
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def keyed(self, label: str, value: str) -> str:
         """A keyed hash of a secret or identifying value (a link code, a caller number), so a
@@ -370,19 +599,7 @@ class Conversations:
     ) -> bool:
         """Change details that are no lifecycle step (a call ringing, a hijack flag) and tell
         the consoles; ``False`` when ``where`` no longer holds."""
-
-        def work(conn: Connection) -> Any:
-            guard = [self._mine(conversation_id)] + ([where] if where is not None else [])
-            changed = conn.execute(update(conversations).where(*guard).values(**values))
-            if changed.rowcount != 1:
-                return None
-            return conn.execute(select(conversations).where(self._mine(conversation_id))).one()
-
-        row = await self._db.run(work, write=True)
-        if row is None:
-            return False
-        await self.publish(_conversation(row))
-        return True
+        return await self.annotate_checked(conversation_id, values, where=where) is not None
 
     async def touch(self, conversation_id: str) -> None:
         """The resident is still there (their waiting page is open): not idle."""
@@ -492,9 +709,10 @@ class Conversations:
             await self._bus.publish(
                 Event(self._tenant, "queue", conversation.queue or "", conversation.summary(), now)
             )
-        await self._bus.publish(
-            Event(self._tenant, "conversation", conversation.id, {"state": conversation.state}, now)
-        )
+        data: dict[str, object] = {"state": conversation.state, "holder": conversation.agent_id}
+        if conversation.identify_state is not None:
+            data["identify"] = conversation.identify_state
+        await self._bus.publish(Event(self._tenant, "conversation", conversation.id, data, now))
 
     async def purge_expired(self) -> int:
         """Destroy attributes past retention or idle too long; safe to run on every instance."""
@@ -505,6 +723,12 @@ class Conversations:
         is_due = and_(
             conversations.c.tenant == self._tenant,
             conversations.c.state != "purged",
+            # A transcript waiting for its hand-over is kept until it is handed over or its
+            # retry window has passed (transcripts.py).
+            or_(
+                conversations.c.hand_over_until.is_(None),
+                conversations.c.hand_over_until <= now,
+            ),
             or_(
                 conversations.c.purge_at <= now,
                 and_(
@@ -517,18 +741,33 @@ class Conversations:
             ),
         )
 
-        def due(conn: Connection) -> list[str]:
-            return [str(r.id) for r in conn.execute(select(conversations.c.id).where(is_due))]
+        def due(conn: Connection) -> list[Any]:
+            columns = (conversations.c.id, conversations.c.state, conversations.c.hand_over_until)
+            return list(conn.execute(select(*columns).where(is_due)))
 
         purged = 0
-        for conversation_id in await self._db.run(due):
+        for row in await self._db.run(due):
+            conversation_id = str(row.id)
+            if row.hand_over_until is not None:
+                log.error(
+                    "transcript not handed over in time: destroyed anyway",
+                    extra={"conversation": conversation_id},
+                )
+            elif row.state != "ended":
+                keep = await self._kept_for_hand_over(conversation_id)
+                if keep is not None:  # ends now; the hand-over comes first, then the purge
+                    with contextlib.suppress(InvalidTransitionError):
+                        await self.transition(
+                            conversation_id, "ended", actor="sweeper", values=keep, where=is_due
+                        )
+                    continue
 
             def mark(conn: Connection, conversation_id: str = conversation_id) -> bool:
                 marked = conn.execute(
                     update(conversations)
                     .where(conversations.c.id == conversation_id, is_due)
                     # Its link code is free again: codes are unique among live ones only.
-                    .values(state="purged", slot_hash=None, link_hash=None)
+                    .values(state="purged", slot_hash=None, link_hash=None, identify_code_hash=None)
                 )
                 if marked.rowcount != 1:
                     return False  # no longer due, or another instance's sweeper was first
@@ -606,4 +845,9 @@ def _conversation(row: Any) -> Conversation:
         link_detail=json.loads(row.link_detail) if row.link_detail else None,
         hijack_at=row.hijack_at,
         call_state=row.call_state,
+        identify_purpose=row.identify_purpose,
+        identify_state=row.identify_state,
+        acting_for=bool(row.acting_for),
+        transfer_to=row.transfer_to,
+        transfer_expires=row.transfer_expires,
     )

@@ -29,8 +29,10 @@ class KeyRing:
     fallback_signers: tuple[JoseKey, ...]
     ui_signing: JoseKey
     ui_kid: str
+    requestor: JoseKey
+    """Comm side: signs our channels' auth-only start requests (identify during a conversation)."""
+    requestor_kid: str
     authonly_request_keys: dict[str, JoseKey] = field(default_factory=dict)
-    requestor: JoseKey | None = None
     internal_secret: bytes = b""
     pseudonym_secret: bytes = b""
 
@@ -102,6 +104,12 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
         m.signature_key.load() for m in tenant.auth_methods if m.signature_key is not None
     ]
     ui = (k.ui_signing or demo_pair(settings, tenant, "ui-signing")[0]).load()
+    requestor = (k.requestor or demo_pair(settings, tenant, "channel-requestor")[0]).load()
+    requestor_kid = (k.requestor.kid if k.requestor else None) or kid_for(requestor)
+    authonly = {kid: c.load() for kid, c in k.authonly_request_keys.items()}
+    if not authonly:
+        # Embedded default: the core accepts auth-only starts from our own channels.
+        authonly = {requestor_kid: _public(requestor)}
     internal = _internal_secret(settings)
     return KeyRing(
         signing=signing,
@@ -112,8 +120,9 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
         fallback_signers=tuple(fallback),
         ui_signing=ui,
         ui_kid=kid_for(ui),
-        authonly_request_keys={kid: c.load() for kid, c in k.authonly_request_keys.items()},
-        requestor=k.requestor.load() if k.requestor else None,
+        authonly_request_keys=authonly,
+        requestor=requestor,
+        requestor_kid=requestor_kid,
         internal_secret=internal,
         pseudonym_secret=(
             tenant.pseudonym_secret.get_secret_value().encode()

@@ -31,7 +31,7 @@ from idcontact.domain.queueing import (
     expected_wait,
     next_offer,
 )
-from idcontact.errors import NotFoundError
+from idcontact.errors import BadRequestError, NotFoundError
 from idcontact.events import Bus, Event
 from idcontact.settings import Queue, Tenant
 from idcontact.storage.audit import audit
@@ -40,6 +40,8 @@ from idcontact.storage.db import agent_memberships, agents, conversations, queue
 log = logging.getLogger(__name__)
 
 ACTIVE = ("waiting", "offered", "connected", "wrap_up")
+TRANSFER_OFFERS = 4
+"""A warm transfer stays on offer this many times a queue's ``offer_seconds``."""
 RACED = object()
 """A dispatcher's update found the conversation changed by another one."""
 """The states a console lists."""
@@ -311,6 +313,112 @@ class QueueService:
         """ "Delete data now": end the conversation (or its wrap-up) and destroy the data."""
         await self.held(conversation_id, agent_id)
         await self._conversations.end(conversation_id, actor=f"agent:{agent_id}")
+        await self._freed(agent_id)
+
+    # -- transfers -----------------------------------------------------------------------
+
+    async def transfer_to_queue(self, conversation_id: str, agent_id: str, queue: str) -> None:
+        """Cold transfer: the conversation goes back in line, in ``queue``, ahead of those who
+        came later (its first ``waiting_since`` counts); the agent loses it at once, and the
+        next agent who accepts gets the attributes with it."""
+        held = await self.held(conversation_id, agent_id)
+        if queue not in self._queues:
+            raise BadRequestError("No such queue")
+        if held.state != "connected":
+            raise InvalidTransitionError("Only a conversation you are in can be transferred")
+        await self._conversations.transition(
+            conversation_id,
+            "waiting",
+            actor=f"agent:{agent_id}",
+            values={
+                "agent_id": None,
+                "queue": queue,
+                "connected_at": None,
+                "transfer_to": None,
+                "transfer_expires": None,
+                "call_state": "waiting" if held.call_state else None,
+            },
+            where=conversations.c.agent_id == agent_id,
+            detail={"to_queue": queue},
+        )
+        await self._freed(agent_id)
+
+    async def offer_transfer(self, conversation_id: str, agent_id: str, to_agent: str) -> None:
+        """Warm transfer: offer the conversation to a colleague who serves its queue; the
+        agent keeps it (and the resident keeps talking to them) until the colleague accepts."""
+        held = await self.held(conversation_id, agent_id)
+        if held.state != "connected":
+            raise InvalidTransitionError("Only a conversation you are in can be transferred")
+        colleagues = {a[0] for a in await self.colleagues(held, agent_id)}
+        if to_agent not in colleagues:
+            raise BadRequestError("That colleague cannot take this conversation")
+        until = self._clock() + self.queue(held.queue).offer_seconds * TRANSFER_OFFERS
+        offered = await self._conversations.annotate_checked(
+            conversation_id,
+            {"transfer_to": to_agent, "transfer_expires": until},
+            where=and_(conversations.c.agent_id == agent_id, conversations.c.state == "connected"),
+            event=("conversation.transfer_offered", f"agent:{agent_id}", {"to_agent": to_agent}),
+        )
+        if offered is None:
+            raise InvalidTransitionError("The conversation changed meanwhile")
+
+    async def answer_transfer(self, conversation_id: str, agent_id: str, *, accept: bool) -> None:
+        """The colleague takes the offered conversation (from now on only they see its data),
+        or declines it; the holder cancels it the same way (``accept=False``)."""
+        conversation = await self._conversations.get(conversation_id)
+        if agent_id not in (conversation.transfer_to, conversation.agent_id):
+            raise NotFoundError("No such conversation")
+        now = self._clock()
+        if not accept:
+            await self._conversations.annotate_checked(
+                conversation_id,
+                {"transfer_to": None, "transfer_expires": None},
+                where=conversations.c.transfer_to.is_not(None),
+                event=("conversation.transfer_declined", f"agent:{agent_id}", None),
+            )
+            return
+        old = conversation.agent_id
+        taken = await self._conversations.annotate_checked(
+            conversation_id,
+            {
+                "agent_id": agent_id,
+                "transfer_to": None,
+                "transfer_expires": None,
+                "connected_at": now,
+            },
+            where=and_(
+                conversations.c.transfer_to == agent_id,
+                conversations.c.transfer_expires > now,
+                conversations.c.agent_id == old,
+                conversations.c.state == "connected",
+            ),
+            event=("conversation.transferred", f"agent:{agent_id}", {"from_agent": old}),
+        )
+        if taken is None:
+            raise InvalidTransitionError("This transfer is no longer on offer")
+        if old is not None:
+            await self._freed(old)
+
+    async def colleagues(
+        self, conversation: Conversation, agent_id: str
+    ) -> list[tuple[str, str, str]]:
+        """Who may get this conversation by a warm transfer: the other agents of its queue
+        (available, busy or paused: they decide), as (id, name, state)."""
+
+        def work(conn: Connection) -> list[tuple[str, str, str]]:
+            pool = {a.agent_id: a.state for a in self._agents(conn, conversation.queue)}
+            pool.pop(agent_id, None)
+            if not pool:
+                return []
+            names = conn.execute(
+                select(agents.c.id, agents.c.display_name).where(agents.c.id.in_(list(pool)))
+            ).all()
+            return sorted(((r.id, r.display_name, pool[r.id]) for r in names), key=lambda a: a[1])
+
+        return await self._db.run(work)
+
+    async def _freed(self, agent_id: str) -> None:
+        """An agent's load went down: they count as idle from now, and the line moves."""
         now = self._clock()
 
         def idle_again(conn: Connection) -> None:

@@ -7,11 +7,14 @@ offending setting (``purposes[2].allowed_auth``) and never its value, because va
 from __future__ import annotations
 
 import math
+import re
+import string
 import tomllib
 from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import (
     AfterValidator,
@@ -236,6 +239,61 @@ def phone_digits(number: str) -> str:
     return digits
 
 
+class RecordLink(_Model):
+    """A link from the attribute panel to the resident's record elsewhere (KISS, say): a URL
+    template whose ``{tag}`` placeholders are filled with disclosed attributes, URL-encoded."""
+
+    label: str = Field(min_length=1, max_length=80)
+    url: str = Field(max_length=500)
+
+    @field_validator("url")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if not v.startswith("https://") and not v.startswith("http://127.0.0.1"):
+            raise ValueError("must be an https URL template")
+        try:
+            fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(v)]
+        except ValueError:
+            raise ValueError("must be a URL template with {attribute} placeholders") from None
+        names = [n for n, spec, conv in fields if n is not None and not spec and conv is None]
+        plain = len(names) == sum(1 for n, _, _ in fields if n is not None)
+        if not names or not plain or not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
+            raise ValueError("needs {attribute} placeholders, e.g. {bsn}")
+        return v
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return tuple(n for _, n, _, _ in string.Formatter().parse(self.url) if n is not None)
+
+    def for_attributes(self, values: Mapping[str, object]) -> str | None:
+        """The link for these attributes; ``None`` unless every placeholder was disclosed."""
+        if not all(isinstance(values.get(n), str) and values.get(n) for n in self.attributes):
+            return None
+        return self.url.format_map({n: quote(str(values[n]), safe="") for n in self.attributes})
+
+
+class Transcripts(_Model):
+    """What happens to a conversation's messages (chat, video chat, form) when it ends."""
+
+    keep: Literal["delete", "hand_over"] = "delete"
+    """``delete``: destroyed with the conversation. ``hand_over``: first handed, with the
+    conversation's attributes, to the municipality's customer-contact system (archiving rules
+    may require it) through the ``plugin``; kept sealed until that succeeds."""
+    plugin: str | None = None
+    """The hand-over plugin (entry point group ``idcontact.handover``): ``webhook`` built in."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """The plugin's own settings (for ``webhook``: ``url``, ``token``/``token_file``)."""
+    retry_hours: int = Field(default=24, ge=1, le=14 * 24)
+    """How long a failing hand-over is retried; then the data is destroyed anyway (and an
+    alarm logged), so no conversation outlives this by accident."""
+
+    @model_validator(mode="after")
+    def _plugin_when_handing_over(self) -> Transcripts:
+        if self.keep == "hand_over" and not self.plugin:
+            raise ValueError("plugin: keep = 'hand_over' needs a hand-over plugin")
+        return self
+
+
 class Phone(_Model):
     """ID Bellen for one tenant: the line residents call and how its link codes behave.
 
@@ -273,6 +331,10 @@ class Phone(_Model):
     """How often a waiting caller hears their place and expected wait again."""
     language: Literal["nl", "en"] = "nl"
     """The language of the phone prompts."""
+    identify_code_length: int = Field(default=6, ge=6, le=12)
+    """Digits of the code an agent reads out to a caller who should identify during the call."""
+    identify_code_minutes: int = Field(default=10, ge=1, le=60)
+    """How long such a code works (once)."""
     webhook_secret: LongSecret | None = None
     """Enables ``/link_phone`` and ``/session_info`` for another contact-centre platform, which
     authenticates with it as a bearer token or an HMAC signature (docs/phone.md)."""
@@ -422,9 +484,13 @@ class TenantFields(_Model):
     """Attributes masked in the agent console until the agent clicks "show" (audited)."""
     wrap_up_seconds: int = Field(default=120, ge=0, le=3600)
     """After a conversation ends the agent keeps its data this long (wrap-up), then it is gone."""
+    record_links: tuple[RecordLink, ...] = ()
+    """Links from the agent's panel to the resident's record in the contact-centre system."""
     audit_retention_days: int = Field(default=365, ge=1, le=3650)
     """Audit events older than this are deleted (the chain stays verifiable from its start)."""
     phone: Phone = Phone()
+    transcripts: Transcripts = Transcripts()
+    """At the end of a conversation with messages: delete them, or hand them over first."""
     """ID Bellen: the phone line and its link codes (docs/phone.md)."""
 
     @model_validator(mode="after")
@@ -498,6 +564,13 @@ class TenantFields(_Model):
                     f"phone.fallback_purpose: purpose {fallback!r} does not allow unidentified "
                     "conversations (allow_unidentified)"
                 )
+        disclosed = {a for p in self.purposes for a in p.attributes}
+        for i, link in enumerate(self.record_links):
+            unknown = [a for a in link.attributes if a not in disclosed]
+            if unknown:
+                raise ValueError(
+                    f"record_links[{i}].url: {', '.join(unknown)} is no purpose's attribute"
+                )
         if any(m.channel == "phone" for m in self.comm_methods) and not self.phone_line:
             raise ValueError("phone.number: a phone comm method needs the number to call")
         return self
@@ -561,6 +634,8 @@ class Settings(TenantFields, BaseSettings):
     """Base URL browsers use to reach this instance (no trailing slash)."""
     internal_url: str | None = None
     """Base URL other roles use to reach this instance; ``None`` means in-process."""
+    core_url: str | None = None
+    """Where a channel role reaches the core (its auth-only starts); ``None``: in-process."""
     data_dir: Path = Path("data")
     database_url: str | None = None
     """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
@@ -588,7 +663,7 @@ class Settings(TenantFields, BaseSettings):
     irma: Irma = Field(default_factory=Irma)
     """The built-in IRMA server (``/yivi``)."""
 
-    @field_validator("public_url", "internal_url")
+    @field_validator("public_url", "internal_url", "core_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         if v is None:

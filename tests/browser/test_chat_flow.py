@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.support import LiveServer, run_server
 from tests.browser.test_agent_flow import enrol_and_login, enrolment_link
@@ -58,3 +58,54 @@ def test_resident_and_agent_chat_live(browser: Browser, chat_server: LiveServer)
     finally:
         agent_context.close()
         resident_context.close()
+
+
+def test_agent_asks_the_resident_to_identify_during_the_chat(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Auth during a chat, live on both sides: the resident's window shows the question as the
+    agent asks, she identifies with the demo method and is back in the same chat, and the
+    agent's panel shows the data without a reload by hand; then she logs out."""
+    agent_context, resident_context = browser.new_context(), browser.new_context()
+    agent, resident = agent_context.new_page(), resident_context.new_page()
+    try:
+        # A server of its own: no agent of another test may be offered this chat.
+        with run_server(tmp_path_factory.mktemp("identify")) as chat_server:
+            identify_during_chat(agent, resident, chat_server)
+    finally:
+        agent_context.close()
+        resident_context.close()
+
+
+def identify_during_chat(agent: Page, resident: Page, chat_server: LiveServer) -> None:
+    resident.goto(chat_server.url("/"))
+    topic = resident.locator("section[aria-labelledby=purpose-waste_collection]")
+    topic.locator("input[name=auth_method][value='']").check()  # without identifying
+    topic.locator("input[name=comm_method][value=chat]").check()
+    topic.locator("button[type=submit]").click()
+    expect(resident.locator("#chat")).to_have_attribute("data-connected", "true")
+    resident.fill("#chat-text", "Mijn container is niet geleegd.")
+    resident.click("#chat-form button")
+
+    enrol_and_login(agent, enrolment_link(chat_server, "dirk"), "dirk")
+    agent.click("text=Beschikbaar")
+    agent.locator("li.offer").locator("text=Aannemen").click(timeout=LIVE_MS)
+    expect(agent.locator("#chat-log")).to_contain_text("Mijn container is niet geleegd.")
+    expect(agent.locator("#chat")).to_have_attribute("data-connected", "true", timeout=LIVE_MS)
+    agent.select_option("#identify-purpose", "report_move")
+    agent.click("text=Vraag de inwoner zich te identificeren")
+
+    question = resident.locator("#identify")
+    expect(question).to_contain_text("Verhuizing doorgeven", timeout=LIVE_MS)
+    resident.click("text=Identificeren met Demo-identificatie")
+    resident.click("button[value=share]")
+    expect(resident.locator("#identify")).to_contain_text("U bent geïdentificeerd")
+    expect(resident.locator("#chat-log")).to_contain_text("Mijn container is niet geleegd.")
+
+    data = agent.locator("dd[data-attribute=fullname]")
+    expect(data).to_have_text("Demi de Demo", timeout=LIVE_MS)  # the panel reloaded itself
+
+    resident.click("#logout button")
+    expect(resident.locator("#identify")).to_contain_text("uitgelogd")
+    expect(agent.locator("#identify")).to_contain_text("heeft uitgelogd", timeout=LIVE_MS)
+    expect(agent.locator("dd[data-attribute=fullname]")).to_have_count(0)

@@ -23,9 +23,11 @@ from idcontact.settings import (
     Phone,
     Purpose,
     Queue,
+    RecordLink,
     Settings,
     Telephony,
     Tenant,
+    Transcripts,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +48,8 @@ MODELS: list[type[BaseModel]] = [
     Labels,
     Queue,
     Phone,
+    RecordLink,
+    Transcripts,
     Telephony,
     Irma,
     IrmaRequestor,

@@ -51,7 +51,7 @@ def test_ending_and_purging(state: str) -> None:
         ("created", "connected"),  # no skipping the queue
         ("failed", "authenticated"),  # a failed identification is not retried in place
         ("waiting", "connected"),  # only through an offer
-        ("connected", "waiting"),  # one connection per conversation
+        ("connected", "offered"),  # a transfer goes back in line, not straight to an agent
         ("ended", "waiting"),
         ("purged", "ended"),
         ("wrap_up", "connected"),

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from idcontact.agents.directory import Membership
+from idcontact.errors import ConfigError
 from tests.conftest import CANARY_BSN, CANARY_NAME, PUBLIC, AppFactory, Instance, demo_settings
 from tests.flows.test_core_flows import JSON, issue
 from tests.flows.test_tenants import NIJMEGEN_CANARY, flow, two_tenants
@@ -329,3 +330,190 @@ async def test_supervisor_statistics_and_admin_export(instance: Instance) -> Non
     export = await admin.client.get("/agent/default/audit.csv")
     assert export.status_code == 200 and export.text.startswith("id,time_utc,actor")
     assert CANARY_BSN not in export.text and CANARY_NAME not in export.text
+
+
+async def test_record_links_and_acting_for_someone_else(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """The panel links to the resident's record elsewhere through an audited redirect (the
+    masked BSN never sits in the page), and the agent can note that the resident acts for
+    someone else: the panel then says whose identity is proven."""
+    links = [{"label": "Open in KISS", "url": "https://kiss.example/personen?bsn={bsn}#p"}]
+    instance: Instance = await make_app(demo_settings(tmp_path, record_links=links))
+    agent = await enrol(instance, "anna")
+    await agent.login()
+    conversation_id = await waiting_conversation(instance)
+    await agent.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    await agent.post(f"/agent/default/c/{conversation_id}/accept")
+    panel = await agent.client.get(f"/agent/default/c/{conversation_id}")
+    assert "Open in KISS" in panel.text and CANARY_BSN not in panel.text
+    opened = await agent.client.get(f"/agent/default/c/{conversation_id}/record/0")
+    assert opened.status_code == 303
+    assert opened.headers["location"] == f"https://kiss.example/personen?bsn={CANARY_BSN}#p"
+    assert opened.headers["referrer-policy"] == "no-referrer"
+    assert (
+        await agent.client.get(f"/agent/default/c/{conversation_id}/record/1")
+    ).status_code == 404
+    other = await enrol(instance, "bert")
+    await other.login()
+    assert (
+        await other.client.get(f"/agent/default/c/{conversation_id}/record/0")
+    ).status_code == 404
+
+    assert "Namens een ander." not in panel.text
+    marked = await agent.post(f"/agent/default/c/{conversation_id}/represent", attribute="on")
+    assert marked.status_code == 303
+    panel = await agent.client.get(f"/agent/default/c/{conversation_id}")
+    assert "Namens een ander." in panel.text and "Toch niet namens een ander" in panel.text
+    await agent.post(f"/agent/default/c/{conversation_id}/represent", attribute="off")
+    assert (
+        "Namens een ander."
+        not in (await agent.client.get(f"/agent/default/c/{conversation_id}")).text
+    )
+    db = instance.services.db
+    assert db is not None
+    actions = await db.run(
+        lambda conn: [
+            r[0]
+            for r in conn.execute(
+                text("SELECT action FROM audit_events WHERE conversation_id = :c"),
+                {"c": conversation_id},
+            )
+        ]
+    )
+    assert actions.count("conversation.acting_for") == 2
+    assert actions.count("attributes.view") >= 2  # the panel and the record link
+
+
+def test_record_link_templates_are_checked(tmp_path: Any) -> None:
+    for url, problem in (
+        ("http://kiss.example/{bsn}", "https URL"),
+        ("https://kiss.example/personen", "placeholders"),
+        ("https://kiss.example/{bsn!r}", "placeholders"),
+        ("https://kiss.example/{shoe_size}", "no purpose's attribute"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            demo_settings(tmp_path, record_links=[{"label": "KISS", "url": url}])
+
+
+async def audit_of(instance: Instance, conversation_id: str) -> list[tuple[str, str, str]]:
+    db = instance.services.db
+    assert db is not None
+    return await db.run(
+        lambda conn: [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                text(
+                    "SELECT actor, action, detail FROM audit_events WHERE conversation_id = :c "
+                    "ORDER BY id"
+                ),
+                {"c": conversation_id},
+            )
+        ]
+    )
+
+
+async def test_warm_and_cold_transfers_move_the_data_with_the_conversation(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    queues = [{"tag": "general"}, {"tag": "taxes", "name": {"nl": "Belastingen", "en": "Taxes"}}]
+    instance: Instance = await make_app(demo_settings(tmp_path, queues=queues))
+    anna, bert = await enrol(instance, "anna"), await enrol(instance, "bert")
+    carl = await enrol(instance, "carl", [Membership("default", "agent", ("taxes",))])
+    for agent in (anna, bert, carl):
+        await agent.login()
+    conversation_id = await waiting_conversation(instance)
+    await anna.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    await anna.post(f"/agent/default/c/{conversation_id}/accept")
+    panel = await anna.client.get(f"/agent/default/c/{conversation_id}")
+    assert "Doorverbinden" in panel.text
+    assert ">Bert (pauze)<" in panel.text and "Carl" not in panel.text  # only its queue's agents
+    ids = {a.username: await agent_id_of(instance, a.username) for a in (anna, bert, carl)}
+
+    # Warm: offered to Bert; Anna keeps it (and the data) until he takes it.
+    refused = await anna.post(f"/agent/default/c/{conversation_id}/offer", target=ids["carl"])
+    assert refused.status_code == 400  # Carl does not serve this queue
+    offered = await anna.post(f"/agent/default/c/{conversation_id}/offer", target=ids["bert"])
+    assert offered.status_code == 303
+    assert CANARY_NAME in (await anna.client.get(f"/agent/default/c/{conversation_id}")).text
+    board = await bert.client.get("/agent/default/board")
+    assert "Overdracht van een collega" in board.text and CANARY_NAME not in board.text
+    assert (await bert.client.get(f"/agent/default/c/{conversation_id}")).status_code == 404
+    taken = await bert.post(f"/agent/default/c/{conversation_id}/take")
+    assert taken.status_code == 303
+    assert CANARY_NAME in (await bert.client.get(f"/agent/default/c/{conversation_id}")).text
+    assert (await anna.client.get(f"/agent/default/c/{conversation_id}")).status_code == 404
+    assert (await anna.post(f"/agent/default/c/{conversation_id}/take")).status_code == 404
+
+    # Cold: Bert sends it to the taxes queue; Carl gets it from the line, with the data.
+    await anna.post("/agent/default/presence", presence="paused")
+    assert (
+        await bert.post(f"/agent/default/c/{conversation_id}/transfer", target="nope")
+    ).status_code == 400
+    sent = await bert.post(f"/agent/default/c/{conversation_id}/transfer", target="taxes")
+    assert sent.status_code == 303
+    assert await state(instance, conversation_id) == "waiting"
+    assert (await bert.client.get(f"/agent/default/c/{conversation_id}")).status_code == 404
+    await carl.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    assert await state(instance, conversation_id) == "offered"
+    await carl.post(f"/agent/default/c/{conversation_id}/accept")
+    assert CANARY_NAME in (await carl.client.get(f"/agent/default/c/{conversation_id}")).text
+
+    trail = await audit_of(instance, conversation_id)
+    actions = [a for _, a, _ in trail]
+    assert "conversation.transfer_offered" in actions and "conversation.transferred" in actions
+    moved = next(d for _, a, d in trail if a == "conversation.waiting" and "taxes" in d)
+    assert "to_queue" in moved
+    viewers = {actor for actor, a, _ in trail if a == "attributes.view"}
+    assert viewers == {f"agent:{ids[n]}" for n in ("anna", "bert", "carl")}
+    assert CANARY_NAME not in str(trail)
+
+
+async def test_a_warm_transfer_can_be_declined_cancelled_and_expires(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    clock = Clock()
+    instance: Instance = await make_app(demo_settings(tmp_path), clock=clock)
+    anna, bert = await enrol(instance, "anna"), await enrol(instance, "bert")
+    for agent in (anna, bert):
+        await agent.login()
+    conversation_id = await waiting_conversation(instance)
+    await anna.post("/agent/default/presence", presence="available")
+    await tick(instance)
+    await anna.post(f"/agent/default/c/{conversation_id}/accept")
+    bert_id = await agent_id_of(instance, "bert")
+    await anna.post(f"/agent/default/c/{conversation_id}/offer", target=bert_id)
+    assert (await bert.post(f"/agent/default/c/{conversation_id}/refuse")).status_code == 303
+    assert "Overdracht" not in (await bert.client.get("/agent/default/board")).text
+    await anna.post(f"/agent/default/c/{conversation_id}/offer", target=bert_id)
+    assert (await anna.post(f"/agent/default/c/{conversation_id}/refuse")).status_code == 303
+    assert (await bert.post(f"/agent/default/c/{conversation_id}/take")).status_code == 404
+    await anna.post(f"/agent/default/c/{conversation_id}/offer", target=bert_id)
+    clock.now += 30 * 4 + 1  # the offer lapses; Anna still has the conversation
+    assert (await bert.post(f"/agent/default/c/{conversation_id}/take")).status_code == 409
+    assert CANARY_NAME in (await anna.client.get(f"/agent/default/c/{conversation_id}")).text
+
+
+class Clock:
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def agent_id_of(instance: Instance, username: str) -> str:
+    db = instance.services.db
+    assert db is not None
+    return str(
+        await db.run(
+            lambda conn: conn.execute(
+                text("SELECT id FROM agents WHERE username = :u"), {"u": username}
+            ).scalar_one()
+        )
+    )

@@ -9,6 +9,7 @@ own playback events (a second ARI application that sees everything).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ import pytest
 from sqlalchemy import text
 
 from idcontact.agents.directory import Membership
-from tests.conftest import CANARY_BSN, CANARY_NAME, AppFactory, Instance, demo_settings, until
+from tests.conftest import (
+    CANARY_BSN,
+    CANARY_NAME,
+    AppFactory,
+    Instance,
+    demo_settings,
+    path_of,
+    until,
+)
 from tests.flows.test_console import Agent, enrol
 from tests.flows.test_core_flows import issue
 from tests.plugins import test_yivi as yivi
@@ -97,6 +106,16 @@ async def conversation(instance: Instance, conversation_id: str) -> Any:
     conversations = instance.services.conversations
     assert conversations is not None
     return await conversations.get(conversation_id)
+
+
+async def first_conversation(instance: Instance) -> str | None:
+    """The id of the instance's first conversation, once there is one."""
+    conversations = instance.services.conversations
+    assert conversations is not None
+    rows = await conversations.db.run(
+        lambda conn: list(conn.execute(text("SELECT id FROM conversations")))
+    )
+    return str(rows[0].id) if rows else None
 
 
 async def call(p: Pbx, tmp_path: Path, digits: str, **kwargs: Any) -> SippCall:
@@ -541,14 +560,10 @@ async def test_a_call_without_a_code_reaches_an_agent_unidentified(
     instance = await phone_app(make_app, tmp_path, asterisk)
     caller = await call(asterisk, tmp_path, "", caller="anonymous")
     try:
-        conversations = instance.services.conversations
-        assert conversations is not None
 
         async def unidentified() -> Any:
-            rows = await conversations.db.run(
-                lambda conn: list(conn.execute(text("SELECT id FROM conversations")))
-            )
-            return rows and await conversation(instance, rows[0].id)
+            found = await first_conversation(instance)
+            return found and await conversation(instance, found)
 
         waiting = await until(unidentified, "the call to queue unidentified", 30)
         assert waiting.state == "waiting" and not waiting.identified
@@ -604,3 +619,129 @@ def _client(app: Any) -> Any:
     from tests.conftest import PUBLIC
 
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC)
+
+
+async def test_an_agent_has_the_caller_identify_during_the_call(
+    make_app: AppFactory,
+    tmp_path: Path,
+    asterisk: Pbx,
+    desk_phones: dict[str, Baresip],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Most residents just call the general number. The agent on the line makes a code and
+    reads it out; the caller types it on the municipality's page, identifies with the demo
+    method, and the data appears in the agent's panel for that very call."""
+    caplog.set_level("DEBUG")
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    anna = await agent_at_phone(instance, "anna", "PJSIP/agent1")
+    caller = await call(asterisk, tmp_path, "", caller=CALLER)  # no code: the general number
+    try:
+        conversations = instance.services.conversations
+        assert conversations is not None
+        conversation_id = await until(
+            lambda: first_conversation(instance), "the call to queue unidentified", 30
+        )
+        await anna.post("/agent/default/presence", presence="available")
+        await until(
+            lambda: _state_in(instance, conversation_id, {"offered"}), "the offer to the agent"
+        )
+        assert (await anna.post(f"/agent/default/c/{conversation_id}/accept")).status_code == 303
+        await desk_phones["agent1"].wait_for("CALL_ESTABLISHED")
+        await until(lambda: _call_state(instance, conversation_id, "connected"), "the bridge")
+        panel = await anna.client.get(f"/agent/default/c/{conversation_id}")
+        assert "Maak een code om te identificeren" in panel.text and CANARY_NAME not in panel.text
+
+        asked = await anna.post(
+            f"/agent/default/c/{conversation_id}/identify", purpose="report_move"
+        )
+        assert asked.status_code == 200
+        shown = re.search(r'<strong class="code">([0-9 ]+)</strong>', asked.text)
+        assert shown, "the panel shows the code to read out"
+        code = shown.group(1)
+        assert "/code" in asked.text
+
+        # The caller, on their phone's browser: the short address, the code, the question.
+        resident = instance.client
+        entry = await resident.get("/code", follow_redirects=True)
+        assert entry.status_code == 200 and 'name="code"' in entry.text
+        wrong = await resident.post("/comm/phone/identify", data={"code": "000000"})
+        assert wrong.status_code == 400 and "klopt niet" in wrong.text
+        opened = await resident.post("/comm/phone/identify", data={"code": code})
+        assert opened.status_code == 303
+        page = opened.headers["location"]
+        question = await resident.get(path_of(page))
+        assert "Verhuizing doorgeven" in question.text
+        assert "Identificeren met Demo-identificatie" in question.text
+        again = await resident.post("/comm/phone/identify", data={"code": code})
+        assert again.status_code == 400  # the code opened the page once
+
+        started = await resident.post(path_of(page), data={"auth_method": "demo"})
+        assert started.status_code == 303
+        shared = await resident.post(path_of(started.headers["location"]), data={"action": "share"})
+        assert shared.headers["location"] == page  # back on the page
+        back = await resident.get(path_of(page))
+        assert "U bent geïdentificeerd" in back.text and CANARY_NAME not in back.text
+
+        panel = await anna.client.get(f"/agent/default/c/{conversation_id}")
+        assert CANARY_NAME in panel.text  # bound to this live call
+        assert (await conversation(instance, conversation_id)).call_state == "connected"
+    finally:
+        caller.stop()
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    for secret in (CALLER, code.replace(" ", ""), CANARY_BSN):
+        assert secret not in logged
+    dump = await conversations.db.run(lambda conn: str([list(r) for r in conn.execute(DUMP)]))
+    assert code.replace(" ", "") not in dump and CANARY_NAME not in dump
+
+
+async def test_a_call_is_transferred_warm_to_a_colleague_and_cold_to_the_queue(
+    make_app: AppFactory, tmp_path: Path, asterisk: Pbx, desk_phones: dict[str, Baresip]
+) -> None:
+    """Warm: the colleague's phone rings while the first agent is still talking; when it
+    answers, the caller is bridged to the colleague and the first agent's leg goes. Cold: back
+    in line with music, and the next agent's phone rings."""
+    instance = await phone_app(make_app, tmp_path, asterisk)
+    anna = await agent_at_phone(instance, "anna", "PJSIP/agent1")
+    bert = await agent_at_phone(instance, "bert", "PJSIP/agent2")
+    conversation_id, code, _ = await phone_conversation(instance)
+    caller = await call(asterisk, tmp_path, code, mode="rfc4733")
+    phone1, phone2 = desk_phones["agent1"], desk_phones["agent2"]
+    try:
+        await until(lambda: _linked(instance, conversation_id), "the call to link")
+        await anna.post("/agent/default/presence", presence="available")
+        await until(lambda: _state_in(instance, conversation_id, {"offered"}), "the offer")
+        await anna.post(f"/agent/default/c/{conversation_id}/accept")
+        await phone1.wait_for("CALL_ESTABLISHED")
+        await until(lambda: _call_state(instance, conversation_id, "connected"), "the bridge")
+
+        offered = await anna.post(
+            f"/agent/default/c/{conversation_id}/offer", target=await agent_id(instance, "bert")
+        )
+        assert offered.status_code == 303
+        first_closed = len(phone1.events)
+        assert (await bert.post(f"/agent/default/c/{conversation_id}/take")).status_code == 303
+        await phone2.wait_for("CALL_ESTABLISHED")  # the colleague's phone rang and answered
+        await phone1.wait_for("CALL_CLOSED", after=first_closed)  # the first agent is off
+        taken = await until(
+            lambda: _call_state(instance, conversation_id, "connected"), "the new bridge"
+        )
+        assert taken.agent_id == await agent_id(instance, "bert")
+        assert CANARY_NAME in (await bert.client.get(f"/agent/default/c/{conversation_id}")).text
+
+        await bert.post("/agent/default/presence", presence="paused")
+        second_closed = len(phone2.events)
+        moved = await bert.post(f"/agent/default/c/{conversation_id}/transfer", target="general")
+        assert moved.status_code == 303
+        await phone2.wait_for("CALL_CLOSED", after=second_closed)  # Bert's leg is gone
+        back = await until(
+            lambda: _state_in(instance, conversation_id, {"waiting", "offered"}), "the line"
+        )
+        assert back.call_state == "waiting"
+        await until(lambda: _state_in(instance, conversation_id, {"offered"}), "a new offer")
+        ringing = len(phone1.events)
+        await anna.post(f"/agent/default/c/{conversation_id}/accept")
+        await phone1.wait_for("CALL_ESTABLISHED", after=ringing)
+        await until(lambda: _call_state(instance, conversation_id, "connected"), "the bridge")
+        assert caller.process.returncode is None  # the caller was on the line throughout
+    finally:
+        caller.stop()

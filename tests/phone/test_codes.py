@@ -79,6 +79,16 @@ async def new_code(
     return str(row.id), code
 
 
+async def conversations_dump(instance: Instance) -> str:
+    db = instance.services.db
+    assert db is not None
+    return str(
+        await db.run(
+            lambda conn: [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM conversations")]
+        )
+    )
+
+
 def token(instance: Instance, clock: Clock | None) -> str:
     if clock is None:
         return issue(instance)
@@ -94,12 +104,7 @@ async def test_codes_are_digits_of_the_configured_length_and_stored_only_hashed(
     instance = await app_with(make_app, tmp_path, database, Clock(), code_length=12)
     _, code = await new_code(instance)
     assert len(code) == 12 and code.isdigit()
-    db = instance.services.db
-    assert db is not None
-    dump = await db.run(
-        lambda conn: str([tuple(r) for r in conn.exec_driver_sql("SELECT * FROM conversations")])
-    )
-    assert code not in dump  # only a keyed hash of it
+    assert code not in await conversations_dump(instance)  # only a keyed hash of it
 
 
 async def test_a_code_links_once_and_only_after_its_attributes(
@@ -258,3 +263,40 @@ def test_the_chance_of_guessing_is_computed_and_bounded() -> None:
         Phone(code_length=8)
     with pytest.raises(ValueError, match="more than 1 in a million"):
         Phone(failed_link_budget=1000)
+
+
+async def test_a_code_to_identify_during_a_call_opens_once_in_time_and_counts_failures(
+    make_app: AppFactory, tmp_path: Path, database: str
+) -> None:
+    clock = Clock()
+    instance = await app_with(
+        make_app, tmp_path, database, clock, identify_code_minutes=2, caller_failures_per_hour=4
+    )
+    links = links_of(instance)
+    conversation_id, link_code = await new_code(instance)
+    assert isinstance(await links.link(link_code, CALLER, call_ref="c"), Linked)  # waiting
+    purpose = instance.settings.purpose("senior_pass")
+    assert purpose is not None
+    code = await links.identify_code(conversation_id, purpose, actor="agent:x")
+    assert len(code) == 6 and code.isdigit()
+    assert code not in await conversations_dump(instance)  # only a keyed hash of it
+
+    browser = Caller(None, via="web", session="203.0.113.7")
+    assert await links.open_identify("12a456", browser) == NotLinked("malformed")
+    other = "0" * 6 if code != "0" * 6 else "1" * 6
+    assert await links.open_identify(other, browser) == NotLinked("unknown")
+    opened = await links.open_identify(" ".join((code[:3], code[3:])), browser)  # as read out
+    assert not isinstance(opened, NotLinked)
+    assert opened.id == conversation_id and opened.identify_state == "asked"
+    assert opened.identify_purpose == "senior_pass"
+    assert await links.open_identify(code, browser) == NotLinked("unknown")  # once only
+    assert (await links.failures())[0] == 3  # the same budget as link codes
+
+    late = await links.identify_code(conversation_id, purpose, actor="agent:x")
+    clock.now += 121
+    assert await links.open_identify(late, browser) == NotLinked("expired")
+    # Four failures from this browser in the hour: it is refused, even with a right code.
+    fresh = await links.identify_code(conversation_id, purpose, actor="agent:x")
+    assert await links.open_identify(fresh, browser) == NotLinked("caller")
+    elsewhere = Caller(None, via="web", session="198.51.100.9")
+    assert not isinstance(await links.open_identify(fresh, elsewhere), NotLinked)

@@ -218,3 +218,27 @@ def test_another_channel_has_no_chat(client: TestClient) -> None:
         ) as ws:
             ws.receive_json()
     assert refused.value.code == 4404
+
+
+def test_the_agents_socket_closes_when_the_chat_is_transferred_away(client: TestClient) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    page = resident_in_line(client)
+    conversation_id = agent_holding(client, page)
+    with client.websocket_connect(
+        f"/agent/default/c/{conversation_id}/chat", headers={"origin": PUBLIC}
+    ) as agent:
+        assert agent.receive_json()["type"] == "state"
+        panel = client.get(f"/agent/default/c/{conversation_id}")
+        moved = client.post(
+            f"/agent/default/c/{conversation_id}/transfer",
+            data={"csrf": field(panel.text, "csrf"), "target": "general"},
+            follow_redirects=False,
+        )
+        assert moved.status_code == 303
+        with pytest.raises(WebSocketDisconnect) as gone:
+            for _ in range(10):
+                agent.receive_json()
+        assert gone.value.code == 4404  # the browser goes back to the console
+    with client.websocket_connect(page + "/ws") as resident:  # back in line (or offered again)
+        assert resident.receive_json()["state"] in ("waiting", "offered")

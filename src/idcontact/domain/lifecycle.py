@@ -3,8 +3,9 @@
 ::
 
     created ──► authenticated ──► waiting ──► offered ──► connected ──► wrap_up ──► ended ──► purged
-       │  └──► failed / ineligible             ▲   │
-       └──► waiting (talk without identifying) └───┘ offer not accepted in time: back to the queue
+       │  └──► failed / ineligible             ▲ ▲  │           │
+       └──► waiting (talk without identifying) │ └──┘ offer not accepted in time: back to the queue
+                                               └────────────────┘ transferred to a queue
 
 Any state before ``ended`` may end (the resident hangs up or cancels); any state may be purged
 by the sweeper except a live connection, which is never counted as idle.
@@ -37,7 +38,7 @@ _NEXT: dict[State, frozenset[State]] = {
     "ineligible": frozenset(),
     "waiting": frozenset({"offered"}),
     "offered": frozenset({"connected", "waiting"}),
-    "connected": frozenset({"wrap_up"}),
+    "connected": frozenset({"wrap_up", "waiting"}),
     "wrap_up": frozenset(),
     "ended": frozenset({"purged"}),
     "purged": frozenset(),

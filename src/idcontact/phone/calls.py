@@ -96,6 +96,10 @@ class Call:
     bridge: str | None = None
     rang: bool = False
     """The agent's phone was rung once on accept; after that only on "ring again"."""
+    holder: str | None = None
+    """The agent who holds the conversation (a warm transfer changes it mid-call)."""
+    next_leg: str | None = None
+    """The next agent's channel while it rings, during a warm transfer."""
     task: asyncio.Task[None] | None = None
 
     @property
@@ -420,6 +424,7 @@ class Calls:
         every = line.tenant.phone.announce_every_seconds
         conversation = await line.conversations.get(conversation_id)
         state: str = conversation.state
+        call.holder = conversation.agent_id
         next_announcement = time.monotonic()  # the first right after the current prompt
         closing = False
         while True:
@@ -441,7 +446,16 @@ class Calls:
                 continue
             kind = _kind(event)
             if kind == "_state":
-                state = str(event["state"])
+                previous, state = state, str(event["state"])
+                holder = event.get("holder")
+                if previous == "connected" and state == "waiting":
+                    # Place pushes say "waiting" too, and may arrive late: ask the store.
+                    state = (await line.conversations.get(conversation_id)).state
+                    if state in ("waiting", "offered"):
+                        await self._back_in_line(call)  # transferred to a queue
+                elif state == "connected" and call.rang and holder and holder != call.holder:
+                    await self._ring(call, transfer=True)  # a colleague took it over
+                call.holder = holder if isinstance(holder, str) else call.holder
                 continue
             if kind == "_command" and event.get("command") == "ring":
                 if state == "connected" and call.leg is None and call.bridge is None:
@@ -452,6 +466,9 @@ class Calls:
                 await self._end(call, actor="phone:caller")
                 return
             leg = str((event.get("channel") or {}).get("id", ""))
+            if call.next_leg is not None and leg == call.next_leg:
+                await self._transfer_leg(call, kind)
+                continue
             if call.leg is not None and leg == call.leg:
                 if kind == "StasisStart":
                     await self._connect(call)
@@ -493,8 +510,37 @@ class Calls:
         await self._say(call, keys)
         return False
 
-    async def _ring(self, call: Call) -> None:
-        """The agent accepted: ring the agent's phone (the caller hears music meanwhile)."""
+    async def _back_in_line(self, call: Call) -> None:
+        """Transferred to a queue: the agent's leg goes, the caller waits with music again."""
+        await self._hang_up_leg(call)
+        await self._drop_next_leg(call)
+        call.rang = False
+        if call.playback is None and not call.moh:
+            await self._pbx.start_moh(call.channel)
+            call.moh = True
+
+    async def _transfer_leg(self, call: Call, kind: str) -> None:
+        """The colleague's phone during a warm transfer: when they pick up, they take the
+        caller over from the first agent; when it gives up, the caller waits for them."""
+        if kind == "StasisStart":
+            await self._hang_up_leg(call)  # the first agent leaves the call
+            call.leg, call.next_leg = call.next_leg, None
+            await self._connect(call)
+        elif kind in ("StasisEnd", "ChannelDestroyed"):
+            self._legs.pop(call.next_leg or "", None)
+            call.next_leg = None
+            await self._hang_up_leg(call)
+            await self._unreachable(call)
+
+    async def _drop_next_leg(self, call: Call) -> None:
+        if call.next_leg is not None:
+            self._legs.pop(call.next_leg, None)
+            await self._pbx.hangup(call.next_leg)
+            call.next_leg = None
+
+    async def _ring(self, call: Call, *, transfer: bool = False) -> None:
+        """The agent accepted: ring the agent's phone (the caller hears music meanwhile). With
+        ``transfer`` the first agent stays on the line until the colleague picks up."""
         line, conversation_id = call.line, call.conversation_id
         if conversation_id is None:
             return
@@ -502,12 +548,19 @@ class Calls:
         endpoint = (
             await self._agent_endpoint(conversation.agent_id) if conversation.agent_id else None
         )
-        await self._say(call, ["connecting"])
+        if not transfer:
+            await self._say(call, ["connecting"])
         if endpoint is None:
+            if transfer:
+                await self._hang_up_leg(call)
             await self._unreachable(call)
             return
         leg = secrets.token_hex(12)
-        call.leg = leg
+        await self._drop_next_leg(call)
+        if transfer:
+            call.next_leg = leg
+        else:
+            call.leg = leg
         self._legs[leg] = call
         try:
             await self._pbx.originate(
@@ -515,10 +568,15 @@ class Calls:
             )
         except IdContactError:
             self._legs.pop(leg, None)
-            call.leg = None
+            if transfer:
+                call.next_leg = None
+                await self._hang_up_leg(call)
+            else:
+                call.leg = None
             await self._unreachable(call)
             return
-        await line.conversations.annotate(conversation_id, {"call_state": "ringing"})
+        if not transfer:
+            await line.conversations.annotate(conversation_id, {"call_state": "ringing"})
 
     async def _connect(self, call: Call) -> None:
         """The agent picked up: one bridge for the two legs."""
@@ -550,6 +608,7 @@ class Calls:
             call.bridge = None
 
     async def _hang_up_all(self, call: Call) -> None:
+        await self._drop_next_leg(call)
         await self._hang_up_leg(call)
         await self._pbx.hangup(call.channel)
 
@@ -574,7 +633,9 @@ async def _relay(sub: Any, inbox: asyncio.Queue[dict[str, Any]]) -> None:
         if event is None:
             continue
         if "state" in event.data:
-            await inbox.put({"type": "_state", "state": event.data["state"]})
+            await inbox.put(
+                {"type": "_state", "state": event.data["state"], "holder": event.data.get("holder")}
+            )
         if "command" in event.data:
             await inbox.put({"type": "_command", "command": event.data["command"]})
 

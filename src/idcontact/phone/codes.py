@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from idcontact.conversations import Conversation, Conversations
 from idcontact.domain.lifecycle import InvalidTransitionError
 from idcontact.errors import ServiceBusyError
-from idcontact.settings import Phone
+from idcontact.settings import Phone, Purpose
 from idcontact.storage.db import conversations, link_failures
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Caller:
     key before it is stored, and kept only for the throttle's hour."""
 
     number: str | None
-    via: Literal["pbx", "webhook", "demo"] = "pbx"
+    via: Literal["pbx", "webhook", "demo", "web"] = "pbx"
     session: str | None = None
     """Another platform's call id: without a number, the per-caller limit counts per call, so
     one platform's callers do not share one count."""
@@ -292,6 +292,61 @@ class LinkCodes:
         await self._conversations.db.run(work, write=True)
         log.info("phone link attempt failed", extra={"reason": reason, "tenant": self._tenant})
         return NotLinked(reason)
+
+    # -- identifying during a call: a code the agent reads out ------------------------------
+
+    async def identify_code(self, conversation_id: str, purpose: Purpose, *, actor: str) -> str:
+        """Ask the caller of a call to identify for ``purpose``: a fresh code for the agent to
+        read out, which opens the question on the municipality's page once, for
+        ``identify_code_minutes``. Only its keyed hash is stored."""
+        length = self._settings.identify_code_length
+        until = self._clock() + self._settings.identify_code_minutes * 60
+        for _ in range(8):
+            code = "".join(secrets.choice("0123456789") for _ in range(length))
+            values = {
+                "identify_code_hash": self._conversations.keyed("identify-code", code),
+                "identify_code_expires": until,
+            }
+            try:
+                await self._conversations.ask_identification(
+                    conversation_id, purpose, actor=actor, values=values
+                )
+            except IntegrityError:  # that code is live for another call: another one
+                continue
+            return code
+        raise ServiceBusyError("No free code could be found; try again")  # pragma: no cover
+
+    async def open_identify(self, code: str, caller: Caller) -> Conversation | NotLinked:
+        """The caller typed the agent's code on the page: their call's conversation, and the
+        code is used up. Wrong, expired or used codes count against the same budgets as link
+        codes (a guessed code would let a stranger identify into someone else's call)."""
+        refused = await self.refusal(caller)
+        if refused is not None:
+            return NotLinked(refused)
+        code = "".join(code.split())
+        if len(code) != self._settings.identify_code_length or not code.isdigit():
+            return await self._failed(caller, "malformed")
+        code_hash = self._conversations.keyed("identify-code", code)
+        row = await self._conversations.db.run(
+            lambda conn: conn.execute(
+                select(conversations.c.id, conversations.c.identify_code_expires).where(
+                    conversations.c.tenant == self._tenant,
+                    conversations.c.identify_code_hash == code_hash,
+                )
+            ).first()
+        )
+        if row is None:
+            return await self._failed(caller, "unknown")
+        if row.identify_code_expires is None or row.identify_code_expires <= self._clock():
+            return await self._failed(caller, "expired")
+        used = await self._conversations.annotate_checked(
+            row.id,
+            {"identify_code_hash": None, "identify_code_expires": None},
+            where=conversations.c.identify_code_hash == code_hash,
+        )
+        if used is None:  # another browser used it a moment earlier
+            return await self._failed(caller, "reused")
+        return used
 
     async def by_call(self, call_ref: str) -> Conversation | None:
         """The conversation a call linked to (for the webhook's ``session_info``)."""

@@ -23,6 +23,7 @@ from idcontact.errors import ConfigError
 from idcontact.irma.sessions import Sessions
 from idcontact.keys import JoseKey
 from idcontact.phone.codes import LinkCodes
+from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import Method, Settings, Tenant
@@ -59,6 +60,8 @@ class PluginContext:
     """Comm plugins: the tenant's phone link codes (the phone channel)."""
     irma: Sessions | None = None
     """Auth plugins: this process's built-in IRMA server (``[irma] enabled``)."""
+    starter: AuthOnlyStarter | None = None
+    """Comm plugins: start an identification for a resident already in a conversation."""
 
 
 class Plugin(Protocol):

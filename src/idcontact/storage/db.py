@@ -65,9 +65,25 @@ conversations = Table(
     Column("hijack_at", Float, nullable=True),
     Column("call_ref_hash", String(64), nullable=True),
     Column("call_state", String(16), nullable=True),
+    # Identification asked during the conversation (chat, video): for which purpose, how far
+    # (asked, started, done, failed, ineligible) and since when; its slot is ``slot_hash``.
+    Column("identify_purpose", String(64), nullable=True),
+    Column("identify_state", String(16), nullable=True),
+    Column("identify_at", Float, nullable=True),
+    # During a phone call: a keyed hash of the code the agent reads out, and until when it works.
+    Column("identify_code_hash", String(64), nullable=True),
+    Column("identify_code_expires", Float, nullable=True),
+    # The transcript still has to reach the customer-contact system; retried until then.
+    Column("hand_over_until", Float, nullable=True),
+    # The agent noted that the resident acts for someone else (1): the proof is the caller's.
+    Column("acting_for", Integer, nullable=True),
+    # A warm transfer on offer: to which agent, until when (the holder keeps it meanwhile).
+    Column("transfer_to", String(32), nullable=True),
+    Column("transfer_expires", Float, nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),
+    Index("ix_conversations_identify_code_hash", "identify_code_hash", unique=True),
 )
 
 link_failures = Table(

@@ -53,6 +53,14 @@ class ChatMessage:
         return f"ChatMessage(seq={self.seq}, sender={self.sender!r})"
 
 
+def _encrypt(key: bytes, conversation_id: str, payload: Mapping[str, object]) -> Sealed:
+    nonce = os.urandom(12)
+    plaintext = json.dumps(payload, separators=(",", ":")).encode()
+    return Sealed(
+        conversation_id, nonce, AESGCM(key).encrypt(nonce, plaintext, conversation_id.encode())
+    )
+
+
 def _chat_key_id(conversation_id: str) -> str:
     return f"chat:{conversation_id}"
 
@@ -76,11 +84,27 @@ class Vault:
         :meth:`forget` if that transaction fails, so no key is left over.
         """
         key = AESGCM.generate_key(bit_length=256)
-        nonce = os.urandom(12)
-        plaintext = json.dumps(payload, separators=(",", ":")).encode()
-        ciphertext = AESGCM(key).encrypt(nonce, plaintext, conversation_id.encode())
         await self._keys.put(conversation_id, key, ttl_seconds)
-        return Sealed(conversation_id, nonce, ciphertext)
+        return _encrypt(key, conversation_id, payload)
+
+    async def reseal(
+        self, conversation_id: str, payload: Mapping[str, object], ttl_seconds: int
+    ) -> tuple[Sealed, bool]:
+        """Encrypt new attributes for a conversation that may hold some already, under its
+        existing data key when there is one (so a refused replacement leaves the old readable);
+        ``True`` with a fresh key, which the caller forgets if its transaction fails. Store it
+        with :meth:`replace`."""
+        key = await self._keys.get(conversation_id)
+        if key is None:
+            return await self.seal(conversation_id, payload, ttl_seconds), True
+        return _encrypt(key, conversation_id, payload), False
+
+    def replace(self, conn: Connection, sealed: Sealed) -> None:
+        """Store ``sealed`` in place of what the conversation held (in the caller's work)."""
+        conn.execute(
+            delete(vault_entries).where(vault_entries.c.conversation_id == sealed.conversation_id)
+        )
+        self.insert(conn, sealed)
 
     def insert(self, conn: Connection, sealed: Sealed) -> None:
         conn.execute(
@@ -204,6 +228,28 @@ class Vault:
                 raise VaultError() from None
             out.append(ChatMessage(row.seq, row.sender, text, row.created_at))
         return out
+
+    async def has_messages(self, conversation_id: str) -> bool:
+        def work(conn: Connection) -> bool:
+            found = conn.execute(
+                select(chat_messages.c.seq)
+                .where(chat_messages.c.conversation_id == conversation_id)
+                .limit(1)
+            ).first()
+            return found is not None
+
+        return await self._db.run(work)
+
+    async def destroy_attributes(self, conversation_id: str) -> None:
+        """Delete the attributes only (the resident logged out); the chat stays."""
+        await self._keys.delete(conversation_id)
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                delete(vault_entries).where(vault_entries.c.conversation_id == conversation_id)
+            )
+
+        await self._db.run(work, write=True)
 
     async def destroy(self, conversation_id: str) -> None:
         """Delete the keys first (that is the deletion), then the ciphertext: the attributes

@@ -36,7 +36,7 @@ from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
 from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
-from idcontact.settings import Settings, Tenant
+from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
 from idcontact.web.chat import chat_socket, post_message
 from idcontact.web.video import Signalling, panel as video_panel, signalling_for
@@ -76,6 +76,14 @@ class Seat:
     queues: QueueService
     session_id: str
     csrf: str
+
+
+PRESENCE_NL = {
+    "available": "beschikbaar",
+    "busy": "in gesprek",
+    "paused": "pauze",
+    "wrap_up": "afronden",
+}
 
 
 def _time(at: float | None) -> str:
@@ -318,10 +326,17 @@ def agent_router(
         for r in rows:
             r["since_text"] = _time(r.get("waiting_since"))  # type: ignore[arg-type]
             r["offer_until"] = _time(r.get("offer_expires"))  # type: ignore[arg-type]
+            r["transfer_until"] = _time(r.get("transfer_expires"))  # type: ignore[arg-type]
             purpose = s.tenant.purpose(str(r["purpose"]))
             r["purpose_label"] = purpose.label.nl if purpose and purpose.label else r["purpose"]
+        now = clock()
         return {
             "offers": [r for r in rows if r["state"] == "offered" and r["agent_id"] == me],
+            "transfers": [
+                r
+                for r in rows
+                if r["transfer_to"] == me and float(r["transfer_expires"] or 0) > now  # type: ignore[arg-type]
+            ],
             "mine": [
                 r for r in rows if r["state"] in ("connected", "wrap_up") and r["agent_id"] == me
             ],
@@ -416,8 +431,14 @@ def agent_router(
         action: str,
         csrf: Annotated[str, Form(max_length=200)],
         attribute: Annotated[str, Form(max_length=64)] = "",
+        purpose: Annotated[str, Form(max_length=64)] = "",
+        target: Annotated[str, Form(max_length=64)] = "",
     ) -> Response:
-        """accept, decline, finish (wrap-up), close (delete now) or reveal a masked attribute."""
+        """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute,
+        mark that the resident acts for someone else (``attribute=on``/``off``), ask the
+        resident to identify (for ``purpose``), or transfer: to a queue (``transfer``,
+        ``target`` = queue), to a colleague (``offer``, ``target`` = agent id), and answer or
+        cancel such an offer (``take``, ``refuse``)."""
         s = await posted(request, slug, csrf)
         me = s.agent.agent_id
         if action == "accept":
@@ -444,10 +465,47 @@ def agent_router(
             return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "reveal":
             return await panel(request, s, conversation_id, reveal=attribute)
+        if action == "transfer":
+            await s.queues.transfer_to_queue(conversation_id, me, target)
+            return RedirectResponse(f"/agent/{slug}/", status_code=303)
+        if action == "offer":
+            await s.queues.offer_transfer(conversation_id, me, target)
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+        if action in ("take", "refuse"):
+            await s.queues.answer_transfer(conversation_id, me, accept=action == "take")
+            where = f"/agent/{slug}/c/{conversation_id}" if action == "take" else f"/agent/{slug}/"
+            return RedirectResponse(where, status_code=303)
+        if action == "represent":  # the resident says they act for someone else (or not)
+            conversation = await s.queues.held(conversation_id, me)
+            if conversation.state not in ("connected", "wrap_up"):
+                raise BadRequestError("Only a conversation you are in can be marked")
+            acting = attribute == "on"
+            await s.queues.conversations.annotate_checked(
+                conversation_id,
+                {"acting_for": 1 if acting else None},
+                event=("conversation.acting_for", f"agent:{me}", {"acting_for": acting}),
+            )
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+        if action == "identify":
+            conversation = await s.queues.held(conversation_id, me)
+            chosen = next((p for p in askable(s, conversation) if p.tag == purpose), None)
+            if chosen is None:
+                raise BadRequestError(
+                    "Identification can be asked only in a conversation you are in, for one of "
+                    "its topics"
+                )
+            if conversation.channel == "phone" and links is not None:
+                # The caller opens the question with a code read out to them: shown only now.
+                code = await links[slug].identify_code(conversation_id, chosen, actor=f"agent:{me}")
+                return await panel(request, s, conversation_id, code=code)
+            await s.queues.conversations.ask_identification(
+                conversation_id, chosen, actor=f"agent:{me}"
+            )
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         raise NotFoundError("No such action")
 
     async def panel(
-        request: Request, s: Seat, conversation_id: str, *, reveal: str = ""
+        request: Request, s: Seat, conversation_id: str, *, reveal: str = "", code: str = ""
     ) -> HTMLResponse:
         me = s.agent.agent_id
         conversation = await s.queues.held(conversation_id, me)
@@ -488,6 +546,13 @@ def agent_router(
             if name in attrs
         ]
         provenance = _provenance(s.tenant, data)
+        # Through our own address: the panel's HTML never holds a masked value, and each use
+        # is audited.
+        links_out = [
+            {"label": link.label, "url": f"/agent/{s.tenant.slug}/c/{conversation_id}/record/{n}"}
+            for n, link in enumerate(s.tenant.record_links)
+            if link.for_attributes(attrs) is not None
+        ]
         return page(
             request,
             "agent_conversation.html",
@@ -501,6 +566,12 @@ def agent_router(
                 "wrap_up_until": _time(conversation.wrap_up_until),
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
+                "record_links": links_out,
+                "transfer": await transfer_context(s, conversation),
+                "identify": identify_context(s, conversation),
+                "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),
+                "identify_url": f"{settings.public_url}{s.tenant.prefix}/code",
+                "code_minutes": s.tenant.phone.identify_code_minutes,
                 "video": video_context(s, conversation),
                 **await line_context(s, conversation),
             },
@@ -530,7 +601,9 @@ def agent_router(
         base = f"/agent/{s.tenant.slug}/c/{conversation.id}"
         return {
             "me": "agent",
+            "state_key": f"{conversation.state}/{conversation.identify_state or ''}",
             "page": base,
+            "gone": f"/agent/{s.tenant.slug}/",
             "ws": f"{base}/chat",
             "say": f"{base}/say",
             "csrf": s.csrf,
@@ -543,6 +616,57 @@ def agent_router(
             "send": "Versturen",
             "download": "",
             "messages": await s.queues.conversations.vault.chat_since(conversation.id),
+        }
+
+    async def transfer_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """Where a conversation I am in can go: another queue, or a colleague (warm)."""
+        if conversation.state != "connected":
+            return None
+        colleagues = await s.queues.colleagues(conversation, s.agent.agent_id)
+        names = {agent_id: name for agent_id, name, _ in colleagues}
+        pending = (
+            conversation.transfer_to is not None and (conversation.transfer_expires or 0) > clock()
+        )
+        return {
+            "queues": [
+                {"tag": q.tag, "name": q.name.nl, "current": q.tag == conversation.queue}
+                for q in s.tenant.all_queues
+            ],
+            "colleagues": [
+                {"id": a, "name": n, "state": PRESENCE_NL.get(st, st)} for a, n, st in colleagues
+            ],
+            "pending": names.get(conversation.transfer_to or "", "een collega")
+            if pending
+            else None,
+            "until": _time(conversation.transfer_expires) if pending else "",
+        }
+
+    def askable(s: Seat, conversation: Conversation) -> list[Purpose]:
+        """The purposes I may ask the resident in this chat to identify for: those of its
+        channel that some method can prove; none unless I am in the chat."""
+        by_phone = conversation.channel == "phone" and links is not None and s.tenant.slug in links
+        if conversation.state != "connected" or not (is_chat(s.tenant, conversation) or by_phone):
+            return []
+        return [
+            p
+            for p in s.tenant.purposes
+            if conversation.comm_method in p.allowed_comm and p.allowed_auth
+        ]
+
+    def identify_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """The question to identify, and how far an earlier one got."""
+        purposes = [
+            {"tag": p.tag, "label": p.label.nl if p.label else p.tag}
+            for p in askable(s, conversation)
+        ]
+        if not purposes:
+            return None
+        asked = s.tenant.purpose(conversation.identify_purpose or "")
+        return {
+            "purposes": purposes,
+            "state": conversation.identify_state,
+            "purpose": (asked.label.nl if asked and asked.label else conversation.identify_purpose),
+            "again": conversation.identified,
         }
 
     @router.websocket("/{slug}/c/{conversation_id}/chat")
@@ -572,7 +696,8 @@ def agent_router(
             bus,
             conversation_id,
             "agent",
-            video.get((slug, conversation.comm_method)),
+            agent_id=agent.agent_id,
+            signalling=video.get((slug, conversation.comm_method)),
         )
 
     @router.post(
@@ -596,6 +721,24 @@ def agent_router(
             raise BadRequestError("No message can be sent here now")
         await post_message(s.queues.conversations, bus, conversation_id, "agent", text.strip())
         return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
+
+    @router.get("/{slug}/c/{conversation_id}/record/{n}", response_class=RedirectResponse)
+    async def record(request: Request, slug: str, conversation_id: str, n: int) -> Response:
+        """Open the resident's record in the contact-centre system (``record_links``)."""
+        s = await seat(request, slug)
+        me = s.agent.agent_id
+        conversation = await s.queues.held(conversation_id, me)
+        if not 0 <= n < len(s.tenant.record_links) or conversation.state not in (
+            "connected",
+            "wrap_up",
+        ):
+            raise NotFoundError("No such link")
+        data = await s.queues.conversations.attributes(conversation_id, actor=f"agent:{me}")
+        attrs = data.get("attributes") if data else None
+        url = s.tenant.record_links[n].for_attributes(attrs if isinstance(attrs, dict) else {})
+        if url is None:
+            raise NotFoundError("No such link")
+        return RedirectResponse(url, status_code=303, headers={"Referrer-Policy": "no-referrer"})
 
     @router.get("/{slug}/c/{conversation_id}/line", response_class=HTMLResponse)
     async def line(request: Request, slug: str, conversation_id: str) -> HTMLResponse:

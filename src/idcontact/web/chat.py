@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -43,18 +44,24 @@ async def chat_socket(
     bus: Bus,
     conversation_id: str,
     side: Side,
+    activity: Callable[[], Awaitable[None]] | None = None,
+    *,
+    agent_id: str | None = None,
     signalling: Signalling | None = None,
 ) -> None:
     """Serve one accepted WebSocket until either side leaves or the conversation closes;
-    with ``signalling``, relay a video call's signals between the two sides too."""
+    ``activity`` is awaited after each message this side sends (session feedback). The agent's
+    socket (``agent_id``) closes with 4404 as soon as the conversation is transferred away.
+    With ``signalling``, relay a video call's signals between the two sides too."""
     tenant = conversations.tenant.slug
     try:
         after = max(0, int(ws.query_params.get("after", "0")))
     except ValueError:
         after = 0
     async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
-        state: str = (await conversations.get(conversation_id)).state
-        await ws.send_json({"type": "state", "state": state})
+        current = await conversations.get(conversation_id)
+        state: str = current.state
+        await ws.send_json(_state_frame(state, current.identify_state))
         if signalling is not None and state == "connected":
             await ws.send_json(signalling.ice())
         after = await _send_since(ws, conversations, conversation_id, after)
@@ -62,7 +69,7 @@ async def chat_socket(
             await ws.close()
             return
         reader = asyncio.create_task(
-            _read(ws, conversations, bus, conversation_id, side, signalling)
+            _read(ws, conversations, bus, conversation_id, side, activity, agent_id, signalling)
         )
         try:
             while not reader.done():
@@ -79,6 +86,10 @@ async def chat_socket(
                     break  # fell behind: the browser reconnects and catches up
                 if event is None:
                     continue
+                if agent_id is not None and event.data.get("holder", agent_id) != agent_id:
+                    with contextlib.suppress(RuntimeError):
+                        await ws.close(code=4404)
+                    break
                 if "chat" in event.data:
                     after = await _send_since(ws, conversations, conversation_id, after)
                 elif event.data.get("typing") and event.data["typing"] != side:
@@ -88,7 +99,7 @@ async def chat_socket(
                         await ws.send_json({"type": "signal", "data": event.data["signal"]})
                 elif "state" in event.data:
                     state = str(event.data["state"])
-                    await ws.send_json({"type": "state", "state": state})
+                    await ws.send_json(_state_frame(state, event.data.get("identify")))
                     if signalling is not None and state == "connected":
                         await ws.send_json(signalling.ice())
                     if state not in OPEN:
@@ -133,12 +144,23 @@ async def _send_since(
     return after
 
 
+def _state_frame(state: str, identify: object) -> dict[str, object]:
+    """The conversation's state, with how far an identification asked in it is: the page
+    shows other things for each (the browser asks the server for it again)."""
+    frame: dict[str, object] = {"type": "state", "state": state}
+    if identify is not None:
+        frame["identify"] = identify
+    return frame
+
+
 async def _read(
     ws: WebSocket,
     conversations: Conversations,
     bus: Bus,
     conversation_id: str,
     side: Side,
+    activity: Callable[[], Awaitable[None]] | None,
+    agent_id: str | None,
     signalling: Signalling | None,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
@@ -158,7 +180,9 @@ async def _read(
             error = (
                 "too-many-signals"
                 if len(signals) > SIGNALS_PER_MINUTE
-                else await _relay(conversations, bus, conversation_id, side, signalling, frame)
+                else await _relay(
+                    conversations, bus, conversation_id, side, signalling, frame, agent_id
+                )
             )
             if error:
                 await ws.send_json({"type": "error", "error": error})
@@ -175,10 +199,14 @@ async def _read(
             continue
         try:
             conversation = await conversations.get(conversation_id)
-            if conversation.state not in CHATTING:
+            if conversation.state not in CHATTING or (
+                agent_id is not None and conversation.agent_id != agent_id
+            ):
                 await ws.send_json({"type": "error", "error": "closed"})
                 continue
             await post_message(conversations, bus, conversation_id, side, text)
+            if activity is not None:
+                await activity()
         except IdContactError:
             await ws.send_json({"type": "error", "error": "closed"})
 
@@ -190,8 +218,10 @@ async def _relay(
     side: Side,
     signalling: Signalling,
     frame: dict[str, object],
+    agent_id: str | None,
 ) -> str | None:
-    """Pass one signal to the other side (never stored, never logged); the error, if any."""
+    """Pass one signal to the other side (never stored, never logged); the error, if any.
+    An agent's socket relays only while that agent holds the conversation."""
     data = signalling.clean(frame.get("data"))
     if data is None:
         return "bad-signal"
@@ -199,7 +229,9 @@ async def _relay(
         conversation = await conversations.get(conversation_id)
     except IdContactError:
         return "closed"
-    if conversation.state != "connected":
+    if conversation.state != "connected" or (
+        agent_id is not None and conversation.agent_id != agent_id
+    ):
         return "not-connected"
     await bus.publish(
         Event(

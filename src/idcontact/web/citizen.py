@@ -12,10 +12,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from idcontact.core import Core
+from idcontact.errors import NotFoundError
 from idcontact.queues import Estimate, QueueService
 from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.web.pages import language, render
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 TEXT: dict[str, dict[str, str]] = {
     "nl": {
         "title": "Contact met de gemeente",
+        "code_link": "Aan de telefoon met ons, en vraagt de medewerker om een code? Vul hem "
+        "hier in.",
         "intro": "Kies uw onderwerp. U ziet welke gegevens we vragen, en u kiest hoe u zich "
         "identificeert en hoe u met ons praat.",
         "other_language": "English",
@@ -84,6 +87,7 @@ TEXT: dict[str, dict[str, str]] = {
         "niet werkte, dan lossen we het op.",
     },
     "en": {
+        "code_link": "On the phone with us, and does the employee ask for a code? Enter it here.",
         "title": "Contact the municipality",
         "intro": "Choose your topic. You see which data we ask for, and you choose how to "
         "identify and how to talk to us.",
@@ -326,10 +330,27 @@ def citizen_router(
             templates,
             request,
             "index.html",
-            {"purposes": shown, "t": TEXT[lang]},
+            {"purposes": shown, "t": TEXT[lang], "code_url": code_url(lang)},
             tenant=tenant,
             lang=lang,
         )
+
+    phone = next((m for m in tenant.comm_methods if m.plugin == "phone"), None)
+
+    def code_url(lang: str) -> str | None:
+        """Where a caller types the code an agent reads out (identify during a call)."""
+        if phone is None:
+            return None
+        query = "" if lang == settings.default_language else f"?lang={lang}"
+        return f"{tenant.prefix}/comm/{phone.tag}/identify{query}"
+
+    @router.get("/code", response_class=RedirectResponse, include_in_schema=False)
+    async def code(request: Request) -> RedirectResponse:
+        """The short address an agent reads out with the code."""
+        target = code_url(language(request, settings))
+        if target is None:
+            raise NotFoundError("There is no phone line here")
+        return RedirectResponse(target, status_code=303)
 
     router.add_api_route("/", index, response_class=HTMLResponse)
     if core.prefix:

@@ -2,14 +2,19 @@
 
 It shows exactly which attributes will be shared, with "share" and "cancel"; cancel yields a
 ``failed`` result. It keeps no server-side state: the pending step is sealed into the URL.
+
+With ``session_feedback = true`` its tokens carry a ``session_url`` (protocol §4.5), as a
+login with a session at an identity provider would: the channel then reports the resident's
+activity and logout there, and this plugin logs each report (its type only).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, ClassVar, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from idcontact.errors import ConfigError
@@ -49,6 +54,7 @@ class DemoAuthPlugin:
             raise ConfigError("plugins.auth.demo.attributes: must map attribute tags to strings")
         self._ctx = ctx
         self._values: dict[str, str] = dict(values)
+        self._session_feedback = bool(config.get("session_feedback", False))
 
     @property
     def router(self) -> APIRouter:
@@ -100,10 +106,22 @@ class DemoAuthPlugin:
                         "assurance": getattr(ctx.method, "assurance", "low"),
                         "issuer": "demo",
                     },
+                    session_url=(
+                        f"{ctx.internal_base}/session/{secrets.token_urlsafe(16)}"
+                        if self._session_feedback
+                        else None
+                    ),
                 )
             else:
                 result = AuthResult(status="failed", attributes=None)
             target = await deliver(ctx, result, pending)
             return RedirectResponse(target, status_code=303, headers=TOKEN_PAGE_HEADERS)
+
+        @router.post("/session/{session_id}", status_code=204, include_in_schema=False)
+        async def session(
+            session_id: str, type: Literal["user_active", "logout"] = Query()
+        ) -> None:
+            """Session feedback from a channel; the demo has no session to extend or end."""
+            log.info("demo session feedback", extra={"feedback": type})
 
         return router

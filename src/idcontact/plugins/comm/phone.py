@@ -21,27 +21,53 @@ import secrets
 import time
 from typing import Any, ClassVar
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from idcontact.conversations import Conversations
+from idcontact.conversations import Conversation, Conversations
 from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES
 from idcontact.errors import (
     ConfigError,
+    IdContactError,
     InvalidStartRequestError,
     MethodNotAllowedForPurposeError,
     NotFoundError,
     ServiceBusyError,
     UnauthorizedError,
 )
-from idcontact.phone.codes import Caller, LinkCodes, Linked
+from idcontact.phone.codes import Caller, LinkCodes, Linked, NotLinked
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.plugins.comm.common import add_attr_route, purpose_of
+from idcontact.plugins.comm.identify import identify_context, start_identification
 from idcontact.settings import CommMethod, Purpose
-from idcontact.web.pages import language, render
+from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 MAX_TOKEN = 60_000
+IDENTIFY_SEAL = "phone-identify"
+IDENTIFY_PAGE_SECONDS = 1800
+"""How long the page a code opened stays usable (the identification takes a few minutes)."""
+IDENTIFY_PAGE = {
+    "nl": {
+        "title": "Identificeren tijdens uw telefoongesprek",
+        "intro": "Vraagt de medewerker aan de telefoon u zich te identificeren? Vul dan de code "
+        "in die de medewerker voorleest.",
+        "code": "Code",
+        "go": "Verder",
+        "wrong": "Deze code klopt niet of is verlopen. Vraag de medewerker om een nieuwe code.",
+        "busy": "Er zijn te veel verkeerde codes ingevuld. Probeer het later opnieuw, of vraag "
+        "de medewerker om hulp.",
+    },
+    "en": {
+        "title": "Identify during your phone call",
+        "intro": "Does the employee on the phone ask you to identify? Then enter the code the "
+        "employee reads out.",
+        "code": "Code",
+        "go": "Continue",
+        "wrong": "This code is not right or has expired. Ask the employee for a new code.",
+        "busy": "Too many wrong codes were entered. Try again later, or ask the employee for help.",
+    },
+}
 SIGNATURE_TOLERANCE = 300
 """An HMAC signature is accepted for this many seconds around its timestamp."""
 
@@ -198,6 +224,103 @@ class PhoneCommPlugin:
                 else None
             )
             return SessionInfo(purpose=conversation.purpose, auth_result=auth_result)
+
+        def identify_page(
+            request: Request,
+            *,
+            sealed: str = "",
+            conversation: Conversation | None = None,
+            error: str = "",
+            status: int = 200,
+        ) -> HTMLResponse:
+            lang = language(request, ctx.settings)
+            t = IDENTIFY_PAGE[lang]
+            context: dict[str, object] = {
+                "t": t,
+                "error": error,
+                "code_action": f"{ctx.public_base}/identify",
+                "length": links.settings.identify_code_length,
+                "identify": None,
+            }
+            if conversation is not None:
+                context["identify"] = identify_context(
+                    ctx.tenant,
+                    conversation,
+                    lang,
+                    action=f"{ctx.public_base}/i/{sealed}",
+                    hint="hint_phone",
+                )
+            response = render(
+                ctx.templates,
+                request,
+                "phone_identify.html",
+                context,
+                tenant=ctx.tenant,
+                lang=lang,
+                carries_token=conversation is not None,
+            )
+            response.status_code = status
+            return response
+
+        def opened(sealed: str) -> str:
+            """The conversation a code opened: the page's address is the bearer, for a while."""
+            try:
+                return str(ctx.sealer.unseal(IDENTIFY_SEAL, sealed)["c"])
+            except (IdContactError, KeyError, TypeError):
+                raise NotFoundError(
+                    "This page has expired; ask the employee for a new code"
+                ) from None
+
+        @router.get("/identify", response_class=HTMLResponse, include_in_schema=False)
+        async def identify_code_page(request: Request) -> HTMLResponse:
+            """During a call: where the caller types the code the agent reads out."""
+            return identify_page(request)
+
+        @router.post("/identify", response_model=None, include_in_schema=False)
+        async def identify_code(request: Request) -> Response:
+            form = await request.form()
+            code = str(form.get("code", ""))[:32]
+            client = request.client.host if request.client else "unknown"
+            outcome = await links.open_identify(code, Caller(None, via="web", session=client))
+            lang = language(request, ctx.settings)
+            if isinstance(outcome, NotLinked):
+                refused = outcome.reason in ("budget", "caller")
+                return identify_page(
+                    request,
+                    error=IDENTIFY_PAGE[lang]["busy" if refused else "wrong"],
+                    status=429 if refused else 400,
+                )
+            sealed = ctx.sealer.seal(
+                IDENTIFY_SEAL, {"c": outcome.id}, max_age=IDENTIFY_PAGE_SECONDS
+            )
+            return RedirectResponse(
+                f"{ctx.public_base}/i/{sealed}", status_code=303, headers=TOKEN_PAGE_HEADERS
+            )
+
+        @router.get("/i/{sealed}", response_class=HTMLResponse, include_in_schema=False)
+        async def identify_question(request: Request, sealed: str) -> HTMLResponse:
+            conversation = await conversations.get(opened(sealed))
+            return identify_page(request, sealed=sealed, conversation=conversation)
+
+        @router.post("/i/{sealed}", response_class=RedirectResponse, include_in_schema=False)
+        async def identify_start(
+            request: Request,
+            sealed: str,
+            auth_method: str = Form(default="", max_length=64),
+            decline: str = Form(default="", max_length=8),
+        ) -> RedirectResponse:
+            """The caller answers: with a method (and back to this page after), or no."""
+            conversation_id = opened(sealed)
+            page = f"{ctx.public_base}/i/{sealed}"
+            if decline:
+                await conversations.decline_identification(
+                    conversation_id, actor=f"comm:{tag}:caller"
+                )
+                return RedirectResponse(page, status_code=303, headers=TOKEN_PAGE_HEADERS)
+            client_url = await start_identification(
+                ctx, conversations, conversation_id, auth_method, comm_url=page
+            )
+            return RedirectResponse(client_url, status_code=303, headers=TOKEN_PAGE_HEADERS)
 
         if self._demo_acd:
 

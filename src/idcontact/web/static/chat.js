@@ -24,6 +24,14 @@
   var lastTyped = 0;
   var listening = false;
   var early = [];
+  var leaving = false;
+  // Another form of the page (identify, log out, end) navigates away: a state change heard
+  // meanwhile must not reload the page under it.
+  document.addEventListener("submit", function (event) {
+    if (event.target !== form) {
+      leaving = true;
+    }
+  }, true);
 
   function lastSeq() {
     var items = log.querySelectorAll("li[data-seq]");
@@ -86,17 +94,30 @@
         typingTimer = window.setTimeout(function () {
           typing.textContent = "";
         }, 4000);
-      } else if (data.type === "state" && box.getAttribute("data-state") && data.state !== box.getAttribute("data-state")) {
-        // Another state has other buttons: the server renders the page again (a GET, never a
-        // repeated POST of the form that led here).
-        window.location.assign(box.getAttribute("data-page"));
       } else if (data.type === "state") {
-        box.setAttribute("data-state", data.state);
+        // The state, and how far an identification asked in it is: another one has other
+        // buttons, so the server renders the page again (a GET, never a repeated POST of the
+        // form that led here).
+        var key = data.state + "/" + (data.identify || "");
+        var shown = box.getAttribute("data-state");
+        if (leaving) {
+          return;
+        }
+        if (shown && key !== shown) {
+          window.location.assign(box.getAttribute("data-page"));
+        } else {
+          box.setAttribute("data-state", key);
+        }
       } else {
         pass(data);
       }
     });
-    socket.addEventListener("close", function () {
+    socket.addEventListener("close", function (event) {
+      if (event.code === 4404 && box.getAttribute("data-gone")) {
+        // Transferred away (or gone): this window has nothing more to show.
+        window.location.assign(box.getAttribute("data-gone"));
+        return;
+      }
       box.removeAttribute("data-connected");
       socket = null;
       window.setTimeout(connect, retry);
