@@ -2,7 +2,8 @@
 
 ``scripts/test`` starts private instances and exports their URLs in
 ``IDCONTACT_TEST_POSTGRES_URL`` and ``IDCONTACT_TEST_REDIS_URL``. A test that
-needs one calls :func:`postgres_url` or :func:`redis_url`.
+needs one calls :func:`postgres_url` or :func:`redis_url` (:func:`turn_server` for the
+coturn of the video tests).
 
 When the variable is unset or nothing answers on its host and port, the test
 is skipped locally, with a hint on how to start the service. In CI
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ POSTGRES_ENV = "IDCONTACT_TEST_POSTGRES_URL"
 REDIS_ENV = "IDCONTACT_TEST_REDIS_URL"
 YIVI_ENV = "IDCONTACT_TEST_YIVI_URL"
 YIVI_DIR_ENV = "IDCONTACT_TEST_YIVI_DIR"
+TURN_ENV = "IDCONTACT_TEST_TURN_URL"
+TURN_SECRET_ENV = "IDCONTACT_TEST_TURN_SECRET_FILE"
 
 _CONNECT_TIMEOUT_S = 1.0
 
@@ -77,6 +81,42 @@ def yivi_requestor() -> Requestor:
         RSAKey.import_key((directory / "rs-requestor.key.pem").read_text()),
         RSAKey.import_key((directory / "result.pub.pem").read_text()),
     )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The TURN server of ``scripts/services/coturn`` (REST credentials, ``use-auth-secret``)."""
+
+    url: str
+    """``turn:127.0.0.1:<port>``"""
+    host: str
+    port: int
+    secret_file: Path
+
+    @property
+    def secret(self) -> str:
+        return self.secret_file.read_text().strip()
+
+
+def turn_server() -> Turn:
+    """The coturn the video tests relay through, with its secret."""
+    how = (
+        "run `bash scripts/test`, or start it with `bash scripts/services/coturn start` and "
+        "`export $(bash scripts/services/coturn env | xargs)`"
+    )
+    url = os.environ.get(TURN_ENV, "").strip()
+    if not url:
+        _unavailable(f"The TURN server not configured: {TURN_ENV} is not set; {how}")
+    found = re.fullmatch(r"turn:([0-9.]+):([0-9]{1,5})", url)
+    if found is None:
+        _unavailable(f"The TURN server: {TURN_ENV}={url!r} is not turn:<ip>:<port>; {how}")
+    host, port = found.group(1), int(found.group(2))
+    if not _reachable(host, port):
+        _unavailable(f"The TURN server not reachable at {host}:{port} ({TURN_ENV}); {how}")
+    secret_file = Path(os.environ.get(TURN_SECRET_ENV, ""))
+    if not secret_file.is_file():
+        _unavailable(f"The TURN server's secret: {TURN_SECRET_ENV} is not set or no file; {how}")
+    return Turn(url, host, port, secret_file)
 
 
 def _service_url(

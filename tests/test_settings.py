@@ -84,7 +84,7 @@ def test_demo_config_loads() -> None:
     settings = load_settings(DEMO_CONFIG)
     assert [p.tag for p in settings.purposes] == ["report_move", "waste_collection", "senior_pass"]
     assert [m.tag for m in settings.auth_methods] == ["demo", "yivi"]
-    assert [m.tag for m in settings.comm_methods] == ["demo", "chat", "form", "phone"]
+    assert [m.tag for m in settings.comm_methods] == ["demo", "chat", "form", "phone", "video"]
     # "*" is expanded at load time: no wildcard survives into the model. Yivi proves names,
     # the BSN and addresses in the demo, not a birth year.
     offered = {p.tag: p.allowed_auth for p in settings.purposes}
@@ -96,9 +96,9 @@ def test_demo_config_loads() -> None:
     # The contact form only where the data identifies the resident (the answer is read by
     # identifying again as the same person).
     assert {p.tag: p.allowed_comm for p in settings.purposes} == {
-        "report_move": ("demo", "chat", "form", "phone"),
-        "waste_collection": ("demo", "chat", "phone"),
-        "senior_pass": ("demo", "chat", "phone"),
+        "report_move": ("demo", "chat", "form", "phone", "video"),
+        "waste_collection": ("demo", "chat", "phone", "video"),
+        "senior_pass": ("demo", "chat", "phone", "video"),
     }
     move = settings.purpose("report_move")
     assert move is not None

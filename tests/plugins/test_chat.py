@@ -49,7 +49,7 @@ def resident_in_line(client: TestClient, comm: str = "chat") -> str:
     shared = client.post(confirm, data={"action": "share"}, follow_redirects=False)
     page = path_of(shared.headers["location"])
     opened = client.get(page)
-    assert opened.status_code == 200 and ('id="chat"' in opened.text) == (comm == "chat")
+    assert opened.status_code == 200 and ('id="chat"' in opened.text) == (comm in ("chat", "video"))
     return page.split("?", 1)[0]
 
 

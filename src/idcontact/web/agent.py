@@ -48,6 +48,7 @@ from idcontact.queues import QueueService, serves
 from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
 from idcontact.web.chat import chat_socket, post_message
+from idcontact.web.video import Signalling, panel as video_panel, signalling_for
 
 SESSION_COOKIE = "idc_agent"
 PRE_COOKIE = "idc_pre"
@@ -124,6 +125,13 @@ def agent_router(
     secure = settings.public_url.startswith("https://")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.public_url))
     default_tenant = settings.default_tenant
+    # The video methods' TURN credentials and signal checks: (tenant, method tag) → signalling.
+    video: dict[tuple[str, str], Signalling] = {
+        (slug, m.tag): signalling_for(tenant, m)
+        for slug, (tenant, _) in tenants.items()
+        for m in tenant.comm_methods
+        if m.plugin == "video"
+    }
 
     def page(
         request: Request, name: str, context: dict[str, object], tenant: Tenant | None = None
@@ -717,16 +725,24 @@ def agent_router(
                 "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),
                 "identify_url": f"{settings.public_url}{s.tenant.prefix}/code",
                 "code_minutes": s.tenant.phone.identify_code_minutes,
+                "video": video_context(s, conversation),
                 **await line_context(s, conversation),
             },
             s.tenant,
         )
 
     def is_chat(tenant: Tenant, conversation: Conversation) -> bool:
-        """Whether the conversation's channel is the chat plugin (the queue's ``channel``
-        says how an agent is loaded, not which plugin serves the resident)."""
+        """Whether the conversation has a chat: the chat and video plugins (the queue's
+        ``channel`` says how an agent is loaded, not which plugin serves the resident)."""
         method = tenant.comm_method(conversation.comm_method)
-        return method is not None and method.plugin == "chat"
+        return method is not None and method.plugin in ("chat", "video")
+
+    def video_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """The video call of a video conversation I hold, while connected."""
+        found = video.get((s.tenant.slug, conversation.comm_method))
+        if found is None or conversation.state != "connected":
+            return None
+        return video_panel("agent", "nl", relay_only=found.relay_only, phone=None)
 
     async def chat_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
         """The chat window of a chat conversation I hold (connected or wrapping up)."""
@@ -848,7 +864,13 @@ def agent_router(
             return
         await ws.accept()
         await chat_socket(
-            ws, queues.conversations, bus, conversation_id, "agent", agent_id=agent.agent_id
+            ws,
+            queues.conversations,
+            bus,
+            conversation_id,
+            "agent",
+            agent_id=agent.agent_id,
+            signalling=video.get((slug, conversation.comm_method)),
         )
 
     @router.get("/{slug}/c/{conversation_id}/record/{n}", response_class=RedirectResponse)

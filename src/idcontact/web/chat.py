@@ -4,7 +4,9 @@ console). Both run :func:`chat_socket`.
 Frames are JSON. From the browser: ``{"type": "message", "text": …}`` and ``{"type":
 "typing"}``. To it: ``{"type": "message", "seq", "from", "text", "at"}``, ``{"type":
 "typing", "from"}`` and ``{"type": "state", "state"}``. A browser that (re)connects with
-``?after=<last seq it has>`` gets what it missed first, so a reconnect loses nothing.
+``?after=<last seq it has>`` gets what it missed first, so a reconnect loses nothing. A video
+conversation's sockets carry its WebRTC signalling too (``signal`` and ``ice`` frames, see
+``web/video.py``): one authenticated socket per side.
 
 Messages are stored encrypted in the vault; the bus carries only their numbers, so the text
 never leaves this process except to the two browsers (and never reaches Redis or a log).
@@ -25,6 +27,7 @@ from idcontact.conversations import Conversations
 from idcontact.errors import IdContactError
 from idcontact.events import Bus, Event
 from idcontact.storage.vault import ChatMessage
+from idcontact.web.video import MAX_SIGNAL, SIGNALS_PER_MINUTE, Signalling
 
 Side = Literal["resident", "agent"]
 MAX_TEXT = 2000
@@ -44,10 +47,12 @@ async def chat_socket(
     activity: Callable[[], Awaitable[None]] | None = None,
     *,
     agent_id: str | None = None,
+    signalling: Signalling | None = None,
 ) -> None:
     """Serve one accepted WebSocket until either side leaves or the conversation closes;
     ``activity`` is awaited after each message this side sends (session feedback). The agent's
-    socket (``agent_id``) closes with 4404 as soon as the conversation is transferred away."""
+    socket (``agent_id``) closes with 4404 as soon as the conversation is transferred away.
+    With ``signalling``, relay a video call's signals between the two sides too."""
     tenant = conversations.tenant.slug
     try:
         after = max(0, int(ws.query_params.get("after", "0")))
@@ -57,12 +62,14 @@ async def chat_socket(
         current = await conversations.get(conversation_id)
         state: str = current.state
         await ws.send_json(_state_frame(state, current.identify_state))
+        if signalling is not None and state == "connected":
+            await ws.send_json(signalling.ice())
         after = await _send_since(ws, conversations, conversation_id, after)
         if state not in OPEN:
             await ws.close()
             return
         reader = asyncio.create_task(
-            _read(ws, conversations, bus, conversation_id, side, activity, agent_id)
+            _read(ws, conversations, bus, conversation_id, side, activity, agent_id, signalling)
         )
         try:
             while not reader.done():
@@ -87,9 +94,14 @@ async def chat_socket(
                     after = await _send_since(ws, conversations, conversation_id, after)
                 elif event.data.get("typing") and event.data["typing"] != side:
                     await ws.send_json({"type": "typing", "from": event.data["typing"]})
+                elif "signal" in event.data:
+                    if event.data.get("from") != side:
+                        await ws.send_json({"type": "signal", "data": event.data["signal"]})
                 elif "state" in event.data:
                     state = str(event.data["state"])
                     await ws.send_json(_state_frame(state, event.data.get("identify")))
+                    if signalling is not None and state == "connected":
+                        await ws.send_json(signalling.ice())
                     if state not in OPEN:
                         break
         except (WebSocketDisconnect, RuntimeError):
@@ -149,16 +161,32 @@ async def _read(
     side: Side,
     activity: Callable[[], Awaitable[None]] | None,
     agent_id: str | None,
+    signalling: Signalling | None,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
     tenant = conversations.tenant.slug
+    limit = MAX_FRAME if signalling is None else MAX_SIGNAL
+    signals: list[float] = []
     while True:
         raw = await ws.receive_text()
         try:
-            frame = json.loads(raw) if len(raw) <= MAX_FRAME else None
+            frame = json.loads(raw) if len(raw) <= limit else None
         except ValueError:
             frame = None
         kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "signal" and signalling is not None and isinstance(frame, dict):
+            now = time.monotonic()
+            signals[:] = [t for t in signals if now - t < 60.0] + [now]
+            error = (
+                "too-many-signals"
+                if len(signals) > SIGNALS_PER_MINUTE
+                else await _relay(
+                    conversations, bus, conversation_id, side, signalling, frame, agent_id
+                )
+            )
+            if error:
+                await ws.send_json({"type": "error", "error": error})
+            continue
         if kind == "typing":
             await bus.publish(
                 Event(tenant, "conversation", conversation_id, {"typing": side}, time.time())
@@ -181,3 +209,37 @@ async def _read(
                 await activity()
         except IdContactError:
             await ws.send_json({"type": "error", "error": "closed"})
+
+
+async def _relay(
+    conversations: Conversations,
+    bus: Bus,
+    conversation_id: str,
+    side: Side,
+    signalling: Signalling,
+    frame: dict[str, object],
+    agent_id: str | None,
+) -> str | None:
+    """Pass one signal to the other side (never stored, never logged); the error, if any.
+    An agent's socket relays only while that agent holds the conversation."""
+    data = signalling.clean(frame.get("data"))
+    if data is None:
+        return "bad-signal"
+    try:
+        conversation = await conversations.get(conversation_id)
+    except IdContactError:
+        return "closed"
+    if conversation.state != "connected" or (
+        agent_id is not None and conversation.agent_id != agent_id
+    ):
+        return "not-connected"
+    await bus.publish(
+        Event(
+            conversations.tenant.slug,
+            "conversation",
+            conversation_id,
+            {"signal": data, "from": side},
+            time.time(),
+        )
+    )
+    return None

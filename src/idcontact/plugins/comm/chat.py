@@ -29,6 +29,7 @@ from idcontact.plugins.comm.identify import identify_context, start_identificati
 from idcontact.settings import Purpose
 from idcontact.web.chat import CHATTING, MAX_TEXT, OPEN, chat_socket, post_message
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language
+from idcontact.web.video import Signalling
 
 TEXT = {
     "nl": {
@@ -65,6 +66,8 @@ class ChatCommPlugin(DemoCommPlugin):
             f"comm:{ctx.method.tag}",
             timeout=ctx.settings.plugin_timeout,
         )
+        self._signalling: Signalling | None = None
+        """A video channel's signalling, carried by the same socket (``plugins/comm/video``)."""
 
     async def _created(self, conversation_id: str, purpose: Purpose) -> None:
         # The chat key lives as long as the conversation may (its retention).
@@ -178,6 +181,7 @@ class ChatCommPlugin(DemoCommPlugin):
                 conversation_id,
                 "resident",
                 functools.partial(feedback.active, conversation_id),
+                signalling=self._signalling,
             )
 
         @router.post("/c/{conversation_id}/say", response_class=RedirectResponse, status_code=303)

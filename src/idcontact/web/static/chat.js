@@ -2,6 +2,10 @@
 // number of the last message it has, so nothing is lost). Without this script the window still
 // works: the form posts the message and the page shows them all.
 // Every text comes from the page (data-text-* attributes), so this file holds no language.
+// The socket is shared with a video call's script (video.js): frames this file does not handle
+// go to it as "idc:frame" events on the chat box, "idc:open" says the socket (re)opened, and
+// an "idc:send" event on the box sends its detail as a frame. Frames that come before that
+// script says "idc:listen" (it may load later than the socket opens) are kept for it.
 (function () {
   "use strict";
 
@@ -18,6 +22,8 @@
   var retry = 1000;
   var typingTimer = null;
   var lastTyped = 0;
+  var listening = false;
+  var early = [];
   var leaving = false;
   // Another form of the page (identify, log out, end) navigates away: a state change heard
   // meanwhile must not reload the page under it.
@@ -55,6 +61,14 @@
     }
   }
 
+  function pass(data) {
+    if (listening) {
+      box.dispatchEvent(new CustomEvent("idc:frame", { detail: data }));
+    } else if (early.length < 100) {
+      early.push(data);
+    }
+  }
+
   function connect() {
     var url = new URL(box.getAttribute("data-ws"), window.location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -63,6 +77,7 @@
     socket.addEventListener("open", function () {
       retry = 1000;
       box.setAttribute("data-connected", "true");
+      box.dispatchEvent(new CustomEvent("idc:open"));
     });
     socket.addEventListener("message", function (event) {
       var data;
@@ -93,6 +108,8 @@
         } else {
           box.setAttribute("data-state", key);
         }
+      } else {
+        pass(data);
       }
     });
     socket.addEventListener("close", function (event) {
@@ -107,6 +124,21 @@
       retry = Math.min(retry * 2, 15000);
     });
   }
+
+  box.addEventListener("idc:listen", function () {
+    listening = true;
+    var frames = early;
+    early = [];
+    frames.forEach(pass);
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      box.dispatchEvent(new CustomEvent("idc:open"));
+    }
+  });
+  box.addEventListener("idc:send", function (event) {
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify(event.detail));
+    }
+  });
 
   if (form && input) {
     form.addEventListener("submit", function (event) {
