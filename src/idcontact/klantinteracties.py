@@ -296,12 +296,9 @@ class KlantinteractiesClient:
             body={
                 "soortPartij": "persoon",
                 "indicatieActief": True,
-                "partijIdentificatie": {"contactnaam": None},
+                # No name: only the BSN identifies the resident here.
+                "partijIdentificatie": {},
                 "partijIdentificatoren": [{"partijIdentificator": identificator}],
-                "digitaleAdressen": [],
-                "voorkeursDigitaalAdres": None,
-                "rekeningnummers": [],
-                "voorkeursRekeningnummer": None,
             },
         )
         return self._uuid(made, "partij")
@@ -344,19 +341,17 @@ class KlantinteractiesClient:
         return body
 
     async def _maak(self, contact: Contact, partij: str | None) -> tuple[str, str, str | None]:
+        betrokkene: dict[str, object] = {"rol": "klant", "initiator": True}
+        if partij:
+            betrokkene["wasPartij"] = {"uuid": partij}
         made = await self._call(
             "klantcontact",
             "POST",
             "/maak-klantcontact",
             body={
                 "klantcontact": self._klantcontact(contact),
-                "betrokkene": {
-                    "wasPartij": {"uuid": partij} if partij else None,
-                    "rol": "klant",
-                    "initiator": True,
-                },
+                "betrokkene": betrokkene,
                 "onderwerpobject": {
-                    "wasKlantcontact": None,
                     "onderwerpobjectidentificator": {
                         "codeObjecttype": "gesprek",
                         "codeRegister": REGISTER,
@@ -368,10 +363,10 @@ class KlantinteractiesClient:
         )
         klantcontact = made.get("klantcontact")
         kc = self._uuid(klantcontact, "klantcontact")
-        betrokkene = self._uuid(made.get("betrokkene"), "klantcontact")
+        linked = self._uuid(made.get("betrokkene"), "klantcontact")
         return (
             kc,
-            betrokkene,
+            linked,
             self._nummer(klantcontact) if isinstance(klantcontact, dict) else None,
         )
 
