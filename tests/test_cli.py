@@ -86,6 +86,22 @@ def test_check_config_refuses_phone_codes_that_are_too_easy_to_guess(
     assert "OK" not in result.stdout
 
 
+def test_check_config_reads_the_klantinteracties_token_file(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "kis.toml"
+    token = tmp_path / "token"
+    section = f'[klantinteracties]\nurl = "https://ok.example/api"\ntoken_file = "{token}"\n'
+    path.write_text(DEMO_CONFIG.read_text() + "\n" + section)
+    result = runner.invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: klantinteracties.token_file: cannot be read"
+    token.write_text("secret-open-klant-token\n")
+    result = runner.invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert "secret-open-klant-token" not in result.output
+
+
 def test_check_config_invalid_file(runner: CliRunner, invalid_config: Path) -> None:
     message = expected_error(invalid_config)
     result = runner.invoke(main, ["check-config", str(invalid_config)])

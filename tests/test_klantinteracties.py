@@ -6,6 +6,7 @@ shown; attribute values exist only sealed; given up after the window."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Iterator
@@ -29,9 +30,17 @@ from idcontact.klantinteracties import (
 )
 from idcontact.settings import Klantinteracties
 from idcontact.storage.db import registrations as table
-from tests.conftest import CANARY_BSN, CANARY_NAME, PUBLIC, demo_settings, path_of
+from tests.conftest import (
+    CANARY_BSN,
+    CANARY_NAME,
+    PUBLIC,
+    _reset_postgres,
+    demo_settings,
+    path_of,
+)
 from tests.openklant import Failure, Stub, open_klant, spec
 from tests.plugins.test_chat import TestClient, resident_in_line, services
+from tests.services import postgres_url
 from tests.test_transcripts import CANARY, Clock, data_files, ended_chat
 
 TOKEN = "open-klant-token-which-must-stay-secret-7Yq"
@@ -55,8 +64,9 @@ def _spec_loaded() -> None:
 
 def settings_for(tmp_path: Path, stub: Stub, token: str = TOKEN, **extra: Any) -> Any:
     overrides: dict[str, Any] = {}
-    if "transcripts" in extra:
-        overrides["transcripts"] = extra.pop("transcripts")
+    for name in ("transcripts", "database_url"):
+        if name in extra:
+            overrides[name] = extra.pop(name)
     return demo_settings(
         tmp_path,
         klantinteracties={"url": stub.url, "token": token, "callback_actor": ACTOR, **extra},
@@ -190,14 +200,20 @@ def test_a_callback_request_becomes_an_internetaak(tmp_path: Path, stub: Stub) -
     }
 
 
-def test_a_lost_answer_mid_way_continues_without_a_duplicate(tmp_path: Path, stub: Stub) -> None:
+def test_a_lost_answer_mid_way_continues_without_a_duplicate(
+    tmp_path: Path, stub: Stub, database: str
+) -> None:
     clock = Clock()
+    extra: dict[str, Any] = {}
+    if database == "postgres":
+        extra["database_url"] = postgres_url()
+        asyncio.run(_reset_postgres(extra["database_url"]))
     # The contact is made but its answer is lost (502), then the task fails (503) once.
     stub.failures += [
         Failure("POST", "/maak-klantcontact", 502, after=True),
         Failure("POST", "/internetaken", 503),
     ]
-    app = create_app(settings_for(tmp_path, stub), clock=clock)
+    app = create_app(settings_for(tmp_path, stub, **extra), clock=clock)
     with TestClient(app, base_url=PUBLIC) as client:
         conversation_id = in_line(client)
         status = request(client, conversation_id, callback=True)
