@@ -36,10 +36,10 @@ from tests.conftest import (
     PUBLIC,
     _reset_postgres,
     demo_settings,
-    path_of,
 )
 from tests.openklant import Failure, Stub, open_klant, spec
 from tests.plugins.test_chat import TestClient, resident_in_line, services
+from tests.plugins.test_chat_identify import unidentified_chat
 from tests.services import postgres_url
 from tests.test_transcripts import CANARY, Clock, data_files, ended_chat
 
@@ -100,14 +100,9 @@ def row(client: TestClient, conversation_id: str) -> Any:
     )
 
 
-def unidentified_chat(client: TestClient) -> str:
-    started = client.post(
-        "/start",
-        json={"purpose": "waste_collection", "comm_method": "chat"},
-        headers={"Accept": "application/json"},
-    )
-    assert started.status_code == 200, started.text
-    return path_of(started.json()["client_url"]).split("?", 1)[0].rsplit("/", 1)[1]
+def unidentified(client: TestClient) -> str:
+    """A resident chatting about waste collection without identifying: its conversation id."""
+    return unidentified_chat(client).split("?", 1)[0].rsplit("/", 1)[1]
 
 
 def in_line(client: TestClient) -> str:
@@ -167,7 +162,7 @@ def test_identified_contact_makes_the_partij_once_then_finds_it(
 
 def test_an_unidentified_contact_has_no_partij(tmp_path: Path, stub: Stub) -> None:
     with TestClient(create_app(settings_for(tmp_path, stub)), base_url=PUBLIC) as client:
-        conversation_id = unidentified_chat(client)
+        conversation_id = unidentified(client)
         assert request(client, conversation_id).state == "done"
     assert stub.errors == []
     assert not [r for r in stub.requests if r[1] == "/partijen"]
@@ -198,6 +193,25 @@ def test_a_callback_request_becomes_an_internetaak(tmp_path: Path, stub: Stub) -
         "toelichting": "Na 14:00 bellen",
         "toegewezenAanActoren": [{"uuid": ACTOR}],
     }
+
+
+def test_two_agents_at_once_make_one_registration(tmp_path: Path, stub: Stub) -> None:
+    with TestClient(create_app(settings_for(tmp_path, stub)), base_url=PUBLIC) as client:
+        conversation_id = in_line(client)
+        service = registrations(client)
+
+        async def both() -> list[Any]:
+            return list(
+                await asyncio.gather(
+                    service.request(conversation_id, actor="agent:a"),
+                    service.request(conversation_id, actor="agent:b"),
+                )
+            )
+
+        statuses = call(client, both)
+        assert {s.state for s in statuses} <= {"pending", "done"}
+        assert call(client, service.status, conversation_id).state == "done"
+    assert stub.errors == [] and len(stub.klantcontacten) == 1
 
 
 def test_a_lost_answer_mid_way_continues_without_a_duplicate(

@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import ValidationError
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from idcontact.conversations import Conversations, new_id
 from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES, InvalidTransitionError
@@ -63,7 +64,6 @@ STEPS_NL = {
     "partij": "het zoeken of aanmaken van de partij (BSN)",
     "klantcontact": "het aanmaken van het klantcontact",
     "internetaak": "het aanmaken van de terugbeltaak",
-    "gegevens": "het openen van de bewaarde gegevens",
 }
 KINDS_NL = {
     "auth": "Klantinteracties weigerde de toegang (token ongeldig of zonder rechten)",
@@ -532,18 +532,22 @@ class Registrations:
             "ciphertext": sealed,
         }
 
-        def save(conn: Connection) -> None:
+        def save(conn: Connection) -> bool:
             if existing is None:
-                conn.execute(
-                    insert(table).values(
-                        id=registration_id,
-                        tenant=self._tenant,
-                        conversation_id=conversation_id,
-                        created_at=now,
-                        attempts=0,
-                        **values,
-                    )
-                )
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(table).values(
+                                id=registration_id,
+                                tenant=self._tenant,
+                                conversation_id=conversation_id,
+                                created_at=now,
+                                attempts=0,
+                                **values,
+                            )
+                        )
+                except IntegrityError:
+                    return False  # another agent (or instance) asked at the same moment
             else:
                 changed = conn.execute(
                     update(table)
@@ -561,14 +565,17 @@ class Registrations:
                 {"identified": contact.bsn is not None, "callback": callback},
                 tenant=self._tenant,
             )
+            return True
 
         try:
-            await store.db.run(save, write=True)
+            stored = await store.db.run(save, write=True)
         except BaseException:
             if existing is None:
                 await store.vault.keys.delete(_key_id(registration_id))
             raise
-        if attempt_now and await self._claim(registration_id, now):
+        if not stored:
+            await store.vault.keys.delete(_key_id(registration_id))
+        elif attempt_now and await self._claim(registration_id, now):
             await self._attempt(registration_id)
         status = await self.status(conversation_id)
         assert status is not None  # noqa: S101 - just stored
@@ -613,30 +620,48 @@ class Registrations:
 
         return await self._store.db.run(read)
 
+    async def _change(
+        self,
+        registration_id: str,
+        values: dict[str, object],
+        *,
+        where: Any = None,
+        event: tuple[str, str, dict[str, object]] | None = None,
+    ) -> bool:
+        """Change a pending registration (and audit ``event`` with it): ``False`` when it is
+        no longer pending or ``where`` no longer holds (another instance was first)."""
+        now = self._store.clock()
+
+        def work(conn: Connection) -> bool:
+            guard = [table.c.id == registration_id, table.c.state == "pending"]
+            changed = conn.execute(
+                update(table).where(*guard, *([where] if where is not None else [])).values(values)
+            )
+            if changed.rowcount != 1:
+                return False
+            if event is not None:
+                action, conversation_id, detail = event
+                audit(conn, now, "system", action, conversation_id, detail, tenant=self._tenant)
+            return True
+
+        return await self._store.db.run(work, write=True)
+
     async def _claim(self, registration_id: str, now: float) -> bool:
         """Take the attempt (another instance's sweeper may be at it): ``False`` if taken."""
+        return await self._change(
+            registration_id,
+            {"next_attempt_at": now + LEASE_SECONDS},
+            where=table.c.next_attempt_at <= now,
+        )
 
-        def claim(conn: Connection) -> bool:
-            changed = conn.execute(
-                update(table)
-                .where(
-                    table.c.id == registration_id,
-                    table.c.state == "pending",
-                    table.c.next_attempt_at <= now,
-                )
-                .values(next_attempt_at=now + LEASE_SECONDS)
-            )
-            return bool(changed.rowcount == 1)
-
-        return await self._store.db.run(claim, write=True)
-
-    async def _attempt(self, registration_id: str) -> bool:
-        store = self._store
-
+    async def _by_id(self, registration_id: str) -> Any:
         def read(conn: Connection) -> Any:
             return conn.execute(select(table).where(table.c.id == registration_id)).one()
 
-        row = await store.db.run(read)
+        return await self._store.db.run(read)
+
+    async def _attempt(self, registration_id: str) -> bool:
+        row = await self._by_id(registration_id)
         done = Registration(
             partij=row.partij_uuid,
             klantcontact=row.klantcontact_uuid,
@@ -673,31 +698,22 @@ class Registrations:
             "klantinteracties registration failed; retried later",
             extra={"registration": row.id, "reason": kind, "step": step, "attempt": attempts},
         )
-        backoff = min(30 * 2 ** (attempts - 1), 900)
-
-        def save(conn: Connection) -> None:
-            conn.execute(
-                update(table)
-                .where(table.c.id == row.id, table.c.state == "pending")
-                .values(
-                    attempts=attempts,
-                    last_error=kind,
-                    last_step=step,
-                    updated_at=now,
-                    next_attempt_at=now + backoff,
-                    **_uuids(progress),
-                )
-            )
-
-        await self._store.db.run(save, write=True)
+        values = {
+            "attempts": attempts,
+            "last_error": kind,
+            "last_step": step,
+            "updated_at": now,
+            "next_attempt_at": now + min(30 * 2 ** (attempts - 1), 900),
+            **_uuids(progress),
+        }
+        await self._change(row.id, values)
         if kind == "sealed":  # nothing left to send: retrying cannot help
             await self._give_up(row.id)
 
     async def _give_up(self, registration_id: str) -> None:
-        def read(conn: Connection) -> Any:
-            return conn.execute(select(table).where(table.c.id == registration_id)).one()
-
-        row = await self._store.db.run(read)
+        row = await self._by_id(registration_id)
+        if row.state != "pending":
+            return
         log.error(
             "klantinteracties registration given up; its data is destroyed",
             extra={"registration": row.id, "reason": row.last_error or "none"},
@@ -706,34 +722,20 @@ class Registrations:
 
     async def _finish(self, row: Any, state: State, made: Registration | None, action: str) -> None:
         """Done or given up: the sealed data and its key are destroyed, the outcome audited."""
-        now = self._store.clock()
+        attempts = int(row.attempts) + (made is not None)
+        values: dict[str, object] = {
+            "state": state,
+            "attempts": attempts,
+            "updated_at": self._store.clock(),
+            "nonce": None,
+            "ciphertext": None,
+        }
+        detail: dict[str, object] = {"attempts": attempts}
+        if made is not None:
+            values.update(_uuids(made), last_error=None, last_step=None)
+            detail["klantcontact"] = made.klantcontact
         await self._store.vault.keys.delete(_key_id(row.id))
-
-        def save(conn: Connection) -> None:
-            changed = conn.execute(
-                update(table)
-                .where(table.c.id == row.id, table.c.state == "pending")
-                .values(
-                    state=state,
-                    updated_at=now,
-                    nonce=None,
-                    ciphertext=None,
-                    **(_uuids(made) if made is not None else {}),
-                )
-            )
-            if changed.rowcount == 1:
-                detail = {"klantcontact": made.klantcontact} if made else {}
-                audit(
-                    conn,
-                    now,
-                    "system",
-                    action,
-                    row.conversation_id,
-                    {**detail, "attempts": int(row.attempts) + (made is not None)},
-                    tenant=self._tenant,
-                )
-
-        await self._store.db.run(save, write=True)
+        await self._change(row.id, values, event=(action, row.conversation_id, detail))
 
 
 def _uuids(made: Registration) -> dict[str, object]:
