@@ -298,6 +298,9 @@ def test_values_exist_only_sealed_and_outlive_the_conversation(
         )
         stored = row(client, conversation_id)
         assert stored.ciphertext is not None
+        files = data_files(tmp_path)
+        for canary in (CANARY_BSN, CANARY_NAME, toelichting):
+            assert canary.encode() not in files  # sealed, beside the sealed conversation
         conversations = services(client).conversations
         call(client, conversations.end, conversation_id, actor="agent:chris")
         call(client, conversations.purge_expired)
