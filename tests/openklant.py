@@ -253,6 +253,10 @@ def app(stub: Stub) -> Starlette:
         if result.errors:
             stub.errors.append(f"{request.method} {path}: {_describe(result.errors)}")
             return JSONResponse({"detail": "ongeldig verzoek"}, status_code=400)
+        undeclared = set(query) - set(result.parameters.query)
+        if undeclared:  # the spec allows them, the API would ignore them: a silent no-filter
+            stub.errors.append(f"{request.method} {path}: undeclared query {sorted(undeclared)}")
+            return JSONResponse({"detail": "onbekende parameter"}, status_code=400)
         if request.headers.get("authorization") != f"Token {stub.token}":
             return JSONResponse({"detail": "Ongeldige token."}, status_code=401)
         failure = stub.failure(request.method, path)

@@ -447,6 +447,13 @@ async def test_the_stub_rejects_what_the_spec_forbids(stub: Stub) -> None:
             headers={"Authorization": f"Token {TOKEN}"},
         )
         assert wrong_date.status_code == 400 and stub.errors
+        stub.errors.clear()
+        unknown = await http.get(
+            stub.url + "/klantcontacten",
+            params={"referentie": "x"},
+            headers={"Authorization": f"Token {TOKEN}"},
+        )
+        assert unknown.status_code == 400 and "undeclared query ['referentie']" in stub.errors[0]
 
 
 def test_requests_outside_the_conversation_or_too_long_change_nothing(
