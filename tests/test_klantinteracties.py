@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from idcontact.app import create_app
 from idcontact.domain.lifecycle import InvalidTransitionError
-from idcontact.errors import BadRequestError, ConfigError
+from idcontact.errors import BadRequestError, ConfigError, NotFoundError
 from idcontact.klantinteracties import (
     Contact,
     KlantinteractiesClient,
@@ -28,7 +28,7 @@ from idcontact.klantinteracties import (
     Registrations,
     reference,
 )
-from idcontact.settings import Klantinteracties
+from idcontact.settings import Klantinteracties, load_settings
 from idcontact.storage.db import registrations as table
 from tests.conftest import (
     CANARY_BSN,
@@ -37,6 +37,7 @@ from tests.conftest import (
     _reset_postgres,
     demo_settings,
 )
+from tests.flows.test_tenants import two_tenants
 from tests.openklant import Failure, Stub, open_klant, spec
 from tests.plugins.test_chat import TestClient, resident_in_line, services
 from tests.plugins.test_chat_identify import unidentified_chat
@@ -486,3 +487,42 @@ def test_configuration_errors_name_the_setting(tmp_path: Path, stub: Stub) -> No
     with pytest.raises(ConfigError) as caught:
         KlantinteractiesHandOver(httpx.AsyncClient(), {"url": stub.url, "token": TOKEN, "x": 1})
     assert TOKEN not in str(caught.value)
+
+
+def test_each_tenant_uses_its_own_api_and_token(tmp_path: Path) -> None:
+    other_token = "nijmegen-open-klant-token-9Lx"
+    base = two_tenants(tmp_path).model_dump(mode="json", exclude={"tenants"})
+    nijmegen = two_tenants(tmp_path).tenants[0].model_dump(mode="json")
+    with open_klant(TOKEN) as arnhem_api, open_klant(other_token) as nijmegen_api:
+        settings = load_settings(
+            None,
+            {
+                **base,
+                "data_dir": str(tmp_path / "data"),
+                "klantinteracties": {"url": arnhem_api.url, "token": TOKEN},
+                "tenants": [
+                    {
+                        **nijmegen,
+                        "klantinteracties": {"url": nijmegen_api.url, "token": other_token},
+                    }
+                ],
+            },
+        )
+        with TestClient(create_app(settings), base_url=PUBLIC) as client:
+            ours = in_line(client)
+            store = services(client).tenants["nijmegen"].conversations
+            purpose = store.tenant.purpose("parking_permit")
+            theirs, _ = call(
+                client, store.create, purpose, "demo", with_slot=False, unidentified=True
+            )
+            nijmegen_registrations = services(client).registrations["nijmegen"]
+            with pytest.raises(NotFoundError):  # another tenant's conversation
+                call(client, nijmegen_registrations.request, ours, actor="agent:n")
+            assert request(client, ours).state == "done"
+            status = call(client, nijmegen_registrations.request, theirs, actor="agent:n")
+            assert status.state == "done"
+    for api, token in ((arnhem_api, TOKEN), (nijmegen_api, other_token)):
+        assert api.errors == [] and len(api.klantcontacten) == 1
+        assert {h["authorization"] for h in api.headers} == {f"Token {token}"}
+    (kc,) = nijmegen_api.klantcontacten.values()
+    assert kc["onderwerp"] == "Parkeervergunning"
