@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idcontact.conversations import Conversations, new_id
+from idcontact.conversations import Conversation, Conversations, new_id
 from idcontact.domain.lifecycle import HOLDS_ATTRIBUTES, InvalidTransitionError
 from idcontact.errors import BadRequestError, ConfigError
 from idcontact.settings import Klantinteracties
@@ -483,35 +483,15 @@ class Registrations:
         if len(toelichting) > TOELICHTING_MAX:
             raise BadRequestError(f"De toelichting is langer dan {TOELICHTING_MAX} tekens")
         store = self._store
+        existing = await self._row(conversation_id)
+        if existing is not None and existing.state != "failed":
+            return _status(existing)
         conversation, data = await store.view(conversation_id, actor=actor)
         if conversation.state not in HOLDS_ATTRIBUTES:
             raise InvalidTransitionError(
                 "A contact is registered during the conversation or its wrap-up only"
             )
-        existing = await self._row(conversation_id)
-        if existing is not None and existing.state != "failed":
-            return _status(existing)
-        purpose = store.tenant.purpose(conversation.purpose)
-        attributes = data.get("attributes") if data else None
-        attributes = attributes if isinstance(attributes, dict) else {}
-        bsn = attributes.get(self._config.bsn_attribute)
-        asks_bsn = purpose is not None and self._config.bsn_attribute in purpose.attributes
-        provenance = data.get("provenance") if data else None
-        received = data.get("received_at") if data else None
-        identified = bool(attributes)
-        contact = Contact(
-            reference=reference(conversation_id),
-            kanaal=self._config.kanaal(conversation.channel),
-            onderwerp=(purpose.label.nl if purpose and purpose.label else conversation.purpose),
-            note=note(
-                provenance if isinstance(provenance, dict) and identified else None,
-                float(received) if identified and isinstance(received, int | float) else None,
-            ),
-            started_at=conversation.connected_at or conversation.created_at,
-            bsn=str(bsn) if asks_bsn and isinstance(bsn, str) and bsn else None,
-            callback=callback,
-            toelichting=toelichting,
-        )
+        contact = self._contact(conversation, data, callback, toelichting)
         registration_id = existing.id if existing is not None else new_id()
         now = store.clock()
         window = self._config.retry_hours * 3600
@@ -580,6 +560,36 @@ class Registrations:
         status = await self.status(conversation_id)
         assert status is not None  # noqa: S101 - just stored
         return status
+
+    def _contact(
+        self,
+        conversation: Conversation,
+        data: dict[str, object] | None,
+        callback: bool,
+        toelichting: str,
+    ) -> Contact:
+        """What is sent for this conversation: the BSN only where its purpose asks for it,
+        how the resident identified, never any other value."""
+        purpose = self._store.tenant.purpose(conversation.purpose)
+        given = data.get("attributes") if data else None
+        attributes = given if isinstance(given, dict) else {}
+        bsn = attributes.get(self._config.bsn_attribute)
+        asks_bsn = purpose is not None and self._config.bsn_attribute in purpose.attributes
+        provenance = data.get("provenance") if data and attributes else None
+        received = data.get("received_at") if data and attributes else None
+        return Contact(
+            reference=reference(conversation.id),
+            kanaal=self._config.kanaal(conversation.channel),
+            onderwerp=(purpose.label.nl if purpose and purpose.label else conversation.purpose),
+            note=note(
+                provenance if isinstance(provenance, dict) else None,
+                float(received) if isinstance(received, int | float) else None,
+            ),
+            started_at=conversation.connected_at or conversation.created_at,
+            bsn=str(bsn) if asks_bsn and isinstance(bsn, str) and bsn else None,
+            callback=callback,
+            toelichting=toelichting,
+        )
 
     async def status(self, conversation_id: str) -> RegistrationStatus | None:
         """The conversation's registration for the agent: ``None`` when none was asked."""
