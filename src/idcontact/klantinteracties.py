@@ -56,7 +56,8 @@ REGISTER = "idcontact"
 INHOUD_MAX, REACTIE_MAX, TOELICHTING_MAX = 1000, 4000, 1000
 MORE = " [vervolg in reactie]"
 LEASE_SECONDS = 300
-"""An attempt claims its registration this long, so two sweepers never send it twice."""
+"""An attempt claims its registration this long (or longer than its six requests may take),
+so two sweepers never send it twice."""
 
 State = Literal["pending", "done", "failed"]
 
@@ -660,7 +661,7 @@ class Registrations:
         """Take the attempt (another instance's sweeper may be at it): ``False`` if taken."""
         return await self._change(
             registration_id,
-            {"next_attempt_at": now + LEASE_SECONDS},
+            {"next_attempt_at": now + max(LEASE_SECONDS, 6 * self._config.timeout + 60)},
             where=table.c.next_attempt_at <= now,
         )
 
