@@ -21,6 +21,7 @@ from idcontact.app import create_app
 from idcontact.domain.lifecycle import InvalidTransitionError
 from idcontact.errors import BadRequestError, ConfigError, NotFoundError
 from idcontact.klantinteracties import (
+    LEASE_SECONDS,
     Contact,
     KlantinteractiesClient,
     KlantinteractiesHandOver,
@@ -526,3 +527,34 @@ def test_each_tenant_uses_its_own_api_and_token(tmp_path: Path) -> None:
         assert {h["authorization"] for h in api.headers} == {f"Token {token}"}
     (kc,) = nijmegen_api.klantcontacten.values()
     assert kc["onderwerp"] == "Parkeervergunning"
+
+
+def test_one_broken_attempt_does_not_stop_the_others(
+    tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    app = create_app(settings_for(tmp_path, stub), clock=clock)
+    with TestClient(app, base_url=PUBLIC) as client:
+        service = registrations(client)
+        first, second = in_line(client), in_line(client)
+        for conversation_id in (first, second):
+            call(client, service.request, conversation_id, actor="agent:a", attempt_now=False)
+        client_ = service._client
+        real = client_.register
+        broken: list[str] = []
+
+        async def register_once_broken(contact: Contact, done: Any = None) -> Any:
+            if not broken:
+                broken.append(contact.reference)
+                raise RuntimeError("unexpected")
+            return await real(contact, done)
+
+        monkeypatch.setattr(client_, "register", register_once_broken)
+        assert call(client, service.run) == 1
+        states = {c: call(client, service.status, c).state for c in (first, second)}
+        assert sorted(states.values()) == ["done", "pending"]
+        clock.now += LEASE_SECONDS + 1  # the broken one's claim has run out: tried again
+        assert call(client, service.run) == 1
+        assert {call(client, service.status, c).state for c in (first, second)} == {"done"}
+    assert any("attempt broke" in r.getMessage() for r in caplog.records)
+    assert stub.errors == [] and len(stub.klantcontacten) == 2

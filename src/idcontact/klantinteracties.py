@@ -615,10 +615,16 @@ class Registrations:
 
         done = 0
         for row in await self._store.db.run(due):
-            if row.give_up_at <= now:
-                await self._give_up(row.id)
-            elif await self._claim(row.id, now) and await self._attempt(row.id):
-                done += 1
+            try:
+                if row.give_up_at <= now:
+                    await self._give_up(row.id)
+                elif await self._claim(row.id, now) and await self._attempt(row.id):
+                    done += 1
+            except Exception as exc:  # one broken registration does not stop the others
+                log.warning(
+                    "klantinteracties registration attempt broke; retried later",
+                    extra={"registration": row.id, "reason": type(exc).__name__},
+                )
         return done
 
     async def _row(self, conversation_id: str) -> Any:
