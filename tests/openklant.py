@@ -1,4 +1,4 @@
-"""A stub Klantinteracties API (Open Klant 0.9) built from its OpenAPI description.
+"""A stub Klantinteracties API (version 0.9.0, Open Klant) built from its OpenAPI description.
 
 Every request is validated against the spec (path, method, query parameters, security header,
 request body with required fields, enums and formats) by ``openapi-core``, and so is every

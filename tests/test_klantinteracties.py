@@ -1,4 +1,4 @@
-"""The Klantinteracties connector against a stub built from the Open Klant 0.9 spec: every
+"""The Klantinteracties connector against a stub built from the Klantinteracties 0.9.0 spec: every
 request it sends and every answer it gets validate against the spec (tests/openklant.py).
 Identified (partij made, then found), unidentified, with a callback task, with the transcript;
 a failure mid-way continues without duplicates; a wrong token is recorded and retried, never

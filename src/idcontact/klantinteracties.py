@@ -1,4 +1,4 @@
-"""Registering a contact in the municipality's Klantinteracties API (Open Klant 0.9).
+"""Registering a contact in the municipality's Klantinteracties API (version 0.9.0, Open Klant).
 
 Only on an explicit agent action, never automatically (:meth:`Registrations.request`): a
 ``klantcontact`` with its ``betrokkene`` (the resident, ``rol`` klant, initiator), linked to
