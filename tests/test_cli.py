@@ -68,7 +68,7 @@ def test_check_config_demo_ok(runner: CliRunner) -> None:
     result = runner.invoke(main, ["check-config", str(DEMO_CONFIG)])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("OK")
-    assert "3 purposes, 2 auth methods, 4 comm methods" in result.stdout
+    assert "3 purposes, 2 auth methods, 5 comm methods" in result.stdout
     assert (
         "phone (default): chance that guessing links a call to someone's live code: 5.0e-07 per day"
         in result.stdout
@@ -84,6 +84,22 @@ def test_check_config_refuses_phone_codes_that_are_too_easy_to_guess(
     assert result.exit_code == 2
     assert "5.0e-05 per day (more than 1 in a million)" in result.stderr
     assert "OK" not in result.stdout
+
+
+def test_check_config_reads_the_klantinteracties_token_file(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "kis.toml"
+    token = tmp_path / "token"
+    section = f'[klantinteracties]\nurl = "https://ok.example/api"\ntoken_file = "{token}"\n'
+    path.write_text(DEMO_CONFIG.read_text() + "\n" + section)
+    result = runner.invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: klantinteracties.token_file: cannot be read"
+    token.write_text("secret-open-klant-token\n")
+    result = runner.invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert "secret-open-klant-token" not in result.output
 
 
 def test_check_config_invalid_file(runner: CliRunner, invalid_config: Path) -> None:

@@ -39,6 +39,7 @@ from idcontact.irma.schemes import Schemes
 from idcontact.irma.sessions import Sessions
 from idcontact.irma.xml import SchemeError
 from idcontact.keyring import KeyRing, demo_pair, load_keyring
+from idcontact.klantinteracties import KlantinteractiesClient, Registrations
 from idcontact.logs import quiet_libraries
 from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
@@ -99,6 +100,9 @@ class Services:
     """The built-in IRMA server's sessions, when ``[irma] enabled``."""
     hand_overs: dict[str, TranscriptKeeper] = field(default_factory=dict)
     """Per tenant that hands transcripts over (``[transcripts]``): the sweeper's keeper."""
+    registrations: dict[str, Registrations] = field(default_factory=dict)
+    """Per tenant with ``[klantinteracties]``: contacts agents register, retried by the
+    sweeper (the agent console calls ``request`` and ``status``)."""
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -210,7 +214,15 @@ def create_app(
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
         tasks: list[asyncio.Task[None]] = []
         if stores and db is not None:
-            tasks.append(asyncio.create_task(_sweep(stores, directory, list(hand_overs.values()))))
+            tasks.append(
+                asyncio.create_task(
+                    _sweep(
+                        stores,
+                        directory,
+                        [*registrations.values(), *hand_overs.values()],
+                    )
+                )
+            )
             tasks.append(asyncio.create_task(_seal(db, list(tenants))))
         for t in tenants.values():
             if t.queues is not None:
@@ -255,10 +267,17 @@ def create_app(
     hand_overs = {
         slug: TranscriptKeeper(
             t.conversations,
-            load_hand_over(t.tenant.transcripts.plugin or "", http, t.tenant.transcripts.settings),
+            load_hand_over(t.tenant.transcripts.plugin or "", http, _hand_over_settings(t.tenant)),
         )
         for slug, t in tenants.items()
         if t.conversations is not None and t.tenant.transcripts.keep == "hand_over"
+    }
+    registrations = {
+        slug: Registrations(
+            t.conversations, KlantinteractiesClient(http, t.tenant.klantinteracties)
+        )
+        for slug, t in tenants.items()
+        if t.conversations is not None and t.tenant.klantinteracties is not None
     }
     app.state.services = Services(
         settings,
@@ -271,6 +290,7 @@ def create_app(
         calls,
         irma.sessions if irma else None,
         hand_overs,
+        registrations,
     )
     if irma is not None:
         app.include_router(irma.router)
@@ -515,6 +535,15 @@ def _mount_tenant(
         app.include_router(citizen_router(settings, tenant, core, templates, services.queues))
 
 
+def _hand_over_settings(tenant: Tenant) -> dict[str, object]:
+    """The hand-over plugin's settings; the ``klantinteracties`` plugin without its own takes
+    the tenant's ``[klantinteracties]``."""
+    policy = tenant.transcripts
+    if policy.plugin == "klantinteracties" and not policy.settings and tenant.klantinteracties:
+        return tenant.klantinteracties.model_dump(exclude_defaults=True)
+    return dict(policy.settings)
+
+
 def services_of(app: FastAPI) -> Services:
     """The collaborators of an app made by :func:`create_app`."""
     services = app.state.services
@@ -537,9 +566,10 @@ async def _seal(db: Database, tenants: Sequence[str]) -> None:
 async def _sweep(
     stores: Sequence[Conversations],
     directory: AgentDirectory | None,
-    hand_overs: Sequence[TranscriptKeeper] = (),
+    hand_overs: Sequence[TranscriptKeeper | Registrations] = (),
 ) -> None:
-    """Hand transcripts over, then purge by time, in-process, on every deployment size."""
+    """Hand transcripts over and retry registrations, then purge by time, in-process, on every
+    deployment size."""
     while True:
         try:
             for keeper in hand_overs:

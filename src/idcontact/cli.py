@@ -161,7 +161,10 @@ def check_config(file: Path) -> None:
         settings = load_settings(file)
         for index, tenant in enumerate(settings.all_tenants):
             # The default tenant is the root of the file; the others are tenants[i].
-            _load_keys(tenant, "" if index == 0 else f"tenants[{index - 1}].")
+            where = "" if index == 0 else f"tenants[{index - 1}]."
+            _load_keys(tenant, where)
+            if tenant.klantinteracties is not None:  # its token file must be readable
+                tenant.klantinteracties.read_token(f"{where}klantinteracties")
     except ConfigError as exc:
         _fail(exc)
         return

@@ -299,6 +299,75 @@ class Transcripts(_Model):
         return self
 
 
+KANALEN: dict[str, str] = {
+    "phone": "telefoon",
+    "chat": "chat",
+    "video": "video",
+    "form": "contactformulier",
+}
+"""The ``kanaal`` of a klantcontact per channel, unless a tenant names its own."""
+
+
+class Klantinteracties(_Model):
+    """The municipality's Klantinteracties API (Open Klant): where an agent registers a
+    contact, on an explicit action (docs/klantinteracties.md)."""
+
+    url: str
+    """The API root, e.g. ``https://openklant.example.nl/klantinteracties/api/v1``."""
+    token: SecretStr | None = None
+    """The API token (``Authorization: Token <token>``); or ``token_file``."""
+    token_file: Path | None = None
+    timeout: float = Field(default=10.0, gt=0, le=120)
+    kanalen: dict[str, str] = Field(default_factory=dict)
+    """Channel → ``kanaal`` name, over the defaults (``telefoon``, ``chat``, ``video``,
+    ``contactformulier``)."""
+    bsn_attribute: str = "bsn"
+    """The attribute that holds the BSN; a purpose that discloses it registers an identified
+    contact (a ``partij`` found or made by that BSN), any other an unidentified one."""
+    callback_action: str = Field(default="Terugbellen", min_length=1, max_length=200)
+    """The ``gevraagdeHandeling`` of a callback request (an ``internetaak``)."""
+    callback_actor: str | None = Field(default=None, pattern=r"^[0-9a-fA-F-]{36}$")
+    """UUID of the ``actor`` (a team or employee) callback tasks are assigned to."""
+    confidential: bool = False
+    """Mark every klantcontact ``vertrouwelijk``; identified ones and those with a transcript
+    always are."""
+    retry_hours: int = Field(default=24, ge=1, le=14 * 24)
+    """How long a failing registration is retried; then it is given up and its sealed data
+    destroyed (the agent sees why)."""
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Klantinteracties:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("token: set exactly one of token and token_file")
+        for channel, name in self.kanalen.items():
+            if not 0 < len(name) <= 50:
+                raise ValueError(f"kanalen.{channel}: 1 to 50 characters")
+        return self
+
+    def kanaal(self, channel: str | None) -> str:
+        channel = channel or "chat"
+        return self.kanalen.get(channel) or KANALEN.get(channel, channel)[:50]
+
+    def read_token(self, where: str = "klantinteracties") -> str:
+        """The token, from the setting or its file; a ConfigError names the setting only."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        try:
+            token = self.token_file.read_text().strip() if self.token_file else ""
+        except OSError:
+            raise ConfigError(f"{where}.token_file: cannot be read") from None
+        if not token:
+            raise ConfigError(f"{where}.token_file: is empty")
+        return token
+
+
 class Phone(_Model):
     """ID Bellen for one tenant: the line residents call and how its link codes behave.
 
@@ -572,11 +641,14 @@ class TenantFields(_Model):
     audit_retention_days: int = Field(default=365, ge=1, le=3650)
     """Audit events older than this are deleted (the chain stays verifiable from its start)."""
     phone: Phone = Phone()
+    """ID Bellen: the phone line and its link codes (docs/phone.md)."""
     transcripts: Transcripts = Transcripts()
     """At the end of a conversation with messages: delete them, or hand them over first."""
     """ID Bellen: the phone line and its link codes (docs/phone.md)."""
     agent_sso: AgentSso | None = None
     """Agents of this tenant log in through its identity provider (OpenID Connect)."""
+    klantinteracties: Klantinteracties | None = None
+    """The Klantinteracties API agents register contacts in; unset: no registration."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TenantFields:

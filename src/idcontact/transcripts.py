@@ -49,6 +49,10 @@ class Transcript:
     """Only the purpose's verified attributes; empty when the resident did not identify."""
     provenance: dict[str, object] = field(default_factory=dict)
     messages: tuple[ChatMessage, ...] = ()
+    purpose_label: str | None = None
+    """The purpose's name (in Dutch), as residents saw it."""
+    identified_at: float | None = None
+    """When the attributes arrived, if the resident identified."""
 
     def __repr__(self) -> str:
         return f"Transcript({self.conversation_id!r}, messages={len(self.messages)})"
@@ -208,6 +212,8 @@ class TranscriptKeeper:
             messages.extend(batch)
         attributes = data.get("attributes") if data else None
         provenance = data.get("provenance") if data else None
+        received = data.get("received_at") if data else None
+        purpose = store.tenant.purpose(row.purpose)
         return Transcript(
             tenant=store.tenant.slug,
             conversation_id=conversation_id,
@@ -219,6 +225,8 @@ class TranscriptKeeper:
             attributes=dict(attributes) if isinstance(attributes, dict) else {},
             provenance=dict(provenance) if isinstance(provenance, dict) else {},
             messages=tuple(messages),
+            purpose_label=purpose.label.nl if purpose and purpose.label else None,
+            identified_at=float(received) if isinstance(received, int | float) else None,
         )
 
     async def _handed_over(self, conversation_id: str) -> None:

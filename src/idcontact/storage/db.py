@@ -201,6 +201,38 @@ form_questions = Table(
     Column("verdict", String(16), nullable=True),
 )
 
+registrations = Table(
+    "klantinteracties_registrations",
+    metadata,
+    # One registration of a conversation's contact in the Klantinteracties API, asked for by
+    # an agent (klantinteracties.py); retried until done or given up.
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("conversation_id", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # pending, done, failed
+    Column("requested_by", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("give_up_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    # Why the last attempt failed: a kind (``auth``, ``timeout``, …) and the step, no content.
+    Column("last_error", String(32), nullable=True),
+    Column("last_step", String(32), nullable=True),
+    # What the API created so far (a retry continues from there) and the contact's number.
+    Column("partij_uuid", String(36), nullable=True),
+    Column("klantcontact_uuid", String(36), nullable=True),
+    Column("betrokkene_uuid", String(36), nullable=True),
+    Column("internetaak_uuid", String(36), nullable=True),
+    Column("nummer", String(32), nullable=True),
+    # What is sent, sealed under the registration's own data key (in the key store); removed
+    # when done or given up.
+    Column("nonce", LargeBinary(12), nullable=True),
+    Column("ciphertext", LargeBinary, nullable=True),
+    Index("ix_registrations_conversation", "tenant", "conversation_id", unique=True),
+    Index("ix_registrations_due", "tenant", "state", "next_attempt_at"),
+)
+
 used_tokens = Table(
     "used_tokens",
     metadata,
