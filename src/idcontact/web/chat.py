@@ -98,7 +98,8 @@ async def chat_socket(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await reader
-            with contextlib.suppress(RuntimeError):
+            # The browser may have gone already (it closed the socket): nothing to close then.
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await ws.close()
 
 
