@@ -584,6 +584,14 @@ async def exercise(args: argparse.Namespace, inst: Any, setup: str, result: dict
             f"{result['memory_summary']['per_conversation_kib']} KiB per open conversation"
         )
 
+        # What the server costs with everything open and nobody writing (its own timers: the
+        # queue tick, keep-alive pings), so the talk's CPU can be split into base and messages.
+        quiet0 = await sample()
+        await asyncio.sleep(args.quiet)
+        quiet1 = await sample()
+        result["quiet"] = {"seconds": args.quiet, **console.cpu_of(quiet0, quiet1)}
+        log(f"    nobody writing: server {result['quiet']['server_cores']} cores")
+
         rate = len(chats) / args.interval
         log(
             f"  talking: {len(chats)} conversations, one message every {args.interval:g} s each "
@@ -619,6 +627,11 @@ async def exercise(args: argparse.Namespace, inst: Any, setup: str, result: dict
             server_cpu = cpu3.server_cpu - cpu2.server_cpu
             msg_out["server_cpu_ms_per_message"] = round(
                 server_cpu / tally.sent_in_window * 1000, 2
+            )
+            # Minus what the server spends anyway (measured with nobody writing).
+            base = result["quiet"]["server_cores"] * (cpu3.wall - cpu2.wall)
+            msg_out["server_cpu_ms_per_message_above_quiet"] = round(
+                (server_cpu - base) / tally.sent_in_window * 1000, 2
             )
             if cpu3.db_cpu:
                 db_cpu = sum(
@@ -783,7 +796,9 @@ def render(report: dict[str, Any]) -> str:
                 f"   messages: {msg['sent']} sent in the window ({msg['messages_per_s']}/s of "
                 f"{msg['asked_per_s']} asked), {msg['delivered']} delivered, {msg['undelivered']} "
                 f"undelivered; echo to the sender p50/p99 {echo['p50_ms']}/{echo['p99_ms']} ms; "
-                f"server {_f(msg.get('server_cpu_ms_per_message'), '.2f')} ms CPU per message"
+                f"server {_f(msg.get('server_cpu_ms_per_message'), '.2f')} ms CPU per message "
+                f"({_f(msg.get('server_cpu_ms_per_message_above_quiet'), '.2f')} above its "
+                f"{_f(r.get('quiet', {}).get('server_cores'), '.2f')} cores with nobody writing)"
                 + (
                     f", PostgreSQL {msg['db_cpu_ms_per_message']} ms"
                     if "db_cpu_ms_per_message" in msg
@@ -835,6 +850,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=tuple(SETUPS),
         help="production (PostgreSQL + Redis) and/or embedded (SQLite); repeatable "
         "(default production)",
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=5.0,
+        help="seconds of server CPU with all open and nobody writing, before the talk (5)",
     )
     parser.add_argument(
         "--setup-concurrency", type=int, default=16, help="conversations opened at once (16)"
