@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +137,15 @@ class Tally:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     errors: Counter[str] = field(default_factory=Counter)
     closing: bool = False
+
+    def new_phase(self) -> None:
+        """Count afresh (messages of an earlier phase still pending stay unrecorded)."""
+        for sent in self.pending.values():
+            sent.recorded = False
+        self.delivery, self.echo = [], []
+        self.sent_in_window = self.outstanding = 0
+        self.settled.clear()
+        self.errors = Counter()
 
     def sending(self, token: str, at: float, side: str, recorded: bool) -> None:
         self.pending[token] = Sent(at, side, recorded)
@@ -423,6 +433,7 @@ async def talk(
     interval: float,
     warmup: float,
     duration: float,
+    prefix: str = "",
     seed: int = 7,
 ) -> dict[str, Any]:
     """Each conversation sends a message every ``interval`` s, alternating sides, from a random
@@ -441,7 +452,7 @@ async def talk(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            token = f"{chat.index}.{n}"
+            token = f"{prefix}{chat.index}.{n}"
             socket = chat.resident if side == "resident" else chat.agent
             now = time.perf_counter()
             recorded = window[0] <= now < window[1]
@@ -478,6 +489,77 @@ async def talk(
 
 # --------------------------------------------------------------------------------------------
 # One set-up
+
+
+async def talk_phase(
+    args: argparse.Namespace,
+    chats: list[Chat],
+    tally: Tally,
+    sample: Callable[[], Awaitable[Any]],
+    interval: float,
+    number: int,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """One talk at one rate, with its latency, errors and CPU."""
+    tally.new_phase()
+    rate = len(chats) / interval
+    log(
+        f"  talking: {len(chats)} conversations, one message every {interval:g} s each "
+        f"(~{rate:.0f} messages/s), {args.warmup:g} s warm-up + {args.duration:g} s ..."
+    )
+    lag = console.LoopLag().start()
+    talking = asyncio.create_task(
+        talk(
+            chats,
+            tally,
+            interval=interval,
+            warmup=args.warmup,
+            duration=args.duration,
+            prefix=f"{number}.",
+        )
+    )
+    # CPU over the measured window only.
+    await asyncio.sleep(0.5 + args.warmup)
+    cpu2 = await sample()
+    await asyncio.sleep(args.duration)
+    cpu3 = await sample()
+    talked = await talking
+    loop_lag = await lag.stop()
+    delivery = sorted(tally.delivery)
+    msg_out: dict[str, Any] = {
+        "sent": tally.sent_in_window,
+        "delivered": len(delivery),
+        "messages_per_s": round(tally.sent_in_window / args.duration, 1),
+        "asked_per_s": round(rate, 1),
+        "latency": console.latency_summary(delivery),
+        "echo_latency": console.latency_summary(tally.echo),
+        "undelivered": talked["undelivered"],
+        "unechoed": talked["unechoed"],
+        "drained_s": talked["drained_s"],
+        "errors": dict(tally.errors),
+        "cpu": console.cpu_of(cpu2, cpu3),
+        "client_loop_lag_ms": loop_lag,
+    }
+    if tally.sent_in_window:
+        server_cpu = cpu3.server_cpu - cpu2.server_cpu
+        msg_out["server_cpu_ms_per_message"] = round(server_cpu / tally.sent_in_window * 1000, 2)
+        # Minus what the server spends anyway (measured with nobody writing).
+        base = result["quiet"]["server_cores"] * (cpu3.wall - cpu2.wall)
+        msg_out["server_cpu_ms_per_message_above_quiet"] = round(
+            (server_cpu - base) / tally.sent_in_window * 1000, 2
+        )
+        if cpu3.db_cpu:
+            db_cpu = sum(c - cpu2.db_cpu.get(pid, 0.0) for pid, c in cpu3.db_cpu.items() if c == c)
+            msg_out["db_cpu_ms_per_message"] = round(db_cpu / tally.sent_in_window * 1000, 2)
+    lat = msg_out["latency"]
+    log(
+        f"    {msg_out['sent']} sent ({msg_out['messages_per_s']}/s), latency p50 "
+        f"{lat['p50_ms']} p95 {lat['p95_ms']} p99 {lat['p99_ms']} max {lat['max_ms']} ms; "
+        f"undelivered {msg_out['undelivered']}, errors {msg_out['errors'] or 0}; server "
+        f"{msg_out['cpu']['server_cores']} cores, client {msg_out['cpu']['client_cores']}"
+    )
+    msg_out["interval_s"] = interval
+    return msg_out
 
 
 async def exercise(args: argparse.Namespace, inst: Any, setup: str, result: dict[str, Any]) -> None:
@@ -592,60 +674,10 @@ async def exercise(args: argparse.Namespace, inst: Any, setup: str, result: dict
         result["quiet"] = {"seconds": args.quiet, **console.cpu_of(quiet0, quiet1)}
         log(f"    nobody writing: server {result['quiet']['server_cores']} cores")
 
-        rate = len(chats) / args.interval
-        log(
-            f"  talking: {len(chats)} conversations, one message every {args.interval:g} s each "
-            f"(~{rate:.0f} messages/s), {args.warmup:g} s warm-up + {args.duration:g} s ..."
-        )
-        lag = console.LoopLag().start()
-        talking = asyncio.create_task(
-            talk(chats, tally, interval=args.interval, warmup=args.warmup, duration=args.duration)
-        )
-        # CPU over the measured window only.
-        await asyncio.sleep(0.5 + args.warmup)
-        cpu2 = await sample()
-        await asyncio.sleep(args.duration)
-        cpu3 = await sample()
-        talked = await talking
-        loop_lag = await lag.stop()
-        delivery = sorted(tally.delivery)
-        msg_out: dict[str, Any] = {
-            "sent": tally.sent_in_window,
-            "delivered": len(delivery),
-            "messages_per_s": round(tally.sent_in_window / args.duration, 1),
-            "asked_per_s": round(rate, 1),
-            "latency": console.latency_summary(delivery),
-            "echo_latency": console.latency_summary(tally.echo),
-            "undelivered": talked["undelivered"],
-            "unechoed": talked["unechoed"],
-            "drained_s": talked["drained_s"],
-            "errors": dict(tally.errors),
-            "cpu": console.cpu_of(cpu2, cpu3),
-            "client_loop_lag_ms": loop_lag,
-        }
-        if tally.sent_in_window:
-            server_cpu = cpu3.server_cpu - cpu2.server_cpu
-            msg_out["server_cpu_ms_per_message"] = round(
-                server_cpu / tally.sent_in_window * 1000, 2
-            )
-            # Minus what the server spends anyway (measured with nobody writing).
-            base = result["quiet"]["server_cores"] * (cpu3.wall - cpu2.wall)
-            msg_out["server_cpu_ms_per_message_above_quiet"] = round(
-                (server_cpu - base) / tally.sent_in_window * 1000, 2
-            )
-            if cpu3.db_cpu:
-                db_cpu = sum(
-                    c - cpu2.db_cpu.get(pid, 0.0) for pid, c in cpu3.db_cpu.items() if c == c
-                )
-                msg_out["db_cpu_ms_per_message"] = round(db_cpu / tally.sent_in_window * 1000, 2)
-        result["messages"] = msg_out
-        lat = msg_out["latency"]
-        log(
-            f"    {msg_out['sent']} sent ({msg_out['messages_per_s']}/s), latency p50 "
-            f"{lat['p50_ms']} p95 {lat['p95_ms']} p99 {lat['p99_ms']} max {lat['max_ms']} ms; "
-            f"undelivered {msg_out['undelivered']}, errors {msg_out['errors'] or 0}; server "
-            f"{msg_out['cpu']['server_cores']} cores, client {msg_out['cpu']['client_cores']}"
-        )
+        result["phases"] = []
+        for number, interval in enumerate(args.interval):
+            phase = await talk_phase(args, chats, tally, sample, interval, number, result)
+            result["phases"].append(phase)
         mem.take("after talking", len(chats))
         if server.proc.poll() is not None:
             result.setdefault("errors", []).append("the server process died")
@@ -725,8 +757,8 @@ def render(report: dict[str, Any]) -> str:
     p, m = report["parameters"], report["machine"]
     lines = [
         "",
-        f"idcontact chat: {p['conversations']} conversations with both sockets open, one "
-        f"message every {p['interval_s']:g} s each, {p['duration_s']:g} s measured",
+        f"idcontact chat: {p['conversations']} conversations with both sockets open; each "
+        f"phase one message every N s per conversation, {p['duration_s']:g} s measured",
         f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}. The clients run "
         "in this process, on the same CPUs as the server.",
         f"open files: soft limit {report['open_files']['soft']} (was "
@@ -734,36 +766,37 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     head = (
-        f"{'set-up':<11} {'open':>5} {'set-up s':>8} {'MiB before':>10} {'MiB open':>8} "
-        f"{'KiB/conv':>8} {'msg/s':>6} {'p50':>6} {'p95':>6} {'p99':>7} {'max':>7} "
-        f"{'p99<=50':>7} {'err':>5} {'srv':>5} {'db':>5} {'cli':>5} {'oth':>5}"
+        f"{'set-up':<11} {'every':>5} {'msg/s':>6} {'p50':>6} {'p95':>6} {'p99':>7} {'max':>7} "
+        f"{'p99<=50':>7} {'err':>5} {'srv':>5} {'db':>5} {'cli':>5} {'oth':>5} {'ms/msg':>6}"
     )
     lines += [head, "-" * len(head)]
     for name, r in report["runs"].items():
-        s = r.get("setup", {})
-        ms = r.get("memory_summary", {})
-        msg = r.get("messages", {})
-        lat = msg.get("latency", {})
-        cpu = msg.get("cpu", {})
-        errors = sum(msg.get("errors", {}).values()) + msg.get("undelivered", 0) if msg else None
-        ok = lat.get("p99_ms") is not None and lat["p99_ms"] <= TARGET_P99_MS and not errors
-        lines.append(
-            f"{name:<11} {s.get('opened', 0):>5} {_f(s.get('seconds')):>8} "
-            f"{_f(ms.get('before_mib')):>10} {_f(ms.get('all_open_mib')):>8} "
-            f"{_f(ms.get('per_conversation_kib')):>8} {_f(msg.get('messages_per_s')):>6} "
-            f"{_f(lat.get('p50_ms')):>6} {_f(lat.get('p95_ms')):>6} {_f(lat.get('p99_ms')):>7} "
-            f"{_f(lat.get('max_ms')):>7} {('ok' if ok else 'MISS'):>7} {_f(errors, 'd'):>5} "
-            f"{_f(cpu.get('server_cores'), '.2f'):>5} {_f(cpu.get('db_cores'), '.2f'):>5} "
-            f"{_f(cpu.get('client_cores'), '.2f'):>5} {_f(cpu.get('other_cores'), '.2f'):>5}"
-        )
+        for msg in r.get("phases", []):
+            lat, cpu = msg["latency"], msg["cpu"]
+            errors = sum(msg["errors"].values()) + msg["undelivered"]
+            ok = lat["p99_ms"] is not None and lat["p99_ms"] <= TARGET_P99_MS and not errors
+            lines.append(
+                f"{name:<11} {msg['interval_s']:>4g}s {msg['messages_per_s']:>6.1f} "
+                f"{_f(lat['p50_ms']):>6} {_f(lat['p95_ms']):>6} {_f(lat['p99_ms']):>7} "
+                f"{_f(lat['max_ms']):>7} {('ok' if ok else 'MISS'):>7} {errors:>5} "
+                f"{_f(cpu.get('server_cores'), '.2f'):>5} {_f(cpu.get('db_cores'), '.2f'):>5} "
+                f"{_f(cpu.get('client_cores'), '.2f'):>5} {_f(cpu.get('other_cores'), '.2f'):>5} "
+                f"{_f(msg.get('server_cpu_ms_per_message_above_quiet'), '.2f'):>6}"
+            )
     lines.append(
         "(latency in ms: frame sent on one socket -> message frame on the other; err = error "
         "frames, closed sockets and undelivered messages; srv/db/cli/oth = cores of the server, "
-        "its PostgreSQL backends, this client and everything else)"
+        "its PostgreSQL backends, this client and everything else; ms/msg = server CPU per "
+        "message above its CPU with nobody writing)"
     )
     for name, r in report["runs"].items():
         lines.append("")
         lines.append(f"{name}: {r.get('description', '')}")
+        if r.get("background_busy_pct_before") is not None:
+            lines.append(
+                f"   the machine was {r['background_busy_pct_before']} % busy before the server "
+                "started (other workloads)"
+            )
         s = r.get("setup")
         if s:
             steps = ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in s.get("step_ms", {}).items())
@@ -789,16 +822,16 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(
                     "   then " + ", ".join(f"{x['label']} {x['rss_mib']} MiB" for x in after)
                 )
-        msg = r.get("messages")
-        if msg:
+        if "quiet" in r:
+            lines.append(f"   nobody writing: server {r['quiet']['server_cores']} cores")
+        for msg in r.get("phases", []):
             echo = msg["echo_latency"]
             lines.append(
-                f"   messages: {msg['sent']} sent in the window ({msg['messages_per_s']}/s of "
-                f"{msg['asked_per_s']} asked), {msg['delivered']} delivered, {msg['undelivered']} "
-                f"undelivered; echo to the sender p50/p99 {echo['p50_ms']}/{echo['p99_ms']} ms; "
-                f"server {_f(msg.get('server_cpu_ms_per_message'), '.2f')} ms CPU per message "
-                f"({_f(msg.get('server_cpu_ms_per_message_above_quiet'), '.2f')} above its "
-                f"{_f(r.get('quiet', {}).get('server_cores'), '.2f')} cores with nobody writing)"
+                f"   every {msg['interval_s']:g} s: {msg['sent']} sent in the window "
+                f"({msg['messages_per_s']}/s of {msg['asked_per_s']} asked), {msg['delivered']} "
+                f"delivered, {msg['undelivered']} undelivered; echo to the sender p50/p99 "
+                f"{echo['p50_ms']}/{echo['p99_ms']} ms; server "
+                f"{_f(msg.get('server_cpu_ms_per_message'), '.2f')} ms CPU per message"
                 + (
                     f", PostgreSQL {msg['db_cpu_ms_per_message']} ms"
                     if "db_cpu_ms_per_message" in msg
@@ -809,7 +842,10 @@ def render(report: dict[str, Any]) -> str:
             if msg.get("errors"):
                 lines.append(f"   !! errors: {msg['errors']}")
             if (msg["cpu"].get("other_cores") or 0) > 0.25:
-                lines.append("   !! other workloads used the CPUs during the window: rerun")
+                lines.append(
+                    "   !! other workloads used the CPUs during this phase: the server had less "
+                    "than its share; rerun on a quiet machine"
+                )
         warnings = r.get("server_log_warnings")
         if warnings:
             lines.append(f"   !! the server logged {warnings['count']} warnings or errors")
@@ -834,8 +870,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--interval",
         type=float,
-        default=10.0,
-        help="seconds between two messages of one conversation, sides alternating (default 10)",
+        action="append",
+        help="seconds between two messages of one conversation, sides alternating; repeatable: "
+        "one talk phase each, on the same open conversations (default 30 and 10)",
     )
     parser.add_argument(
         "--max-chats",
@@ -887,7 +924,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.setup = list(dict.fromkeys(args.setup or ["production"]))
     if not 1 <= args.max_chats <= 20:
         parser.error("--max-chats must be 1..20 (the queue setting's range)")
-    if args.interval <= 0 or args.duration <= 0:
+    args.interval = args.interval or [30.0, 10.0]
+    if min(args.interval) <= 0 or args.duration <= 0:
         parser.error("--interval and --duration must be positive")
     args.server_env = flows.server_env(parser, args.server_env)
     return args
@@ -908,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
             "conversations": args.conversations,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
-            "interval_s": args.interval,
+            "intervals_s": args.interval,
             "message_bytes": len(f"{args.conversations}.999 {FILLER}"),
             "max_chats": args.max_chats,
             "setup_concurrency": args.setup_concurrency,
