@@ -747,10 +747,7 @@ def run_setup(
 # Output
 
 
-def _f(value: Any, spec: str = ".1f") -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    return format(value, spec)
+_f = console._f  # a number for the tables, '-' for none
 
 
 def render(report: dict[str, Any]) -> str:
