@@ -207,9 +207,10 @@ class Socket:
         except ConnectionClosed as exc:
             if not self.tally.closing:
                 self.tally.errors[f"{self.side} socket closed: {exc}"[:120]] += 1
-        finally:
-            if not self.tally.closing and self.ws.close_code not in (None, 1000):
+        else:  # a clean close by the server, unasked
+            if not self.tally.closing:
                 self.tally.errors[f"{self.side} socket closed with {self.ws.close_code}"] += 1
+        finally:
             self._changed.set()
 
     async def wait_state(self, wanted: set[str], within: float) -> str:
