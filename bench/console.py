@@ -470,23 +470,32 @@ class Residents:
 
     async def one(self, client: httpx.AsyncClient) -> tuple[float, float] | None:
         """One resident; (start, landing) seconds, or None after an error (counted)."""
+        joined = await self.join(client)
+        return None if joined is None else (joined[1], joined[2])
+
+    async def join(
+        self, client: httpx.AsyncClient, comm_method: str = "demo"
+    ) -> tuple[str, float, float] | None:
+        """One resident on ``comm_method``: (their page's URL, start s, landing s), or None
+        after an error (counted)."""
         token = self.token()
         try:
             t0 = time.perf_counter()
             r = await client.post(
                 f"{self.base}/start",
-                json={"purpose": flows.PURPOSE, "auth_result": token, "comm_method": "demo"},
+                json={"purpose": flows.PURPOSE, "auth_result": token, "comm_method": comm_method},
                 headers={"Accept": "application/json"},
             )
             if r.status_code != 200:
                 self.errors[f"start: HTTP {r.status_code}"] += 1
                 return None
             t1 = time.perf_counter()
-            r = await client.get(r.json()["client_url"])
+            page = str(r.json()["client_url"])
+            r = await client.get(page)
             if r.status_code != 200:
                 self.errors[f"landing: HTTP {r.status_code}"] += 1
                 return None
-            return t1 - t0, time.perf_counter() - t1
+            return page, t1 - t0, time.perf_counter() - t1
         except httpx.HTTPError as exc:
             self.errors[type(exc).__name__] += 1
             return None
@@ -1093,24 +1102,47 @@ def settings_for(data_dir: Path, config: Path, database_url: str | None) -> Any:
     return load_settings(config, overrides)
 
 
-def run_all(
-    args: argparse.Namespace, runner: asyncio.Runner, postgres: Any | None
-) -> dict[str, Any]:
-    result: dict[str, Any] = {"database": "postgres" if postgres is not None else "sqlite"}
+@dataclass
+class Instance:
+    """One server of a benchmark, with its agents, as :func:`instance` made it."""
+
+    settings: Any
+    server: Any  # flows.Server
+    accounts: list[AgentAccount]
+    db_pids: Callable[[], Any]
+    data_dir: Path
+
+
+@contextlib.contextmanager
+def instance(
+    runner: asyncio.Runner,
+    result: dict[str, Any],
+    *,
+    name: str,
+    config_text: str,
+    agents: int,
+    postgres: Any | None,
+    server_env: dict[str, str],
+    profile_to: Path | None = None,
+) -> Iterator[Instance]:
+    """A fresh data dir (and PostgreSQL database when ``postgres`` is given), the config,
+    ``agents`` enrolled agents and one ``idcontact serve`` process; stopped (by PID) and
+    cleaned up again afterwards, also when something fails (the exception propagates).
+    Timings, a dead server and the server's warnings go into ``result``."""
     db_name: str | None = None
-    database_url: str | None = None
-    with tempfile.TemporaryDirectory(prefix="idcontact-bench-console-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"idcontact-bench-{name}-") as tmp:
         data_dir = Path(tmp)
         try:
+            database_url: str | None = None
             if postgres is not None:
-                db_name = f"idcontact_bench_console_{os.getpid()}"
+                db_name = f"idcontact_bench_{name}_{os.getpid()}"
                 database_url = runner.run(flows.create_database(postgres.admin_url, db_name))
             config = data_dir / "idcontact.toml"
-            config.write_text(flows.config_toml())
+            config.write_text(config_text)
             settings = settings_for(data_dir, config, database_url)
-            log(f"  creating {args.consoles} agents in the database ...")
+            log(f"  creating {agents} agents in the database ...")
             t0 = time.perf_counter()
-            accounts = runner.run(create_agents(settings, args.consoles))
+            accounts = runner.run(create_agents(settings, agents))
             result["agents_created_s"] = round(time.perf_counter() - t0, 2)
             result["background_busy_pct_before"] = flows.background_busy_pct()
             port = flows.free_port()
@@ -1118,7 +1150,7 @@ def run_all(
             env["IDCONTACT_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
             if database_url is not None:
                 env["IDCONTACT_DATABASE_URL"] = database_url
-            env.update(args.server_env)
+            env.update(server_env)
             (data_dir / "logs").mkdir()
             t0 = time.perf_counter()
             server = flows.start_server(
@@ -1128,24 +1160,24 @@ def run_all(
                 roles=(),
                 env=env,
                 log_path=data_dir / "logs" / "server.log",
-                profile_to=args.profile_to,
+                profile_to=profile_to,
             )
             result["startup_s"] = round(time.perf_counter() - t0, 2)
             db_pids: Callable[[], Any] = flows._no_pids
             if postgres is not None and db_name is not None:
-                admin, name = postgres.admin_url, db_name
+                admin, db = postgres.admin_url, db_name
 
                 async def pids() -> list[int]:
-                    return list(await flows.postgres_backend_pids(admin, name))
+                    return list(await flows.postgres_backend_pids(admin, db))
 
                 db_pids = pids
             try:
-                result.update(runner.run(_exercise(args, settings, server, accounts, db_pids)))
+                yield Instance(settings, server, accounts, db_pids, data_dir)
                 if server.proc.poll() is not None:
                     result.setdefault("errors", []).append("the server process died")
             finally:
-                if args.profile_to is not None:
-                    # Writing the profile of 200 streams takes longer than stop_server waits.
+                if profile_to is not None:
+                    # Writing the profile of many streams takes longer than stop_server waits.
                     server.proc.send_signal(signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         server.proc.wait(timeout=600)
@@ -1157,14 +1189,34 @@ def run_all(
                 ]
                 if warnings:
                     result["server_log_warnings"] = {"count": len(warnings), "last": warnings[-3:]}
-        except Exception as exc:
-            result.setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
         finally:
             if postgres is not None and db_name is not None:
                 try:
                     runner.run(flows.drop_database(postgres.admin_url, db_name))
                 except Exception as exc:
                     log(f"  could not drop database {db_name}: {exc}")
+
+
+def run_all(
+    args: argparse.Namespace, runner: asyncio.Runner, postgres: Any | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"database": "postgres" if postgres is not None else "sqlite"}
+    try:
+        with instance(
+            runner,
+            result,
+            name="console",
+            config_text=flows.config_toml(),
+            agents=args.consoles,
+            postgres=postgres,
+            server_env=args.server_env,
+            profile_to=args.profile_to,
+        ) as inst:
+            result.update(
+                runner.run(_exercise(args, inst.settings, inst.server, inst.accounts, inst.db_pids))
+            )
+    except Exception as exc:
+        result.setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
     return result
 
 

@@ -75,6 +75,32 @@ async def test_places_and_expected_waits(make_app: AppFactory, tmp_path: Any) ->
     assert estimate.available_agents == 1 and estimate.handle_seconds == 240
 
 
+async def test_places_go_only_to_residents_still_waiting(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """An offered resident was told "offered"; a place push saying "waiting" would undo that
+    (and, once the agent accepted, even "connected": the chat bench saw exactly that)."""
+    inst: Instance = await make_app(
+        demo_settings(tmp_path, queues=[{"tag": "general", "max_chats": 1}])
+    )
+    first = await waiting_conversation(inst)
+    second = await waiting_conversation(inst, "123456782")
+    await available_agent(inst, "bert")  # one chat at a time: takes first, second waits
+    await service(inst).tick()
+    assert await states(inst, [first, second]) == ["offered", "waiting"]
+    bus = service(inst).bus
+    async with (
+        bus.subscribe("default", "conversation", first) as offered,
+        bus.subscribe("default", "conversation", second) as waiting,
+    ):
+        await service(inst).tick()
+        pushed = await waiting.next(5.0)
+        assert pushed is not None and pushed.data["state"] == "waiting"
+        assert pushed.data["position"] == 2  # the offered one is still ahead in line
+        told = [e.data.get("state") for e in offered.drain()]
+        assert "waiting" not in told
+
+
 async def test_closed_queue_makes_no_offers_and_says_when_it_opens(
     make_app: AppFactory, tmp_path: Any
 ) -> None:

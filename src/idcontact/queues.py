@@ -70,6 +70,8 @@ class Place:
     expected_seconds: float | None
     long_wait: bool
     is_open: bool
+    offered: bool = False
+    """Offered to an agent: still in line until accepted, but no longer waiting."""
 
 
 def member_queues(raw: str) -> tuple[str, ...]:
@@ -237,6 +239,7 @@ class QueueService:
             expected,
             announce_long_wait(expected, queue.long_wait_seconds),
             self.is_open(queue),
+            offered=conversation.state == "offered",
         )
 
     async def places(self) -> dict[str, Place]:
@@ -249,6 +252,7 @@ class QueueService:
                     conversations.c.queue,
                     conversations.c.channel,
                     conversations.c.waiting_since,
+                    conversations.c.state,
                 ).where(
                     conversations.c.tenant == self._tenant.slug,
                     conversations.c.state.in_(("waiting", "offered")),
@@ -274,6 +278,7 @@ class QueueService:
                     expected,
                     announce_long_wait(expected, queue.long_wait_seconds),
                     is_open,
+                    offered=row.state == "offered",
                 )
         return result
 
@@ -673,14 +678,19 @@ class QueueService:
         return True
 
     async def _push_places(self) -> None:
-        """Each waiting resident who is watching gets their position and expected wait."""
+        """Each waiting resident who is watching gets their position and expected wait.
+
+        Not an offered one: "waiting" would undo the "offered" (or, once the agent accepted
+        meanwhile, even the "connected") the resident was already told."""
         slug = self._tenant.slug
         if not self._bus.has_subscribers(slug, "conversation"):
             return  # nobody is watching a waiting page on this instance
         places = await self.places()
         now = self._clock()
         for conversation_id, place in places.items():
-            if self._bus.has_subscribers(slug, "conversation", conversation_id):
+            if not place.offered and self._bus.has_subscribers(
+                slug, "conversation", conversation_id
+            ):
                 await self._bus.publish(
                     Event(
                         slug,

@@ -61,3 +61,15 @@ async def test_messages_sent_at_once_get_distinct_numbers(instance: Instance) ->
     assert sorted(m.seq for m in sent) == list(range(1, 21))
     stored = await vault.chat_since(conversation_id)
     assert {m.text for m in stored} == {f"m{i}" for i in range(20)}
+
+
+async def test_a_message_marks_the_conversation_active(instance: Instance) -> None:
+    """Storing a message is activity: a resident who writes while waiting is not idle."""
+    conversations = instance.services.conversations
+    assert conversations is not None
+    conversation_id = await start_conversation(instance)
+    await conversations.vault.open_chat(conversation_id, 3600)
+    before = (await conversations.get(conversation_id)).last_activity
+    message = await conversations.vault.append_chat(conversation_id, "resident", "nog daar")
+    after = (await conversations.get(conversation_id)).last_activity
+    assert after == message.at and after > before

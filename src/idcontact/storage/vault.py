@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idcontact.errors import VaultError
@@ -166,7 +166,10 @@ class Vault:
     async def append_chat(self, conversation_id: str, sender: str, text: str) -> ChatMessage:
         """Store a message, encrypted (the conversation id and its number are bound to it), and
         return it with its number: 1, 2, … per conversation, in the order stored. A
-        ``VaultError`` once the conversation's chat is destroyed."""
+        ``VaultError`` once the conversation's chat is destroyed.
+
+        The same transaction marks the conversation active (``last_activity``): a resident who
+        writes is not idle."""
         key = await self._keys.get(_chat_key_id(conversation_id))
         if key is None:
             raise VaultError()
@@ -174,12 +177,13 @@ class Vault:
             at = self._clock()
 
             def work(conn: Connection, at: float = at) -> ChatMessage:
-                # One writer per conversation at a time (PostgreSQL row lock; SQLite write
-                # transactions are serial already), so numbers are taken in turn.
+                # One writer per conversation at a time (the update takes the PostgreSQL row
+                # lock; SQLite write transactions are serial already), so numbers are taken in
+                # turn.
                 conn.execute(
-                    select(conversations.c.id)
+                    update(conversations)
                     .where(conversations.c.id == conversation_id)
-                    .with_for_update()
+                    .values(last_activity=at)
                 )
                 last = conn.execute(
                     select(func.max(chat_messages.c.seq)).where(

@@ -58,18 +58,30 @@ async def chat_socket(
         after = max(0, int(ws.query_params.get("after", "0")))
     except ValueError:
         after = 0
+    # What this socket posted itself, by number: its echo needs no read of the vault.
+    posted: dict[int, ChatMessage] = {}
     async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
         current = await conversations.get(conversation_id)
         state: str = current.state
         await ws.send_json(_state_frame(state, current.identify_state))
         if signalling is not None and state == "connected":
             await ws.send_json(signalling.ice())
-        after = await _send_since(ws, conversations, conversation_id, after)
+        after = await _send_since(ws, conversations, conversation_id, after, posted)
         if state not in OPEN:
             await ws.close()
             return
         reader = asyncio.create_task(
-            _read(ws, conversations, bus, conversation_id, side, activity, agent_id, signalling)
+            _read(
+                ws,
+                conversations,
+                bus,
+                conversation_id,
+                side,
+                activity,
+                agent_id,
+                signalling,
+                posted,
+            )
         )
         try:
             while not reader.done():
@@ -91,7 +103,7 @@ async def chat_socket(
                         await ws.close(code=4404)
                     break
                 if "chat" in event.data:
-                    after = await _send_since(ws, conversations, conversation_id, after)
+                    after = await _send_since(ws, conversations, conversation_id, after, posted)
                 elif event.data.get("typing") and event.data["typing"] != side:
                     await ws.send_json({"type": "typing", "from": event.data["typing"]})
                 elif "signal" in event.data:
@@ -110,17 +122,17 @@ async def chat_socket(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await reader
-            with contextlib.suppress(RuntimeError):
+            # The browser may have gone already (it closed the socket): nothing to close then.
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await ws.close()
 
 
 async def post_message(
     conversations: Conversations, bus: Bus | None, conversation_id: str, side: Side, text: str
 ) -> ChatMessage:
-    """Store a message (the conversation is active: not idle) and tell both sides its number;
-    the socket and the forms without script all send through here."""
+    """Store a message (which marks the conversation active: not idle) and tell both sides its
+    number; the socket and the forms without script all send through here."""
     message = await conversations.vault.append_chat(conversation_id, side, text)
-    await conversations.touch(conversation_id)
     if bus is not None:
         event = Event(
             conversations.tenant.slug,
@@ -134,13 +146,26 @@ async def post_message(
 
 
 async def _send_since(
-    ws: WebSocket, conversations: Conversations, conversation_id: str, after: int
+    ws: WebSocket,
+    conversations: Conversations,
+    conversation_id: str,
+    after: int,
+    posted: dict[int, ChatMessage],
 ) -> int:
-    for m in await conversations.vault.chat_since(conversation_id, after):
+    """Send the messages after number ``after``; returns the last number sent. The next one,
+    when this socket posted it, comes from ``posted`` (it is what the vault holds); anything
+    else from the vault."""
+    if after + 1 in posted:
+        messages = [posted.pop(after + 1)]
+    else:
+        messages = await conversations.vault.chat_since(conversation_id, after)
+    for m in messages:
         await ws.send_json(
             {"type": "message", "seq": m.seq, "from": m.sender, "text": m.text, "at": m.at}
         )
         after = m.seq
+    for seq in [seq for seq in posted if seq <= after]:
+        del posted[seq]
     return after
 
 
@@ -162,6 +187,7 @@ async def _read(
     activity: Callable[[], Awaitable[None]] | None,
     agent_id: str | None,
     signalling: Signalling | None,
+    posted: dict[int, ChatMessage],
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
     tenant = conversations.tenant.slug
@@ -204,7 +230,8 @@ async def _read(
             ):
                 await ws.send_json({"type": "error", "error": "closed"})
                 continue
-            await post_message(conversations, bus, conversation_id, side, text)
+            message = await post_message(conversations, bus, conversation_id, side, text)
+            posted[message.seq] = message
             if activity is not None:
                 await activity()
         except IdContactError:
