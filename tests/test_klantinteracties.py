@@ -558,3 +558,36 @@ def test_one_broken_attempt_does_not_stop_the_others(
         assert {call(client, service.status, c).state for c in (first, second)} == {"done"}
     assert any("attempt broke" in r.getMessage() for r in caplog.records)
     assert stub.errors == [] and len(stub.klantcontacten) == 2
+
+
+def test_the_agent_registers_from_the_console_never_automatically(
+    tmp_path: Path, stub: Stub
+) -> None:
+    """The button in the conversation panel: nothing is sent until the agent presses it; then
+    the panel says what happened, and the button is gone once registered."""
+    from tests.flows.test_console import field
+    from tests.plugins.test_chat import agent_holding
+
+    with TestClient(create_app(settings_for(tmp_path, stub)), base_url=PUBLIC) as client:
+        page = resident_in_line(client)
+        conversation_id = agent_holding(client, page)
+        panel = client.get(f"/agent/default/c/{conversation_id}")
+        assert "Contact registreren" in panel.text
+        assert stub.requests == []  # never automatically
+        pressed = client.post(
+            f"/agent/default/c/{conversation_id}/register",
+            data={
+                "csrf": field(panel.text, "csrf"),
+                "attribute": "callback",
+                "note": "Graag morgen terugbellen",
+            },
+            follow_redirects=False,
+        )
+        assert pressed.status_code == 303, pressed.text
+        after = client.get(f"/agent/default/c/{conversation_id}")
+        assert "Geregistreerd in Klantinteracties als klantcontact" in after.text
+        assert "Contact registreren" not in after.text
+    assert stub.errors == []
+    assert len(stub.posts("/maak-klantcontact")) == 1
+    (task,) = stub.posts("/internetaken")
+    assert task["toelichting"] == "Graag morgen terugbellen"

@@ -350,6 +350,7 @@ def create_app(
                     for t in settings.all_tenants
                     if t.agent_sso is not None
                 },
+                registrations=registrations,
             )
         )
 

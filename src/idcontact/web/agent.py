@@ -43,6 +43,7 @@ from idcontact.conversations import Conversation
 from idcontact.errors import BadRequestError, IdContactError, NotFoundError
 from idcontact.events import Bus, Event
 from idcontact.forms import Forms, forms_for
+from idcontact.klantinteracties import Registrations
 from idcontact.phone.codes import LinkCodes
 from idcontact.queues import QueueService, serves
 from idcontact.settings import Purpose, Settings, Tenant
@@ -117,10 +118,12 @@ def agent_router(
     clock: Callable[[], float],
     links: Mapping[str, LinkCodes] | None = None,
     sso: Mapping[str, OidcClient] | None = None,
+    registrations: Mapping[str, Registrations] | None = None,
 ) -> APIRouter:
     """``links``: each tenant's phone link codes, for the failed-attempt figures in the
     supervisors' statistics; ``sso``: the identity providers of the tenants whose agents log
-    in through one."""
+    in through one; ``registrations``: the Klantinteracties connectors of the tenants that
+    have one."""
     router = APIRouter(prefix="/agent", include_in_schema=False)
     secure = settings.public_url.startswith("https://")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.public_url))
@@ -579,6 +582,7 @@ def agent_router(
         attribute: Annotated[str, Form(max_length=64)] = "",
         purpose: Annotated[str, Form(max_length=64)] = "",
         target: Annotated[str, Form(max_length=64)] = "",
+        note: Annotated[str, Form(max_length=2000)] = "",
     ) -> Response:
         """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute,
         mark that the resident acts for someone else (``attribute=on``/``off``), ask the
@@ -621,6 +625,18 @@ def agent_router(
             await s.queues.answer_transfer(conversation_id, me, accept=action == "take")
             where = f"/agent/{slug}/c/{conversation_id}" if action == "take" else f"/agent/{slug}/"
             return RedirectResponse(where, status_code=303)
+        if action == "register":  # in the municipality's Klantinteracties, on request only
+            desk = (registrations or {}).get(slug)
+            if desk is None:
+                raise NotFoundError("No such action")
+            await s.queues.held(conversation_id, me)
+            await desk.request(
+                conversation_id,
+                actor=f"agent:{me}",
+                callback=attribute == "callback",
+                toelichting=note,
+            )
+            return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         if action == "represent":  # the resident says they act for someone else (or not)
             conversation = await s.queues.held(conversation_id, me)
             if conversation.state not in ("connected", "wrap_up"):
@@ -713,6 +729,7 @@ def agent_router(
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "form": await form_context(s, conversation),
+                "registration": await registration_context(s, conversation),
                 "record_links": links_out,
                 "callback": (
                     await store.callback_number(conversation_id, actor=f"agent:{me}")
@@ -800,6 +817,18 @@ def agent_router(
         if method is None or method.plugin != "form":
             return None
         return forms_for(settings.public_url, method.tag, s.queues.conversations, s.queues)
+
+    async def registration_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
+        """Registering the contact in Klantinteracties: the button, or how far it got."""
+        desk = (registrations or {}).get(s.tenant.slug)
+        if desk is None or conversation.state not in ("connected", "wrap_up"):
+            return None
+        status = await desk.status(conversation.id)
+        return {
+            "status": status.text if status is not None else None,
+            "state": status.state if status is not None else None,
+            "can_request": status is None or status.state == "failed",
+        }
 
     async def form_context(s: Seat, conversation: Conversation) -> dict[str, object] | None:
         """The question of a contact form I hold, and the answer form while I have it."""
