@@ -29,10 +29,9 @@ from starlette.routing import Route
 from tests.live import serve
 from tests.services import _unavailable
 
-# shared/ lies beside the repository (and beside CI's fresh clone).
-SPEC = (
-    Path(__file__).resolve().parents[2] / "shared/testdata/openklant/klantinteracties-openapi.yaml"
-)
+# Kept in the repository (tests/testdata/openklant/README.md says where it comes from), so a
+# fresh clone anywhere has it.
+SPEC = Path(__file__).resolve().parent / "testdata/openklant/klantinteracties-openapi.yaml"
 PREFIX = "/klantinteracties/api/v1"
 
 _spec_cache: dict[str, OpenAPI] = {}

@@ -395,7 +395,12 @@ async def test_a_wrong_code_is_prompted_again_and_a_right_one_then_links(
         try:
             await until(lambda: _linked(instance, conversation_id), "the second code to link")
             channel = await channel_of(instance, conversation_id)
-            played = pbx_events.played(channel)
+
+            async def confirmed() -> list[str] | None:
+                played = pbx_events.played(channel)
+                return played if "sound:idcontact/nl/code-ok" in played else None
+
+            played = await until(confirmed, "the caller to hear the code was right")
             assert "sound:idcontact/nl/code-wrong" in played  # the caller heard "try again"
             assert played.index("sound:idcontact/nl/code-wrong") < played.index(
                 "sound:idcontact/nl/code-ok"

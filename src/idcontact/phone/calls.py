@@ -358,8 +358,8 @@ class Calls:
             outcome = await links.link(code, call.caller, call_ref=call.channel)
             if isinstance(outcome, Linked):
                 call.conversation_id = outcome.conversation.id
-                await call.line.queues.overflow(outcome.conversation)
                 await self._say(call, ["code-ok"])
+                await call.line.queues.overflow(outcome.conversation)
                 return "linked"
             if outcome.reason in ("budget", "caller"):
                 await self._say(call, ["cannot-check"])
