@@ -88,6 +88,8 @@ class Conversation:
     transfer_expires: float | None = None
     callback_at: float | None = None
     """When the resident asked to be called back instead of waiting."""
+    has_session: bool = False
+    """The attributes came with a ``session_url``: report the resident's activity there."""
     """The agent noted that the resident acts for someone else: the data proves the caller."""
     identify_state: str | None = None
     """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
@@ -319,7 +321,12 @@ class Conversations:
                         conversations.c.state.in_(sources(state)),
                     )
                 )
-                .values(state=state, delivered_at=now, last_activity=now)
+                .values(
+                    state=state,
+                    delivered_at=now,
+                    last_activity=now,
+                    has_session=1 if payload and payload.get("session_url") else None,
+                )
             )
             if claimed.rowcount != 1:
                 raise SlotUsedError()
@@ -431,7 +438,13 @@ class Conversations:
         await self._vault.destroy_attributes(conversation_id)
         return await self.annotate_checked(
             conversation_id,
-            {"delivered_at": None, "identify_state": why, "slot_hash": None, **(values or {})},
+            {
+                "delivered_at": None,
+                "has_session": None,
+                "identify_state": why,
+                "slot_hash": None,
+                **(values or {}),
+            },
             event=(f"conversation.{why}", actor, None),
         )
 
@@ -455,8 +468,13 @@ class Conversations:
             "slot_hash": None,
             "last_activity": now,
         }
-        if sealed is not None:
-            values.update(delivered_at=now, purpose=purpose.tag, purge_at=purge_at)
+        if sealed is not None and payload is not None:
+            values.update(
+                delivered_at=now,
+                purpose=purpose.tag,
+                purge_at=purge_at,
+                has_session=1 if payload.get("session_url") else None,
+            )
 
         def work(conn: Connection) -> None:
             _mark_used(conn, received)
@@ -909,4 +927,5 @@ def _conversation(row: Any) -> Conversation:
         transfer_to=row.transfer_to,
         transfer_expires=row.transfer_expires,
         callback_at=row.callback_at,
+        has_session=bool(row.has_session),
     )

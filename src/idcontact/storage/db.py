@@ -82,6 +82,8 @@ conversations = Table(
     Column("transfer_expires", Float, nullable=True),
     # The resident asked to be called back (the number is a sealed chat entry, never here).
     Column("callback_at", Float, nullable=True),
+    # The attributes came with a session_url (protocol §4.5): the channel reports activity.
+    Column("has_session", Integer, nullable=True),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),

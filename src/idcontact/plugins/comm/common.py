@@ -155,7 +155,11 @@ class SessionFeedback:
     async def _url(self, conversation_id: str) -> tuple[str | None, float]:
         known = self._known.get(conversation_id)
         if known is None:
-            data = await self._conversations.attributes(conversation_id, actor=self._actor)
+            # Most conversations have no session: a plain read says so, without opening (and
+            # auditing a read of) the attributes.
+            data = None
+            if (await self._conversations.get(conversation_id)).has_session:
+                data = await self._conversations.attributes(conversation_id, actor=self._actor)
             url = data.get("session_url") if data else None
             known = (url if isinstance(url, str) else None, float("-inf"))
             if len(self._known) >= self.MAX_CACHED:

@@ -26,6 +26,7 @@ COLUMNS = (
     sa.Column("transfer_to", sa.String(32), nullable=True),
     sa.Column("transfer_expires", sa.Float, nullable=True),
     sa.Column("callback_at", sa.Float, nullable=True),
+    sa.Column("has_session", sa.Integer, nullable=True),
 )
 
 
