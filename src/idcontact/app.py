@@ -41,6 +41,15 @@ from idcontact.irma.xml import SchemeError
 from idcontact.keyring import KeyRing, demo_pair, load_keyring
 from idcontact.klantinteracties import KlantinteractiesClient, Registrations
 from idcontact.logs import quiet_libraries
+from idcontact.ops import (
+    Check,
+    Drain,
+    Metrics,
+    Scrape,
+    database_check,
+    install as install_ops,
+    plugin_checks,
+)
 from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import LinkCodes
@@ -159,8 +168,13 @@ def create_app(
     db: Database | None = None
     keystore: KeyStore | None = None
     vault: Vault | None = None
+    metrics = Metrics()
     # With Redis, events reach the consoles connected to every instance.
-    bus: Bus = RedisBus(Redis.from_url(settings.redis_url)) if settings.redis_url else LocalBus()
+    bus: Bus = (
+        RedisBus(Redis.from_url(settings.redis_url), observe=metrics.pushed)
+        if settings.redis_url
+        else LocalBus(observe=metrics.pushed)
+    )
     if "comm" in roles:
         db = Database(settings.resolved_database_url)
         keystore = keystore_for(settings, db.engine)
@@ -196,17 +210,26 @@ def create_app(
                 clock,
                 pseudonym_secret=keys.pseudonym_secret,
                 bus=bus,
+                observe=metrics.step,
             )
         queues = QueueService(conversations, bus, clock) if conversations is not None else None
-        links = LinkCodes(conversations, tenant.phone, clock) if conversations is not None else None
+        links = (
+            LinkCodes(conversations, tenant.phone, clock, on_failure=metrics.link_failed)
+            if conversations is not None
+            else None
+        )
         tenants[tenant.slug] = TenantServices(tenant, keys, conversations, queues, links)
 
     ari, calls = _telephony(settings, tenants, bus, directory, clock)
     irma = _irma(settings, clock)
     closers: list[Callable[[], Awaitable[None]]] = []
+    drain = Drain(settings.ops.drain_seconds)
+    if isinstance(bus, LocalBus | RedisBus):
+        drain.on_begin.append(_as_async(bus.drop_all))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        drain.install(asyncio.get_running_loop())
         if db is not None and settings.auto_migrate:
             await upgrade(db.engine)
         if isinstance(bus, RedisBus):
@@ -220,6 +243,7 @@ def create_app(
                         stores,
                         directory,
                         [*registrations.values(), *hand_overs.values()],
+                        metrics,
                     )
                 )
             )
@@ -235,6 +259,7 @@ def create_app(
         try:
             yield
         finally:
+            drain.uninstall()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -311,11 +336,24 @@ def create_app(
                 )
             )
     problem.install(app)
+    checks: dict[str, Check] = {}
+    if db is not None:
+        checks["database"] = database_check(db.run)
+    if isinstance(bus, RedisBus):
+        checks["redis"] = bus.ping
+    if ari is not None:
+        checks["asterisk"] = ari.ping
+    scrape = Scrape(
+        {slug: t.queues for slug, t in tenants.items() if t.queues is not None},
+        {slug: t.conversations for slug, t in tenants.items() if t.conversations is not None},
+    )
+    install_ops(app, settings.ops, metrics, checks, drain, scrape)
+    app.state.drain, app.state.metrics = drain, metrics  # the CLI's SIGTERM path and tests
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
     plugin_classes = dict(plugin_classes or {})
     for tenant_services in tenants.values():
-        _mount_tenant(
+        checks |= _mount_tenant(
             app,
             settings,
             tenant_services,
@@ -477,8 +515,9 @@ def _mount_tenant(
     plugin_classes: Mapping[tuple[Kind, str], type[Plugin]],
     clock: Callable[[], float],
     irma: Sessions | None,
-) -> None:
-    """Mount one tenant's plugins, core and pages under its prefix (none for the default)."""
+) -> dict[str, Check]:
+    """Mount one tenant's plugins, core and pages under its prefix (none for the default);
+    return the readiness checks of those with an outside backend."""
     tenant, keys = services.tenant, services.keys
     prefix = tenant.prefix
     issuer = TokenIssuer(
@@ -493,6 +532,7 @@ def _mount_tenant(
         clock=clock,
     )
     served: set[tuple[Kind, str]] = set()
+    probes: list[tuple[str, object]] = []
     for kind, methods in (("auth", tenant.auth_methods), ("comm", tenant.comm_methods)):
         if kind not in roles:
             continue
@@ -529,11 +569,14 @@ def _mount_tenant(
                 )
             app.include_router(router)
             served.add((key[0], method.tag))
+            where = f"{tenant.slug}/" if prefix else ""
+            probes.append((f"{where}{kind}.{method.tag}", plugin))
     app.include_router(theme_router(tenant, prefix))
     if "core" in roles:
         core = Core(settings, tenant, keys, http, templates, served, clock)
         app.include_router(core.router())
         app.include_router(citizen_router(settings, tenant, core, templates, services.queues))
+    return plugin_checks(probes)
 
 
 def _hand_over_settings(tenant: Tenant) -> dict[str, object]:
@@ -564,10 +607,18 @@ async def _seal(db: Database, tenants: Sequence[str]) -> None:
         await asyncio.sleep(SEAL_INTERVAL)
 
 
+def _as_async(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        call()
+
+    return run
+
+
 async def _sweep(
     stores: Sequence[Conversations],
     directory: AgentDirectory | None,
     hand_overs: Sequence[TranscriptKeeper | Registrations] = (),
+    metrics: Metrics | None = None,
 ) -> None:
     """Hand transcripts over and retry registrations, then purge by time, in-process, on every
     deployment size."""
@@ -593,6 +644,10 @@ async def _sweep(
                 await directory.purge()
             if purged:
                 log.info("purged conversations", extra={"count": purged})
+            if metrics is not None:
+                metrics.swept(purged, ok=True)
         except Exception:
             log.exception("sweep failed")
+            if metrics is not None:
+                metrics.swept(0, ok=False)
         await asyncio.sleep(SWEEP_INTERVAL)

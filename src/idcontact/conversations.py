@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idcontact.domain.lifecycle import (
@@ -41,6 +41,9 @@ from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
 
 Clock = Callable[[], float]
+StepObserver = Callable[[str, str, str, State, State | None], None]
+"""Told each lifecycle step: tenant, purpose, comm method, new state, previous state (``None``
+for a new conversation). The metrics (ops.py); tags and states only."""
 log = logging.getLogger(__name__)
 CALLBACK = "callback"
 """The vault entry (beside chat messages) that holds a callback number."""
@@ -138,7 +141,9 @@ class Conversations:
         *,
         pseudonym_secret: bytes = b"",
         bus: Bus | None = None,
+        observe: StepObserver | None = None,
     ) -> None:
+        self._observe = observe
         self._config = tenant
         self._tenant = tenant.slug
         self._pseudonym_secret = pseudonym_secret
@@ -212,6 +217,7 @@ class Conversations:
             row.values["state"] = change("created", "waiting")
             row.values["waiting_since"] = row.created_at
         await self._db.run(row.insert, write=True)
+        self._stepped(purpose.tag, comm_method, row.values["state"], None)
         await self._changed(row.id)
         return row.id, slot
 
@@ -223,7 +229,10 @@ class Conversations:
         """
         received = self._reader.read(token)
         row = self._row(purpose, comm_method, None)
-        await self._accept(row.id, row.purge_at, received, purpose, before=row.insert)
+        self._stepped(purpose.tag, comm_method, "created", None)
+        await self._accept(
+            row.id, row.purge_at, received, purpose, method=comm_method, before=row.insert
+        )
         return row.id
 
     async def _find(self, *where: Any) -> Any:
@@ -252,7 +261,9 @@ class Conversations:
         if row.delivered_at is not None:
             raise SlotUsedError()
         received = self._reader.read(token)
-        return await self._accept(row.id, row.purge_at, received, self._purpose(row.purpose))
+        return await self._accept(
+            row.id, row.purge_at, received, self._purpose(row.purpose), method=row.comm_method
+        )
 
     async def deliver(self, conversation_id: str, token: str) -> State:
         """In-band receipt (``?result=``) for a known conversation, exactly once."""
@@ -260,7 +271,9 @@ class Conversations:
         if row is None:
             raise NotFoundError("No such conversation")
         received = self._reader.read(token)
-        return await self._accept(row.id, row.purge_at, received, self._purpose(row.purpose))
+        return await self._accept(
+            row.id, row.purge_at, received, self._purpose(row.purpose), method=row.comm_method
+        )
 
     def _disclosed(
         self, received: ReceivedToken, purpose: Purpose, now: float
@@ -296,6 +309,7 @@ class Conversations:
         received: ReceivedToken,
         purpose: Purpose,
         *,
+        method: str,
         before: Callable[[Connection], None] | None = None,
     ) -> State:
         now = self._clock()
@@ -348,8 +362,13 @@ class Conversations:
             if sealed is not None:
                 await self._vault.forget(conversation_id)
             raise
+        self._stepped(purpose.tag, method, state, "created")
         await self._changed(conversation_id)
         return state
+
+    def _stepped(self, purpose: str, method: str, state: State, previous: State | None) -> None:
+        if self._observe is not None:
+            self._observe(self._tenant, purpose, method, state, previous)
 
     async def read_again(self, token: str) -> ReceivedToken:
         """Verify a later disclosure by a conversation's resident (identifying again, e.g. to
@@ -714,10 +733,12 @@ class Conversations:
                 detail,
                 tenant=self._tenant,
             )
-            return conn.execute(select(conversations).where(self._mine(conversation_id))).one()
+            after = conn.execute(select(conversations).where(self._mine(conversation_id))).one()
+            return row.state, after
 
-        row = await self._db.run(work, write=True)
+        previous, row = await self._db.run(work, write=True)
         conversation = _conversation(row)
+        self._stepped(conversation.purpose, conversation.comm_method, target, previous)
         await self.publish(conversation)
         return conversation
 
@@ -776,6 +797,28 @@ class Conversations:
             data["identify"] = conversation.identify_state
         await self._bus.publish(Event(self._tenant, "conversation", conversation.id, data, now))
 
+    async def purge_lag(self) -> float:
+        """Seconds the oldest conversation past its retention has waited for the sweeper (0
+        when none has): the sweeper's lag, for the metrics."""
+        now = self._clock()
+
+        def work(conn: Connection) -> float | None:
+            oldest: float | None = conn.execute(
+                select(func.min(conversations.c.purge_at)).where(
+                    conversations.c.tenant == self._tenant,
+                    conversations.c.state != "purged",
+                    conversations.c.purge_at <= now,
+                    or_(
+                        conversations.c.hand_over_until.is_(None),
+                        conversations.c.hand_over_until <= now,
+                    ),
+                )
+            ).scalar_one()
+            return oldest
+
+        oldest = await self._db.run(work)
+        return 0.0 if oldest is None else max(0.0, now - float(oldest))
+
     async def purge_expired(self) -> int:
         """Destroy attributes past retention or idle too long; safe to run on every instance."""
         now = self._clock()
@@ -804,7 +847,13 @@ class Conversations:
         )
 
         def due(conn: Connection) -> list[Any]:
-            columns = (conversations.c.id, conversations.c.state, conversations.c.hand_over_until)
+            columns = (
+                conversations.c.id,
+                conversations.c.state,
+                conversations.c.hand_over_until,
+                conversations.c.purpose,
+                conversations.c.comm_method,
+            )
             return list(conn.execute(select(*columns).where(is_due)))
 
         purged = 0
@@ -847,6 +896,7 @@ class Conversations:
                 # Marked first, then the key: a crash in between leaves a key that expires
                 # by its own time-to-live, never readable data of a purged conversation.
                 await self._vault.destroy(conversation_id)
+                self._stepped(row.purpose, row.comm_method, "purged", row.state)
                 await self._changed(conversation_id)
                 purged += 1
 

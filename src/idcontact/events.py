@@ -63,6 +63,7 @@ class Subscription:
         self._limit = limit
         self._max_lag = max_lag
         self.dropped = False
+        self.internal = False
 
     def offer(self, event: Event) -> None:
         if self.dropped:
@@ -75,6 +76,12 @@ class Subscription:
             self._items.clear()
         else:
             self._items.append((now, event))
+        self._ready.set()
+
+    def drop(self) -> None:
+        """End this subscriber's stream now (the instance drains): it reconnects elsewhere."""
+        self.dropped = True
+        self._items.clear()
         self._ready.set()
 
     async def next(self, heartbeat: float) -> Event | None:
@@ -103,8 +110,11 @@ class Bus(Protocol):
     async def publish(self, event: Event) -> None: ...
 
     def subscribe(
-        self, tenant: str, topic: Topic, key: str | None = None
-    ) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+        self, tenant: str, topic: Topic, key: str | None = None, *, internal: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """``internal``: the instance's own work (the dispatcher, a call), which a drain
+        leaves alone; the rest are browsers' streams."""
+        ...
 
     def has_subscribers(self, tenant: str, topic: Topic, key: str | None = None) -> bool: ...
 
@@ -113,15 +123,24 @@ class LocalBus:
     """In-process fan-out: publishing costs one dictionary lookup per matching subscriber."""
 
     def __init__(
-        self, limit: int = 1000, max_lag: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: int = 1000,
+        max_lag: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self._limit = limit
         self._max_lag = max_lag
         self._clock = clock
+        self._observe = observe
+        """Told each event's age (seconds since its change) on arrival: the push latency."""
         # (tenant, topic, key or None for "all keys of the topic") → subscribers
         self._subs: dict[tuple[str, Topic, str | None], set[Subscription]] = {}
 
     async def publish(self, event: Event) -> None:
+        if self._observe is not None and event.at:
+            self._observe(time.time() - event.at)
         for key in (event.key, None):
             for sub in self._subs.get((event.tenant, event.topic, key), ()):
                 sub.offer(event)
@@ -134,9 +153,10 @@ class LocalBus:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, tenant: str, topic: Topic, key: str | None = None
+        self, tenant: str, topic: Topic, key: str | None = None, *, internal: bool = False
     ) -> AsyncIterator[Subscription]:
         sub = Subscription(self._limit, self._max_lag, self._clock)
+        sub.internal = internal
         subs = self._subs.setdefault((tenant, topic, key), set())
         subs.add(sub)
         try:
@@ -150,6 +170,13 @@ class LocalBus:
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
+    def drop_all(self) -> None:
+        """End every browser's stream (draining: consoles reconnect to another instance)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                if not sub.internal:
+                    sub.drop()
+
 
 class RedisBus:
     """Events across instances: published to one Redis pub/sub channel, and every instance
@@ -159,10 +186,16 @@ class RedisBus:
     dropped; consoles reload their list when they reconnect, and the dispatcher ticks anyway.
     """
 
-    def __init__(self, redis: Redis, channel: str = "idcontact:events") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str = "idcontact:events",
+        *,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._channel = channel
-        self._local = LocalBus()
+        self._local = LocalBus(observe=observe)
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -194,9 +227,16 @@ class RedisBus:
             log.warning("could not publish an event", exc_info=True)
 
     def subscribe(
-        self, tenant: str, topic: Topic, key: str | None = None
+        self, tenant: str, topic: Topic, key: str | None = None, *, internal: bool = False
     ) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        return self._local.subscribe(tenant, topic, key)
+        return self._local.subscribe(tenant, topic, key, internal=internal)
 
     def has_subscribers(self, tenant: str, topic: Topic, key: str | None = None) -> bool:
         return self._local.has_subscribers(tenant, topic, key)
+
+    def drop_all(self) -> None:
+        self._local.drop_all()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (``/readyz``)."""
+        return bool(await self._redis.ping())

@@ -555,7 +555,7 @@ class QueueService:
 
     async def run(self, interval: float = 1.0) -> None:
         """Tick when poked, and at least every ``interval`` (offers expire, queues open)."""
-        async with self._bus.subscribe(self._tenant.slug, "queue") as sub:
+        async with self._bus.subscribe(self._tenant.slug, "queue", internal=True) as sub:
             watcher = asyncio.create_task(self._watch(sub))
             try:
                 while True:

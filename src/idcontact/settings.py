@@ -6,6 +6,7 @@ offending setting (``purposes[2].allowed_auth``) and never its value, because va
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import string
@@ -455,6 +456,38 @@ class Telephony(_Model):
         return v.rstrip("/") if v else v
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Ops(_Model):
+    """Operations: who may read ``/metrics``, how an instance drains, how it logs
+    (docs/operations.md)."""
+
+    metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Client networks that may read ``/metrics`` without a token. Requests that came through
+    a proxy (``X-Forwarded-For``/``Forwarded``) never qualify: they need the token."""
+    metrics_token: LongSecret | None = None
+    """Bearer token that reads ``/metrics`` from anywhere (≥ 32 characters)."""
+    drain_seconds: float = Field(default=3.0, ge=0, le=300)
+    """On SIGTERM: how long the instance refuses new conversations and streams (503, so the
+    proxy sends them elsewhere) and finishes the rest before it stops listening."""
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one object a line with ``cid`` (docs/operations.md); ``text``: for a terminal."""
+    log_levels: dict[str, LogLevel] = Field(default_factory=dict)
+    """Per logger, e.g. ``{"idcontact.phone" = "DEBUG"}``; libraries that log URLs or SQL stay
+    at WARNING whatever is set here."""
+
+    @field_validator("metrics_networks")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP network: {net!r}") from None
+        return v
+
+
 class IrmaRequestor(_Model):
     """Who may start sessions on the built-in IRMA server, and how it authenticates.
 
@@ -828,6 +861,8 @@ class Settings(TenantFields, BaseSettings):
     """The PBX behind the phone channel (Asterisk through ARI)."""
     irma: Irma = Field(default_factory=Irma)
     """The built-in IRMA server (``/yivi``)."""
+    ops: Ops = Field(default_factory=Ops)
+    """Metrics access, draining on SIGTERM, log format (docs/operations.md)."""
 
     @field_validator("public_url", "internal_url", "core_url")
     @classmethod

@@ -63,6 +63,15 @@ class RequestorClient:
         self._result_key = result_key
         self._clock = clock
 
+    async def reachable(self) -> bool:
+        """Whether the server answers HTTP at all (``/readyz``): any answer below 500 will do,
+        the root path of the requestor API has no resource of its own."""
+        try:
+            response = await self._http.get(f"{self.url}/", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
     async def start(
         self,
         request: Mapping[str, Any],

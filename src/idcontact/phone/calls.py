@@ -411,7 +411,9 @@ class Calls:
         if conversation_id is None:
             return
         tenant = line.tenant.slug
-        async with self._bus.subscribe(tenant, "conversation", conversation_id) as sub:
+        async with self._bus.subscribe(
+            tenant, "conversation", conversation_id, internal=True
+        ) as sub:
             relay = asyncio.create_task(_relay(sub, call.inbox))
             try:
                 await self._talk(call, conversation_id)

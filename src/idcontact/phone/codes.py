@@ -78,8 +78,15 @@ class LinkCodes:
     """Issue and link codes for one tenant's phone line."""
 
     def __init__(
-        self, conversations_: Conversations, settings: Phone, clock: Clock = time.time
+        self,
+        conversations_: Conversations,
+        settings: Phone,
+        clock: Clock = time.time,
+        *,
+        on_failure: Callable[[str, str], None] | None = None,
     ) -> None:
+        self._on_failure = on_failure
+        """Told (tenant, reason) of each failed or refused attempt: the metrics."""
         self._conversations = conversations_
         self._settings = settings
         self._clock = clock
@@ -216,7 +223,7 @@ class LinkCodes:
         """
         refused = await self.refusal(caller)
         if refused is not None:
-            return NotLinked(refused)
+            return self._not_linked(refused)
         if not self.well_formed(code):
             return await self._failed(caller, "malformed")
         now = self._clock()
@@ -291,6 +298,11 @@ class LinkCodes:
 
         await self._conversations.db.run(work, write=True)
         log.info("phone link attempt failed", extra={"reason": reason, "tenant": self._tenant})
+        return self._not_linked(reason)
+
+    def _not_linked(self, reason: Failure | Refusal) -> NotLinked:
+        if self._on_failure is not None:
+            self._on_failure(self._tenant, reason)
         return NotLinked(reason)
 
     # -- identifying during a call: a code the agent reads out ------------------------------
@@ -322,7 +334,7 @@ class LinkCodes:
         codes (a guessed code would let a stranger identify into someone else's call)."""
         refused = await self.refusal(caller)
         if refused is not None:
-            return NotLinked(refused)
+            return self._not_linked(refused)
         code = "".join(code.split())
         if len(code) != self._settings.identify_code_length or not code.isdigit():
             return await self._failed(caller, "malformed")

@@ -183,6 +183,12 @@ class YiviAuthPlugin:
         )
         return RemoteBackend(client, ctx.http)
 
+    async def ready(self) -> bool:
+        """Whether the IRMA server is reachable (``/readyz``); the built-in one is ourselves."""
+        if isinstance(self._backend, RemoteBackend):
+            return await self._backend.client.reachable()
+        return True
+
     # -- the request ----------------------------------------------------------------------
 
     def request(self, tags: list[str], continuation: str) -> dict[str, Any]:
