@@ -97,7 +97,7 @@ def serve(
             # Nothing configured: browsers reach us where we listen.
             overrides["public_url"] = f"http://{host}:{port}"
             settings = load_settings(config or DEMO_CONFIG, overrides)
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.ops.log_format, settings.ops.log_levels)
         # Built here even with workers: it validates everything and makes the demo keys once.
         app = create_app(settings, roles=roles)
     except ConfigError as exc:
@@ -136,7 +136,7 @@ def worker_app() -> Any:
 
     spec = json.loads(os.environ[_WORKER_ENV])
     settings = load_settings(Path(spec["config"]), {**spec["overrides"], "auto_migrate": False})
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.ops.log_format, settings.ops.log_levels)
     return create_app(settings, roles=tuple(spec["roles"]))
 
 

@@ -34,6 +34,7 @@ from idcontact.domain.lifecycle import (
 from idcontact.domain.queueing import HandleTime
 from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
 from idcontact.events import Bus, Event
+from idcontact.logs import bind_conversation
 from idcontact.settings import Purpose, Tenant
 from idcontact.storage.audit import audit, pseudonym
 from idcontact.storage.db import Database, conversations, queue_stats, used_tokens
@@ -212,6 +213,7 @@ class Conversations:
         """
         slot = secrets.token_urlsafe(32) if with_slot and not unidentified else None
         row = self._row(purpose, comm_method, slot)
+        bind_conversation(row.id)
         row.values.update(details or {})
         if unidentified:
             row.values["state"] = change("created", "waiting")
@@ -243,6 +245,7 @@ class Conversations:
         return await self._db.run(work)
 
     async def get(self, conversation_id: str) -> Conversation:
+        bind_conversation(conversation_id)
         row = await self._find(conversations.c.id == conversation_id)
         if row is None:
             raise NotFoundError("No such conversation")
@@ -312,6 +315,7 @@ class Conversations:
         method: str,
         before: Callable[[Connection], None] | None = None,
     ) -> State:
+        bind_conversation(conversation_id)
         now = self._clock()
         outcome, payload, subject = self._disclosed(received, purpose, now)
         state: State = "authenticated" if outcome == "done" else outcome
@@ -705,6 +709,7 @@ class Conversations:
     ) -> Conversation:
         """One guarded step of the lifecycle, audited and published; 409 when it cannot happen
         now (someone else changed the conversation first), and then nothing changes."""
+        bind_conversation(conversation_id)
         now = self._clock()
 
         def work(conn: Connection) -> Any:

@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from idcontact.logs import correlation_id
+from idcontact.logs import conversation_id, correlation_id
 from idcontact.web.problem import problem
 
 access_log = logging.getLogger("idcontact.access")
@@ -39,6 +39,7 @@ class EdgeMiddleware:
             return
         cid = secrets.token_hex(8)
         token = correlation_id.set(cid)
+        about = conversation_id.set(None)
         started = time.perf_counter()
         status = 500
         path = scope.get("path", "")
@@ -86,6 +87,7 @@ class EdgeMiddleware:
                 },
             )
             correlation_id.reset(token)
+            conversation_id.reset(about)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """Read the whole body up to the limit; ``None`` means it is too large."""
