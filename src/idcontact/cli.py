@@ -205,6 +205,14 @@ def _load_keys(tenant: Tenant, where: str) -> None:
                 key.load()
             except ConfigError as exc:
                 raise ConfigError(f"{where}{name}: {exc.detail}") from None
+    if k.directory is not None:
+        from idcontact.keydir import USES, KeyDirectory
+
+        for use in USES:
+            try:
+                KeyDirectory(k.directory).load(use)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}keys.directory: {exc.detail}") from None
 
 
 @main.group()
@@ -231,6 +239,99 @@ def keys_generate(kind: str, directory: Path, name: str) -> None:
         return
     kid = kid_for(load_pem(kind, pub.read_bytes(), source=str(pub)))  # type: ignore[arg-type]
     click.echo(f"wrote {priv} (0600) and {pub}; kid {kid}")
+
+
+def _key_directory(directory: Path | None, config: Path | None, kind: str = "EC") -> Any:
+    """The rotating key directory: ``--dir``, else ``[keys] directory`` of ``--config``."""
+    from idcontact.keydir import KeyDirectory
+
+    if directory is None and config is not None:
+        try:
+            directory = load_settings(config).keys.directory
+        except ConfigError as exc:
+            _fail(exc)
+    if directory is None:
+        click.echo("error: give --dir, or --config with [keys] directory set", err=True)
+        sys.exit(2)
+    return KeyDirectory(directory, kind)  # type: ignore[arg-type]
+
+
+key_dir_option = click.option(
+    "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=None
+)
+key_config_option = click.option(
+    "--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None
+)
+use_option = click.option(
+    "--use",
+    "uses",
+    type=click.Choice(["signing", "encryption"]),
+    multiple=True,
+    help="Which keys (repeatable); default: both.",
+)
+
+
+@keys.command("rotate")
+@key_dir_option
+@key_config_option
+@use_option
+@click.option("--type", "kind", type=click.Choice(["EC", "RSA"]), default="EC", show_default=True)
+@click.option("--activate", is_flag=True, help="Use the new key at once (one instance only).")
+def keys_rotate(
+    directory: Path | None, config: Path | None, uses: tuple[str, ...], kind: str, activate: bool
+) -> None:
+    """Stage a new key under a new kid; old keys keep verifying and decrypting."""
+    keydir = _key_directory(directory, config, kind)
+    for use in uses or ("signing", "encryption"):
+        try:
+            kid = keydir.stage(use)
+            if activate:
+                keydir.activate(use, kid)
+        except ConfigError as exc:
+            _fail(exc)
+        state = "active" if keydir.active_kid(use) == kid else "staged"
+        click.echo(f"{use}: new key {kid} ({state})")
+
+
+@keys.command("activate")
+@key_dir_option
+@key_config_option
+@click.option("--use", type=click.Choice(["signing", "encryption"]), required=True)
+@click.argument("kid")
+def keys_activate(directory: Path | None, config: Path | None, use: str, kid: str) -> None:
+    """Sign (or encrypt) new tokens with KID from each instance's next start."""
+    keydir = _key_directory(directory, config)
+    try:
+        keydir.activate(use, kid)
+    except ConfigError as exc:
+        _fail(exc)
+    click.echo(f"{use}: {kid} active")
+
+
+@keys.command("retire")
+@key_dir_option
+@key_config_option
+@click.option("--use", type=click.Choice(["signing", "encryption"]), required=True)
+@click.argument("kid")
+def keys_retire(directory: Path | None, config: Path | None, use: str, kid: str) -> None:
+    """Delete an inactive key: tokens under KID are refused from each instance's next start."""
+    keydir = _key_directory(directory, config)
+    try:
+        keydir.retire(use, kid)
+    except ConfigError as exc:
+        _fail(exc)
+    click.echo(f"{use}: {kid} retired")
+
+
+@keys.command("list")
+@key_dir_option
+@key_config_option
+def keys_list(directory: Path | None, config: Path | None) -> None:
+    """The keys of the directory by use and kid, the active one marked."""
+    keydir = _key_directory(directory, config)
+    for use in ("signing", "encryption"):
+        for key in keydir.keys(use):
+            click.echo(f"{use}\t{key.kid}\t{'active' if key.active else 'staged/old'}")
 
 
 @main.group()

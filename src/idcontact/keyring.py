@@ -15,6 +15,7 @@ from typing import Literal
 
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
+from idcontact.keydir import KeyDirectory
 from idcontact.keys import JoseKey, KeyConfig, generate_keypair, kid_for
 from idcontact.settings import DEFAULT_TENANT, Settings, Tenant
 
@@ -84,18 +85,35 @@ def load_keyring(settings: Settings, tenant: Tenant | None = None) -> KeyRing:
     those that are missing."""
     tenant = tenant or settings.default_tenant
     k = tenant.keys
-    signing = (k.signing or demo_pair(settings, tenant, "attr-signing")[0]).load()
-    signing_kid = (k.signing.kid if k.signing else None) or kid_for(signing)
+    rotating = KeyDirectory(k.directory, k.generate) if k.directory else None
+    signed = rotating.load("signing") if rotating else None
+    sealed = rotating.load("encryption") if rotating else None
+    signing: JoseKey
+    if k.signing is None and signed is not None:
+        signing, signing_kid = signed.active_private, signed.active_kid
+    else:
+        signing = (k.signing or demo_pair(settings, tenant, "attr-signing")[0]).load()
+        signing_kid = (k.signing.kid if k.signing else None) or kid_for(signing)
+    decryption: tuple[JoseKey, ...]
     if k.decryption:
         decryption = tuple(c.load() for c in k.decryption)
+    elif sealed is not None:
+        # The active key first: it opens nearly every token.
+        rest = [key for kid, key in sealed.privates.items() if kid != sealed.active_kid]
+        decryption = (sealed.active_private, *rest)
     elif k.encryption_public is None:
         decryption = (demo_pair(settings, tenant, "attr-encryption")[0].load(),)
     else:
         decryption = ()
-    encryption_public = (
-        k.encryption_public.load() if k.encryption_public else _public(decryption[0])
-    )
+    if k.encryption_public:
+        encryption_public = k.encryption_public.load()
+    elif sealed is not None:
+        encryption_public = sealed.active_public
+    else:
+        encryption_public = _public(decryption[0])
     trusted = {kid: c.load() for kid, c in k.trusted_signers.items()}
+    if not trusted and signed is not None:
+        trusted = dict(signed.publics)  # staged, active and not yet retired: all verify
     if not trusted:
         # Embedded default: trust our own auth plugins' signing key.
         trusted = {signing_kid: _public(signing)}

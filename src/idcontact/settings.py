@@ -208,6 +208,10 @@ class Keys(_Model):
     """Comm side: signs our own auth-only start requests (auth during a conversation)."""
     generate: Literal["EC", "RSA"] = "EC"
     """Type of the demo keys generated on first run for keys not configured above."""
+    directory: Path | None = None
+    """A rotating key directory (``idcontact keys rotate``): signing and attribute encryption
+    keys by kid, for those of ``signing``, ``encryption_public``, ``decryption`` and
+    ``trusted_signers`` not set above (docs/operations.md#key-rotation)."""
 
 
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
