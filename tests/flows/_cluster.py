@@ -1,0 +1,163 @@
+"""Several real ``idcontact serve`` instances on one PostgreSQL and one Redis (the multi-instance
+set-up of docs/deployment.md), with the steps a resident and an agent take against them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pyotp
+
+from idcontact.cli import DEMO_CONFIG
+from tests.conftest import _reset_postgres
+from tests.flows._servers import HOST, Server, _child_env, free_ports, start_server
+
+PASSWORD = "correct horse battery staple"
+START = {"purpose": "report_move", "auth_method": "demo", "comm_method": "demo"}
+
+
+@dataclass
+class Cluster:
+    servers: list[Server]
+    data_dir: Path
+    env: dict[str, str]
+    public_url: str
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def cluster_env(
+    postgres: str, redis: str, public_url: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    return {
+        "IDCONTACT_DATABASE_URL": postgres,
+        "IDCONTACT_REDIS_URL": redis,
+        "IDCONTACT_PUBLIC_URL": public_url,
+        **(extra or {}),
+    }
+
+
+def start_cluster(
+    workdir: Path,
+    *,
+    postgres: str,
+    redis: str,
+    count: int = 2,
+    public_url: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    ports: list[int] | None = None,
+) -> Cluster:
+    """Reset the database, then start ``count`` instances one after another on one data
+    directory (the first makes the keys and the internal secret, the others load them: in
+    production the same files are deployed to every host)."""
+    asyncio.run(_reset_postgres(postgres))
+    ports = ports or free_ports(count)
+    public = public_url or f"http://{HOST}:{ports[0]}"
+    env = cluster_env(postgres, redis, public, extra_env)
+    data_dir = workdir / "data"
+    started: list[Server] = []
+    try:
+        for i, port in enumerate(ports):
+            started.append(
+                start_server(
+                    config=DEMO_CONFIG,
+                    data_dir=data_dir,
+                    log_path=workdir / "logs" / f"instance-{i}.log",
+                    port=port,
+                    env=env,
+                )
+            )
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return Cluster(started, data_dir, env, public)
+
+
+def add_agent(cluster: Cluster, username: str) -> str:
+    """``idcontact agents add``: the enrolment code."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "idcontact",
+            "agents",
+            "add",
+            username,
+            "--config",
+            str(DEMO_CONFIG),
+            "--data-dir",
+            str(cluster.data_dir),
+        ],
+        env=_child_env(cluster.env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    code = re.search(r"/agent/enrol/(\S+)", done.stdout + done.stderr)
+    assert code, done.stdout + done.stderr
+    return code.group(1)
+
+
+def _field(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no field {name}"
+    return found.group(1)
+
+
+def logged_in_agent(cluster: Cluster, base: str, username: str, **client: object) -> httpx.Client:
+    """An agent's browser, enrolled and logged in at ``base``."""
+    code = add_agent(cluster, username)
+    browser = httpx.Client(base_url=base, timeout=20, trust_env=False, **client)  # type: ignore[arg-type]
+    page = browser.get(f"/agent/enrol/{code}")
+    assert page.status_code == 200, page.text
+    secret = re.search(r'<code class="secret">([A-Z2-7 ]+)</code>', page.text)
+    assert secret
+    totp = pyotp.TOTP(secret.group(1).replace(" ", ""))
+    enrolled = browser.post(
+        f"/agent/enrol/{code}",
+        data={
+            "password": PASSWORD,
+            "password_again": PASSWORD,
+            "totp": totp.now(),
+            "sealed": _field(page.text, "sealed"),
+            "csrf": _field(page.text, "csrf"),
+        },
+    )
+    assert enrolled.status_code == 303, enrolled.text
+    login = browser.get("/agent/login")
+    done = browser.post(
+        "/agent/login",
+        data={
+            "username": username,
+            "password": PASSWORD,
+            "code": totp.now(),
+            "csrf": _field(login.text, "csrf"),
+        },
+    )
+    assert done.status_code == 303, done.text
+    return browser
+
+
+def resident_waiting(base: str, **client: object) -> str:
+    """A resident identified with the demo method and waiting; returns the conversation id."""
+    with httpx.Client(base_url=base, timeout=20, trust_env=False, **client) as browser:  # type: ignore[arg-type]
+        started = browser.post("/start", json=START, headers={"Accept": "application/json"})
+        assert started.status_code == 200, started.text
+        confirm = httpx.URL(started.json()["client_url"]).raw_path.decode()
+        shared = browser.post(confirm, data={"action": "share"})
+        assert shared.status_code == 303, shared.text
+        landing = httpx.URL(shared.headers["location"]).raw_path.decode()
+        waiting = browser.get(landing)
+        assert waiting.status_code == 200 and "U bent nummer" in waiting.text
+        return landing.rsplit("/", 1)[1]
