@@ -151,6 +151,20 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+NGINX_ENV = "IDCONTACT_TEST_NGINX"
+
+
+def nginx_binary() -> str:
+    """The nginx binary of ``scripts/services/nginx`` (each test runs its own nginx)."""
+    path = os.environ.get(NGINX_ENV, "").strip() or "/usr/sbin/nginx"
+    if not Path(path).is_file() or not os.access(path, os.X_OK):
+        _unavailable(
+            f"nginx not installed ({NGINX_ENV}); run `bash scripts/services/nginx install` and "
+            "`export $(bash scripts/services/nginx env)`"
+        )
+    return path
+
+
 def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (a real-service test may not be skipped in CI)", pytrace=False)

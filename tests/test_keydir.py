@@ -30,7 +30,9 @@ def cli(*args: str) -> str:
 
 def new_kids(output: str) -> dict[str, str]:
     """``{use: kid}`` from the output of ``keys rotate``."""
-    return {line.split(":")[0]: line.split()[3] for line in output.splitlines() if "new key" in line}
+    return {
+        line.split(":")[0]: line.split()[3] for line in output.splitlines() if "new key" in line
+    }
 
 
 def token(ring: KeyRing) -> str:

@@ -75,7 +75,10 @@ def test_a_whole_conversation_at_debug_logs_no_personal_data(
     # The conversation is traceable through its requests, by its id alone.
     about = [e for e in lines if e.get("conversation") == conversation_id]
     routes = {e.get("route") for e in about if e["logger"] == "idcontact.access"}
-    assert {"/comm/chat/c/{conversation_id}/callback", "/comm/chat/c/{conversation_id}/end"} <= routes
+    assert {
+        "/comm/chat/c/{conversation_id}/callback",
+        "/comm/chat/c/{conversation_id}/end",
+    } <= routes
     assert all(e["cid"] != "-" for e in about)
 
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.flows._cluster import START, logged_in_agent, resident_waiting, start_cluster
 from tests.services import postgres_url, redis_url
@@ -104,4 +103,3 @@ def test_sigterm_drains_one_instance_and_the_console_carries_on_at_the_other(
         agent.close()
     finally:
         cluster.stop()
-
