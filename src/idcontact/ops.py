@@ -23,7 +23,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idcontact.domain.lifecycle import State
@@ -232,6 +234,9 @@ class Scrape:
 
 STREAM_ACCEPT = b"text/event-stream"
 START_SUFFIXES = ("/start", "/start_communication", "/start_authentication")
+OUTAGES: tuple[type[Exception], ...] = (DBAPIError, ConnectionError, RedisConnectionError)
+"""Errors that mean a dependency is unreachable: ``503 unavailable`` rather than a 500 (which
+would also end the client's connection)."""
 
 
 @dataclass
@@ -409,6 +414,19 @@ def install(
 
     app.add_exception_handler(TokenError, on_token)
     app.add_exception_handler(SlotUsedError, on_token)
+
+    async def on_outage(_request: Request, exc: Exception) -> JSONResponse:
+        # The database or Redis is unreachable (restarting, failing over): nothing was
+        # committed, so the same request may simply be sent again.
+        log.warning("a dependency is unreachable", extra={"exc_type": type(exc).__name__})
+        response = problem(
+            503, "unavailable", "A service this depends on is unavailable; try again shortly"
+        )
+        response.headers["Retry-After"] = DRAIN_RETRY_AFTER
+        return response
+
+    for outage in OUTAGES:
+        app.add_exception_handler(outage, on_outage)
 
 
 def plugin_checks(probes: Sequence[tuple[str, object]]) -> dict[str, Check]:
