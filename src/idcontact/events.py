@@ -183,8 +183,15 @@ class RedisBus:
     (this one too) fans what it hears out to its own subscribers.
 
     Events are hints, not the record: the database is. A publish that fails is logged and
-    dropped; consoles reload their list when they reconnect, and the dispatcher ticks anyway.
+    reaches this instance's subscribers only; consoles reload their list when they reconnect,
+    and the dispatcher ticks anyway.
+
+    Without Redis the bus is *degraded*: it keeps reconnecting (with backoff) and ends its
+    browsers' streams at each attempt, so consoles fall back to reloading their list every few
+    seconds; when Redis is back it ends them once more, so they catch up at once.
     """
+
+    RETRY: tuple[float, float] = (0.2, 5.0)
 
     def __init__(
         self,
@@ -197,21 +204,46 @@ class RedisBus:
         self._channel = channel
         self._local = LocalBus(observe=observe)
         self._reader: asyncio.Task[None] | None = None
+        self._first = asyncio.Event()
+        self.degraded = False
 
     async def start(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._channel)
-        self._reader = asyncio.create_task(self._read(pubsub))
+        """Subscribe; return once subscribed, or after the first failed attempt (the instance
+        then starts degraded and keeps trying)."""
+        self._reader = asyncio.create_task(self._read())
+        await self._first.wait()
 
-    async def _read(self, pubsub: Any) -> None:
-        try:
-            async for message in pubsub.listen():
-                try:
-                    await self._local.publish(Event(**json.loads(message["data"])))
-                except (TypeError, ValueError):
-                    log.warning("ignored a malformed event on the bus")
-        finally:
-            await pubsub.aclose()
+    async def _read(self) -> None:
+        delay = self.RETRY[0]
+        while True:
+            pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                if self.degraded:
+                    log.info("event bus: Redis is back; consoles reload")
+                    self.degraded = False
+                    self._local.drop_all()  # catch up: browsers reconnect and reload
+                self._first.set()
+                delay = self.RETRY[0]
+                async for message in pubsub.listen():
+                    try:
+                        await self._local.publish(Event(**json.loads(message["data"])))
+                    except (TypeError, ValueError):
+                        log.warning("ignored a malformed event on the bus")
+            except Exception as exc:  # unreachable, refused, reset: fall back, try again
+                if not self.degraded:
+                    log.warning(
+                        "event bus: Redis unreachable; consoles fall back to reloading",
+                        extra={"error": type(exc).__name__},
+                    )
+                    self.degraded = True
+                self._first.set()
+                self._local.drop_all()
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.RETRY[1])
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -225,6 +257,7 @@ class RedisBus:
             await self._redis.publish(self._channel, json.dumps(event.as_dict()))
         except Exception:  # the change itself is committed; see the class docstring
             log.warning("could not publish an event", exc_info=True)
+            await self._local.publish(event)  # this instance's consoles at least
 
     def subscribe(
         self, tenant: str, topic: Topic, key: str | None = None, *, internal: bool = False
