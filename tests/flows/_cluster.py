@@ -28,6 +28,7 @@ class Cluster:
     data_dir: Path
     env: dict[str, str]
     public_url: str
+    config: Path = DEMO_CONFIG
 
     def stop(self) -> None:
         for server in self.servers:
@@ -54,6 +55,7 @@ def start_cluster(
     public_url: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     ports: list[int] | None = None,
+    config: Path = DEMO_CONFIG,
 ) -> Cluster:
     """Reset the database, then start ``count`` instances one after another on one data
     directory (the first makes the keys and the internal secret, the others load them: in
@@ -68,7 +70,7 @@ def start_cluster(
         for i, port in enumerate(ports):
             started.append(
                 start_server(
-                    config=DEMO_CONFIG,
+                    config=config,
                     data_dir=data_dir,
                     log_path=workdir / "logs" / f"instance-{i}.log",
                     port=port,
@@ -79,7 +81,7 @@ def start_cluster(
         for server in started:
             server.stop()
         raise
-    return Cluster(started, data_dir, env, public)
+    return Cluster(started, data_dir, env, public, config)
 
 
 def add_agent(cluster: Cluster, username: str) -> str:
@@ -93,7 +95,7 @@ def add_agent(cluster: Cluster, username: str) -> str:
             "add",
             username,
             "--config",
-            str(DEMO_CONFIG),
+            str(cluster.config),
             "--data-dir",
             str(cluster.data_dir),
         ],
