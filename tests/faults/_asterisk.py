@@ -48,7 +48,8 @@ class PrivateAsterisk:
         if not os.path.ismount(root / "proc"):
             _unavailable("the Asterisk root has no /proc mounted (start scripts/services/asterisk)")
         sip_port, ari_port = free_ports(2)
-        private = Path("/tmp") / f"idc-fault-{secrets.token_hex(4)}"
+        # The chrooted Asterisk's own /tmp, inside the root (not the host's).
+        private = Path("/tmp") / f"idc-fault-{secrets.token_hex(4)}"  # noqa: S108
         server = cls(root, private, sip_port, ari_port, secrets.token_urlsafe(18))
         server._render()
         return server

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from idcontact.app import SWEEP_INTERVAL
@@ -21,12 +21,16 @@ from tests.services import postgres_url, redis_url
 RETENTION_MINUTES = 1
 
 
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
+def query(url: str, sql: str, ids: list[str]) -> list[tuple[object, ...]]:
+    """``sql`` with ``:ids`` bound to the conversation ids."""
+    statement = text(sql).bindparams(bindparam("ids", expanding=True))
+
     async def run() -> list[tuple[object, ...]]:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
-                return [tuple(r) for r in (await conn.execute(text(sql))).all()]
+                rows = (await conn.execute(statement, {"ids": ids})).all()
+                return [tuple(r) for r in rows]
         finally:
             await engine.dispose()
 
@@ -75,16 +79,15 @@ def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) 
         agent.close()
 
         # Retention: the survivor's sweeper destroys both, data keys and ciphertext.
-        quoted = ", ".join(f"'{i}'" for i in ids)
         purge_at = max(
             float(str(r[0]))
-            for r in query(pg, f"SELECT purge_at FROM conversations WHERE id IN ({quoted})")
+            for r in query(pg, "SELECT purge_at FROM conversations WHERE id IN :ids", ids)
         )
         deadline = purge_at + 2 * SWEEP_INTERVAL + 10
         while True:
             states = {
                 str(r[0])
-                for r in query(pg, f"SELECT state FROM conversations WHERE id IN ({quoted})")
+                for r in query(pg, "SELECT state FROM conversations WHERE id IN :ids", ids)
             }
             if states == {"purged"}:
                 break
@@ -94,9 +97,9 @@ def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) 
             time.sleep(1)
         lag = time.time() - purge_at
         assert query(
-            pg, f"SELECT count(*) FROM vault_entries WHERE conversation_id IN ({quoted})"
+            pg, "SELECT count(*) FROM vault_entries WHERE conversation_id IN :ids", ids
         ) == [(0,)]
-        assert query(pg, f"SELECT count(*) FROM data_keys WHERE conversation_id IN ({quoted})") == [
+        assert query(pg, "SELECT count(*) FROM data_keys WHERE conversation_id IN :ids", ids) == [
             (0,)
         ]
         print(f"purged {lag:.1f} s after the end of retention (sweep interval {SWEEP_INTERVAL} s)")
