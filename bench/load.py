@@ -1,0 +1,302 @@
+"""Sustained load: two instances behind nginx (TLS), full resident flows for ``--minutes``.
+
+1. Starts two ``idcontact serve`` instances on PostgreSQL and Redis with a 1-minute retention
+   (so the sweepers purge throughout the run), and nginx with deploy/nginx/idcontact.conf and a
+   self-signed certificate in front of them, all on 127.0.0.1 (tests/flows/_cluster.py,
+   tests/deploy/_nginx.py).
+2. Measures the peak: ``--concurrency`` clients run flows back to back for ``--peak-seconds``.
+3. Runs flows at ``--fraction`` (default 80 %) of that peak, open loop (a flow starts every
+   1/rate seconds whether or not earlier ones finished), for ``--minutes`` (default 10).
+4. Reports throughput, latency percentiles of whole flows, the error rate, each instance's
+   memory (RSS) over the run, the purge lag and purges (scraped from ``/metrics`` of each
+   instance) and the push latency histogram.
+
+    .venv/bin/python bench/load.py --minutes 10
+    .venv/bin/python bench/load.py --minutes 1 --peak-seconds 10     # a quick look
+
+PostgreSQL and Redis: ``$IDCONTACT_TEST_POSTGRES_URL`` (its schema is reset!) and
+``$IDCONTACT_TEST_REDIS_URL``; nginx: ``$IDCONTACT_TEST_NGINX`` or /usr/sbin/nginx
+(``bash scripts/services/nginx install``). A benchmark, not a test: targets missed are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from tests.deploy._nginx import start_nginx  # noqa: E402
+from tests.flows._cluster import Cluster, start_cluster  # noqa: E402
+from tests.flows._servers import free_ports  # noqa: E402
+
+from flows import START_BODY, FlowError, percentile  # noqa: E402
+from idcontact.cli import DEMO_CONFIG  # noqa: E402
+
+RETENTION_MINUTES = 1
+SAMPLE_SECONDS = 10.0
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(found.group(1)) / 1024 if found else math.nan
+
+
+def metric(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            out.append((labels, float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+async def one_flow(client: httpx.AsyncClient, url: str) -> None:
+    """A resident's whole flow (bench/flows.py) with the demo configuration: start, share,
+    and the waiting room (which names the data and never shows it)."""
+    r = await client.post(f"{url}/start", json=START_BODY, headers={"Accept": "application/json"})
+    if r.status_code != 200:
+        raise FlowError(f"start: HTTP {r.status_code}")
+    r = await client.post(r.json()["client_url"], data={"action": "share"})
+    if r.status_code != 303 or "location" not in r.headers:
+        raise FlowError(f"confirm: HTTP {r.status_code}")
+    r = await client.get(r.headers["location"])
+    if r.status_code != 200 or "U bent nummer" not in r.text:
+        raise FlowError(f"waiting room: HTTP {r.status_code}")
+
+
+@dataclass
+class Run:
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    started: int = 0
+
+
+async def closed_loop(url: str, verify: Any, concurrency: int, seconds: float) -> Run:
+    """``concurrency`` clients back to back: the peak."""
+    run = Run()
+    end = time.monotonic() + seconds
+
+    async def client() -> None:
+        async with httpx.AsyncClient(verify=verify, timeout=60, trust_env=False) as http:
+            while time.monotonic() < end:
+                run.started += 1
+                t0 = time.perf_counter()
+                try:
+                    await one_flow(http, url)
+                    run.latencies.append(time.perf_counter() - t0)
+                except (FlowError, httpx.HTTPError) as exc:
+                    run.errors[str(exc) or type(exc).__name__] += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return run
+
+
+async def open_loop(
+    url: str, verify: Any, rate: float, seconds: float, pool: int, on_sample: Any
+) -> Run:
+    """A flow every 1/``rate`` s for ``seconds``, on ``pool`` clients (at most that many at
+    once)."""
+    run = Run()
+    clients = [httpx.AsyncClient(verify=verify, timeout=60, trust_env=False) for _ in range(pool)]
+    free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    for c in clients:
+        free.put_nowait(c)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def flow() -> None:
+        http = await free.get()
+        t0 = time.perf_counter()
+        try:
+            await one_flow(http, url)
+            run.latencies.append(time.perf_counter() - t0)
+        except (FlowError, httpx.HTTPError) as exc:
+            run.errors[str(exc) or type(exc).__name__] += 1
+        finally:
+            free.put_nowait(http)
+
+    start = time.monotonic()
+    next_sample = start + SAMPLE_SECONDS
+    n = 0
+    while True:
+        now = time.monotonic()
+        if now - start >= seconds:
+            break
+        due = start + n / rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        run.started += 1
+        task = asyncio.create_task(flow())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        n += 1
+        if time.monotonic() >= next_sample:
+            next_sample += SAMPLE_SECONDS
+            await on_sample()
+    await asyncio.gather(*tasks)
+    for c in clients:
+        await c.aclose()
+    return run
+
+
+def summary(run: Run, seconds: float) -> dict[str, Any]:
+    lat = sorted(run.latencies)
+    done = len(lat)
+    failed = sum(run.errors.values())
+    return {
+        "flows": done,
+        "errors": failed,
+        "error_rate": failed / max(1, done + failed),
+        "flows_per_s": done / seconds,
+        "p50_ms": percentile(lat, 50) * 1000,
+        "p95_ms": percentile(lat, 95) * 1000,
+        "p99_ms": percentile(lat, 99) * 1000,
+        "max_ms": (lat[-1] * 1000) if lat else math.nan,
+        "error_kinds": dict(run.errors.most_common(5)),
+    }
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    """The ``q`` quantile (upper bucket bound) of a Prometheus histogram, summed over series."""
+    buckets: dict[float, float] = {}
+    for labels, value in metric(text, name + "_bucket"):
+        le = float(labels["le"]) if labels["le"] != "+Inf" else math.inf
+        buckets[le] = buckets.get(le, 0.0) + value
+    if not buckets:
+        return math.nan
+    total = buckets[math.inf]
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return le
+    return math.inf
+
+
+def main(args: argparse.Namespace) -> int:
+    postgres = os.environ.get("IDCONTACT_TEST_POSTGRES_URL")
+    redis = os.environ.get("IDCONTACT_TEST_REDIS_URL")
+    nginx_bin = os.environ.get("IDCONTACT_TEST_NGINX", "/usr/sbin/nginx")
+    if not postgres or not redis or not Path(nginx_bin).exists():
+        print("load: needs IDCONTACT_TEST_POSTGRES_URL, IDCONTACT_TEST_REDIS_URL and nginx")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="idc-load-"))
+    config = work / "idcontact.toml"
+    config.write_text(
+        DEMO_CONFIG.read_text(encoding="utf-8").replace(
+            "retention_minutes = 120", f"retention_minutes = {RETENTION_MINUTES}", 1
+        ),
+        encoding="utf-8",
+    )
+    proxy, *ports = free_ports(3)
+    public = f"https://127.0.0.1:{proxy}"
+    cluster = start_cluster(
+        work,
+        postgres=postgres,
+        redis=redis,
+        public_url=public,
+        ports=ports,
+        config=config,
+        extra_env={"IDCONTACT_LOG_LEVEL": "WARNING"},  # the access log costs: bench/README.md
+    )
+    try:
+        nginx = start_nginx(nginx_bin, work, proxy, ports)
+        try:
+            report = asyncio.run(measure(args, public, nginx.ssl_context(), cluster))
+        finally:
+            nginx.stop()
+    finally:
+        cluster.stop()
+    print(json.dumps(report, indent=2))
+    if args.write:
+        out = BENCH / "results" / f"load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        (BENCH / "results" / "load-latest.json").write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {out}")
+    ok = report["sustained"]["errors"] == 0
+    print(f"errors: {report['sustained']['errors']} (target 0) {'OK' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+async def measure(
+    args: argparse.Namespace, public: str, verify: Any, cluster: Cluster
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds")}
+    memory: list[dict[str, float]] = []
+    lags: list[float] = []
+
+    async def sample() -> None:
+        memory.append({s.url: rss_mib(s.process.pid) for s in cluster.servers})
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+            for s in cluster.servers:
+                text = (await http.get(f"{s.url}/metrics")).text
+                lags.extend(v for _, v in metric(text, "idcontact_purge_lag_seconds"))
+
+    log(f"peak: {args.concurrency} clients for {args.peak_seconds:.0f} s")
+    await closed_loop(public, verify, args.concurrency, 5)  # warm-up
+    peak = await closed_loop(public, verify, args.concurrency, args.peak_seconds)
+    report["peak"] = summary(peak, args.peak_seconds)
+    rate = args.fraction * report["peak"]["flows_per_s"]
+    if rate <= 0:
+        raise SystemExit(f"load: no flow succeeded at the peak: {report['peak']['error_kinds']}")
+    log(f"peak {report['peak']['flows_per_s']:.1f} flows/s; sustaining {rate:.1f} flows/s")
+    seconds = args.minutes * 60
+    await sample()
+    sustained = await open_loop(public, verify, rate, seconds, args.pool, sample)
+    await sample()
+    report["sustained"] = {"target_flows_per_s": rate, **summary(sustained, seconds)}
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        texts = [(await http.get(f"{s.url}/metrics")).text for s in cluster.servers]
+    purged = sum(v for t in texts for _, v in metric(t, "idcontact_purged_conversations_total"))
+    first, last = memory[0], memory[-1]
+    report["memory_mib"] = {
+        url: {"start": first[url], "end": last[url], "growth": last[url] - first[url]}
+        for url in first
+    }
+    report["purge"] = {
+        "purged": purged,
+        "max_lag_s": max(lags) if lags else math.nan,
+        "retention_minutes": RETENTION_MINUTES,
+    }
+    joined = "\n".join(texts)
+    report["push_latency_s"] = {
+        "p50_le": histogram_quantile(joined, "idcontact_push_latency_seconds", 0.5),
+        "p99_le": histogram_quantile(joined, "idcontact_push_latency_seconds", 0.99),
+    }
+    return report
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0, help="sustained phase (default 10)")
+    p.add_argument("--peak-seconds", type=float, default=30.0, help="peak measurement (30)")
+    p.add_argument("--concurrency", type=int, default=32, help="clients for the peak (32)")
+    p.add_argument("--fraction", type=float, default=0.8, help="of the peak to sustain (0.8)")
+    p.add_argument("--pool", type=int, default=256, help="open-loop clients at most (256)")
+    p.add_argument("--no-write", dest="write", action="store_false", help="print only")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
