@@ -93,6 +93,16 @@ class Run:
     errors: Counter[str] = field(default_factory=Counter)
     started: int = 0
 
+    async def flow(self, http: httpx.AsyncClient, url: str) -> None:
+        """One flow, timed and counted."""
+        self.started += 1
+        t0 = time.perf_counter()
+        try:
+            await one_flow(http, url)
+            self.latencies.append(time.perf_counter() - t0)
+        except (FlowError, httpx.HTTPError) as exc:
+            self.errors[str(exc) or type(exc).__name__] += 1
+
 
 async def closed_loop(url: str, verify: Any, concurrency: int, seconds: float) -> Run:
     """``concurrency`` clients back to back: the peak."""
@@ -102,13 +112,7 @@ async def closed_loop(url: str, verify: Any, concurrency: int, seconds: float) -
     async def client() -> None:
         async with httpx.AsyncClient(verify=verify, timeout=60, trust_env=False) as http:
             while time.monotonic() < end:
-                run.started += 1
-                t0 = time.perf_counter()
-                try:
-                    await one_flow(http, url)
-                    run.latencies.append(time.perf_counter() - t0)
-                except (FlowError, httpx.HTTPError) as exc:
-                    run.errors[str(exc) or type(exc).__name__] += 1
+                await run.flow(http, url)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return run
@@ -128,12 +132,8 @@ async def open_loop(
 
     async def flow() -> None:
         http = await free.get()
-        t0 = time.perf_counter()
         try:
-            await one_flow(http, url)
-            run.latencies.append(time.perf_counter() - t0)
-        except (FlowError, httpx.HTTPError) as exc:
-            run.errors[str(exc) or type(exc).__name__] += 1
+            await run.flow(http, url)
         finally:
             free.put_nowait(http)
 
@@ -147,7 +147,6 @@ async def open_loop(
         due = start + n / rate
         if due > now:
             await asyncio.sleep(due - now)
-        run.started += 1
         task = asyncio.create_task(flow())
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -293,34 +293,36 @@ def keys_rotate(
         click.echo(f"{use}: new key {kid} ({state})")
 
 
+def _key_step(directory: Path | None, config: Path | None, step: str, use: str, kid: str) -> None:
+    keydir = _key_directory(directory, config)
+    try:
+        getattr(keydir, step)(use, kid)
+    except ConfigError as exc:
+        _fail(exc)
+    click.echo(f"{use}: {kid} {'active' if step == 'activate' else 'retired'}")
+
+
+kid_use_option = click.option("--use", type=click.Choice(["signing", "encryption"]), required=True)
+
+
 @keys.command("activate")
 @key_dir_option
 @key_config_option
-@click.option("--use", type=click.Choice(["signing", "encryption"]), required=True)
+@kid_use_option
 @click.argument("kid")
 def keys_activate(directory: Path | None, config: Path | None, use: str, kid: str) -> None:
     """Sign (or encrypt) new tokens with KID from each instance's next start."""
-    keydir = _key_directory(directory, config)
-    try:
-        keydir.activate(use, kid)
-    except ConfigError as exc:
-        _fail(exc)
-    click.echo(f"{use}: {kid} active")
+    _key_step(directory, config, "activate", use, kid)
 
 
 @keys.command("retire")
 @key_dir_option
 @key_config_option
-@click.option("--use", type=click.Choice(["signing", "encryption"]), required=True)
+@kid_use_option
 @click.argument("kid")
 def keys_retire(directory: Path | None, config: Path | None, use: str, kid: str) -> None:
     """Delete an inactive key: tokens under KID are refused from each instance's next start."""
-    keydir = _key_directory(directory, config)
-    try:
-        keydir.retire(use, kid)
-    except ConfigError as exc:
-        _fail(exc)
-    click.echo(f"{use}: {kid} retired")
+    _key_step(directory, config, "retire", use, kid)
 
 
 @keys.command("list")
