@@ -14,7 +14,8 @@
     .venv/bin/python bench/load.py --minutes 10
     .venv/bin/python bench/load.py --minutes 1 --peak-seconds 10     # a quick look
 
-PostgreSQL and Redis: ``$IDCONTACT_TEST_POSTGRES_URL`` (its schema is reset!) and
+PostgreSQL and Redis: ``$IDCONTACT_TEST_POSTGRES_URL`` (the run creates a database of its own
+there, ``idcontact_load_<pid>``, and drops it at the end) and
 ``$IDCONTACT_TEST_REDIS_URL``; nginx: ``$IDCONTACT_TEST_NGINX`` or /usr/sbin/nginx
 (``bash scripts/services/nginx install``). A benchmark, not a test: targets missed are printed.
 """
@@ -47,7 +48,13 @@ from tests.deploy._nginx import start_nginx  # noqa: E402
 from tests.flows._cluster import Cluster, start_cluster  # noqa: E402
 from tests.flows._servers import free_ports  # noqa: E402
 
-from flows import START_BODY, FlowError, percentile  # noqa: E402
+from flows import (  # noqa: E402
+    START_BODY,
+    FlowError,
+    create_database,
+    drop_database,
+    percentile,
+)
 from idcontact.cli import DEMO_CONFIG  # noqa: E402
 
 RETENTION_MINUTES = 1
@@ -209,9 +216,29 @@ def main(args: argparse.Namespace) -> int:
     )
     proxy, *ports = free_ports(3)
     public = f"https://127.0.0.1:{proxy}"
+    # A database of its own, dropped afterwards: the given one is only used to create it.
+    name = f"idcontact_load_{os.getpid()}"
+    database = asyncio.run(create_database(postgres, name))
+    try:
+        return _run(args, work, config, database, redis, nginx_bin, proxy, ports, public)
+    finally:
+        asyncio.run(drop_database(postgres, name))
+
+
+def _run(
+    args: argparse.Namespace,
+    work: Path,
+    config: Path,
+    database: str,
+    redis: str,
+    nginx_bin: str,
+    proxy: int,
+    ports: list[int],
+    public: str,
+) -> int:
     cluster = start_cluster(
         work,
-        postgres=postgres,
+        postgres=database,
         redis=redis,
         public_url=public,
         ports=ports,
