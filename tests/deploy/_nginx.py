@@ -97,12 +97,13 @@ http {{
         check=False,
     )
     assert check.returncode == 0, check.stderr
-    process = subprocess.Popen(
-        [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(prefix / "logs" / "stderr.log").open("wb"),
-    )
+    with (prefix / "logs" / "stderr.log").open("wb") as stderr:  # the child keeps its own
+        process = subprocess.Popen(
+            [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     nginx = Nginx(port, prefix, process, cert, access_log)
     deadline = time.monotonic() + 15
     with httpx.Client(verify=nginx.ssl_context(), trust_env=False, timeout=2) as client:
