@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -183,3 +184,26 @@ def test_step_counts_outcomes() -> None:
         "idcontact_flows_failed_total", {**labels, "reason": "ineligible"}
     )
     assert (started, completed, failed) == (1.0, 2.0, 1.0)
+
+
+def test_draining_refuses_a_websocket_handshake_with_503(tmp_path: Path) -> None:
+    from idcontact.app import create_app
+    from tests.plugins.test_chat import TestClient, resident_in_line
+
+    with warnings.catch_warnings():  # as tests/plugins/test_chat.py: the httpx test client
+        warnings.simplefilter("ignore")
+        from starlette.testclient import WebSocketDenialResponse
+
+    app = create_app(demo_settings(tmp_path))
+    with TestClient(app, base_url=PUBLIC) as client:
+        page = resident_in_line(client)
+        with client.websocket_connect(page + "/ws") as ws:
+            assert ws.receive_json()["type"] == "state"
+        client.portal.call(app.state.drain.begin)  # type: ignore[union-attr]
+        with (
+            pytest.raises(WebSocketDenialResponse) as denied,
+            client.websocket_connect(page + "/ws"),
+        ):
+            pass
+        assert denied.value.status_code == 503
+        assert denied.value.json()["type"].endswith("/draining")

@@ -319,8 +319,8 @@ class DrainMiddleware:
                 if "websocket.http.response" not in scope.get("extensions", {}):
                     await send({"type": "websocket.close", "code": 1012})
                     return
-                # A 503 to the handshake: a proxy tries the next instance.
-                scope = {**scope, "type": "http"}
+                # Else a 503 to the handshake (Starlette sends it as the denial response):
+                # a proxy tries the next instance.
             response = problem(503, "draining", "This instance is shutting down; try again", None)
             response.headers["Retry-After"] = DRAIN_RETRY_AFTER
             await response(scope, receive, send)
