@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -125,9 +126,7 @@ async def closed_loop(url: str, verify: Any, concurrency: int, seconds: float) -
     return run
 
 
-async def open_loop(
-    url: str, verify: Any, rate: float, seconds: float, pool: int, on_sample: Any
-) -> Run:
+async def open_loop(url: str, verify: Any, rate: float, seconds: float, pool: int) -> Run:
     """A flow every 1/``rate`` s for ``seconds``, on ``pool`` clients (at most that many at
     once)."""
     run = Run()
@@ -145,7 +144,6 @@ async def open_loop(
             free.put_nowait(http)
 
     start = time.monotonic()
-    next_sample = start + SAMPLE_SECONDS
     n = 0
     while True:
         now = time.monotonic()
@@ -158,9 +156,6 @@ async def open_loop(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         n += 1
-        if time.monotonic() >= next_sample:
-            next_sample += SAMPLE_SECONDS
-            await on_sample()
     await asyncio.gather(*tasks)
     for c in clients:
         await c.aclose()
@@ -272,12 +267,25 @@ async def measure(
     memory: list[dict[str, float]] = []
     lags: list[float] = []
 
+    missed = 0
+
     async def sample() -> None:
+        nonlocal missed
         memory.append({s.url: rss_mib(s.process.pid) for s in cluster.servers})
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
             for s in cluster.servers:
-                text = (await http.get(f"{s.url}/metrics")).text
+                try:
+                    text = (await http.get(f"{s.url}/metrics")).text
+                except httpx.HTTPError:
+                    missed += 1  # an instance too busy to answer the scrape in time
+                    continue
                 lags.extend(v for _, v in metric(text, "idcontact_purge_lag_seconds"))
+
+    async def sampler(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await sample()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
 
     log(f"peak: {args.concurrency} clients for {args.peak_seconds:.0f} s")
     await closed_loop(public, verify, args.concurrency, 5)  # warm-up
@@ -288,8 +296,11 @@ async def measure(
         raise SystemExit(f"load: no flow succeeded at the peak: {report['peak']['error_kinds']}")
     log(f"peak {report['peak']['flows_per_s']:.1f} flows/s; sustaining {rate:.1f} flows/s")
     seconds = args.minutes * 60
-    await sample()
-    sustained = await open_loop(public, verify, rate, seconds, args.pool, sample)
+    stop = asyncio.Event()
+    sampling = asyncio.create_task(sampler(stop))
+    sustained = await open_loop(public, verify, rate, seconds, args.pool)
+    stop.set()
+    await sampling
     await sample()
     report["sustained"] = {"target_flows_per_s": rate, **summary(sustained, seconds)}
     async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
@@ -304,6 +315,7 @@ async def measure(
         "purged": purged,
         "max_lag_s": max(lags) if lags else math.nan,
         "retention_minutes": RETENTION_MINUTES,
+        "missed_scrapes": missed,
     }
     joined = "\n".join(texts)
     report["push_latency_s"] = {
