@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -248,6 +249,7 @@ def _run(
             nginx.stop()
     finally:
         cluster.stop()
+        shutil.rmtree(work / "data", ignore_errors=True)  # keys and secrets; the logs stay
     print(json.dumps(report, indent=2))
     if args.write:
         out = BENCH / "results" / f"load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"

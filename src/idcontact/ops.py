@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idcontact.domain.lifecycle import State
@@ -234,9 +234,14 @@ class Scrape:
 
 STREAM_ACCEPT = b"text/event-stream"
 START_SUFFIXES = ("/start", "/start_communication", "/start_authentication")
-OUTAGES: tuple[type[Exception], ...] = (DBAPIError, ConnectionError, RedisConnectionError)
-"""Errors that mean a dependency is unreachable: ``503 unavailable`` rather than a 500 (which
-would also end the client's connection)."""
+OUTAGES: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    ConnectionError,
+    RedisConnectionError,
+)
+"""Errors that mean a dependency is unreachable (or, for the pool's timeout, overloaded):
+``503 unavailable`` rather than a 500 (which would also end the client's connection)."""
 
 
 @dataclass
