@@ -112,6 +112,8 @@ def serve(
         "access_log": False,
         "log_config": None,
         "server_header": False,
+        # Chat frames are small: compressing each costs more CPU than the bytes it saves.
+        "ws_per_message_deflate": False,
         # Live streams (consoles, waiting rooms) would hold a shutdown up; browsers reconnect.
         "timeout_graceful_shutdown": 5,
     }
