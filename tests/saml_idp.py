@@ -16,6 +16,7 @@ import html
 import re
 import shutil
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ from saml2.metadata import create_metadata_string
 from saml2.saml import NAMEID_FORMAT_UNSPECIFIED, NameID
 from saml2.samlp import STATUS_AUTHN_FAILED, response_from_string
 from saml2.server import Server
+from saml2.sigver import pre_signature_part
 from saml2.soap import make_soap_enveloped_saml_thingy
+from saml2.time_util import instant
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -155,12 +158,15 @@ class Idp:
     rogue_signature: bool = False
     audience: str | None = None
     lifetime_minutes: int = 5
+    age_seconds: int = 0
+    """Issue the assertion as if this long ago (its whole time window moves back)."""
     keep_artifacts: bool = False
     """Answer an artifact more than once (a broken IdP), so the SP's own check shows."""
     binding: str = BINDING_HTTP_ARTIFACT
     requests: list[Any] = field(default_factory=list)
     """Parsed AuthnRequests, for the tests to inspect."""
     logouts: int = 0
+    logout_name_ids: list[str] = field(default_factory=list)
     resolves: int = 0
     last_response: str = ""
     """The last signed Response XML (before the artifact), for replay and tamper tests."""
@@ -188,9 +194,7 @@ class Idp:
                         "endpoints": {
                             "single_sign_on_service": [(f"{self.base}/sso", BINDING_HTTP_REDIRECT)],
                             "single_logout_service": [(f"{self.base}/slo", BINDING_HTTP_REDIRECT)],
-                            "artifact_resolution_service": [
-                                (f"{self.ars_base}/ars", BINDING_SOAP)
-                            ],
+                            "artifact_resolution_service": [(f"{self.ars_base}/ars", BINDING_SOAP)],
                         },
                         "want_authn_requests_signed": True,
                         "policy": {"default": {"lifetime": {"minutes": 5}}},
@@ -259,6 +263,8 @@ class Idp:
                 digest_alg=DIGEST_SHA256,
             )
         self.last_response = str(response)
+        if self.age_seconds and not self.cancel:
+            self.last_response = self._backdated(server, self.last_response)
         relay = q.get("RelayState", "")
         if self.binding == BINDING_HTTP_POST:
             encoded = base64.b64encode(self.last_response.encode()).decode()
@@ -272,6 +278,26 @@ class Idp:
         self._artifacts[artifact] = self.last_response
         query = urlencode({"SAMLart": artifact, "RelayState": relay})
         return RedirectResponse(f"{args['destination']}?{query}", status_code=302)
+
+    def _backdated(self, server: Server, xml: str) -> str:
+        """The Response with its assertion's times moved back, signed again."""
+        parsed = response_from_string(xml)
+        assertion = parsed.assertion[0]
+        then = time.time() - self.age_seconds
+        stamp = instant(time_stamp=then)
+        assertion.issue_instant = parsed.issue_instant = stamp
+        assertion.conditions.not_before = stamp
+        assertion.conditions.not_on_or_after = instant(time_stamp=then + 300)
+        for confirmation in assertion.subject.subject_confirmation:
+            confirmation.subject_confirmation_data.not_on_or_after = instant(time_stamp=then + 300)
+        assertion.authn_statement[0].authn_instant = stamp
+        assertion.signature = pre_signature_part(
+            assertion.id, server.sec.my_cert, 1, sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256
+        )
+        signed: str = server.sec.sign_statement(
+            str(parsed), "urn:oasis:names:tc:SAML:2.0:assertion:Assertion", node_id=assertion.id
+        )
+        return signed
 
     async def ars(self, request: Request) -> Response:
         assert self._server is not None
@@ -293,15 +319,20 @@ class Idp:
     async def slo(self, request: Request) -> Response:
         assert self._server is not None
         q = request.query_params
-        self._server.parse_logout_request(
+        request_ = self._server.parse_logout_request(
             q["SAMLRequest"],
             BINDING_HTTP_REDIRECT,
             relay_state=q.get("RelayState"),
             sigalg=q.get("SigAlg"),
             signature=q.get("Signature"),
         )
+        assert request_ is not None
         self.logouts += 1
-        return HTMLResponse("<p>Logged out at the test IdP</p>")
+        self.logout_name_ids.append(request_.message.name_id.text)
+        sp = request_.message.issuer.text
+        back = self._server.metadata.single_logout_service(sp, BINDING_HTTP_REDIRECT, "spsso")
+        query = urlencode({"RelayState": q.get("RelayState", "")})
+        return RedirectResponse(f"{back[0]['location']}?{query}", status_code=302)
 
 
 @contextmanager

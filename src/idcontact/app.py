@@ -328,6 +328,7 @@ def create_app(
             clock=clock,
             irma=irma.sessions if irma else None,
             once=DatabaseOneTime(db) if db is not None else None,
+            closers=closers,
         )
 
     if db is not None and directory is not None:
@@ -480,6 +481,7 @@ def _mount_tenant(
     clock: Callable[[], float],
     irma: Sessions | None,
     once: OneTime | None = None,
+    closers: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> None:
     """Mount one tenant's plugins, core and pages under its prefix (none for the default)."""
     tenant, keys = services.tenant, services.keys
@@ -525,6 +527,9 @@ def _mount_tenant(
                 once=once if kind == "auth" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
+            close = getattr(plugin, "aclose", None)  # a plugin's own clients (mutual TLS)
+            if close is not None and closers is not None:
+                closers.append(close)
             router = plugin.router
             if router.prefix != ctx.mount_path:
                 raise ConfigError(

@@ -191,7 +191,7 @@ class ServiceProvider:
         HTTP-Redirect), or None when the IdP offers no single logout that way."""
         try:
             destination = self._client.metadata.single_logout_service(
-                self.idp, [BINDING_HTTP_REDIRECT], "idpsso"
+                self.idp, BINDING_HTTP_REDIRECT, "idpsso"
             )
         except SAMLError:
             return None
@@ -223,9 +223,11 @@ class ServiceProvider:
         try:
             inner = self._client.parse_artifact_resolve_response(soap.decode())
         except (SigverError, SignatureError):
-            raise LoginRefusedError("signature", "The SAML message is not signed by the IdP")
+            raise LoginRefusedError(
+                "signature", "The SAML message is not signed by the IdP"
+            ) from None
         except (SAMLError, ValueError, IndexError, AttributeError, TypeError):
-            raise LoginRefusedError("invalid", "The IdP's artifact response is not valid")
+            raise LoginRefusedError("invalid", "The IdP's artifact response is not valid") from None
         if inner is None:
             raise LoginRefusedError("invalid", "The IdP's artifact response is empty")
         return base64.b64encode(str(inner).encode()).decode()
@@ -248,9 +250,13 @@ class ServiceProvider:
         except UnsolicitedResponse:
             raise LoginRefusedError("unsolicited", "The login answers no request of ours") from None
         except (SignatureError, SigverError):
-            raise LoginRefusedError("signature", "The SAML message is not signed by the IdP")
+            raise LoginRefusedError(
+                "signature", "The SAML message is not signed by the IdP"
+            ) from None
         except (ResponseLifetimeExceed, ToEarly):
-            raise LoginRefusedError("expired", "The SAML assertion is outside its time window")
+            raise LoginRefusedError(
+                "expired", "The SAML assertion is outside its time window"
+            ) from None
         except Exception as exc:  # pysaml2 raises bare exceptions for several checks
             raise _classify(exc) from None
         if parsed is None or parsed.assertion is None:
