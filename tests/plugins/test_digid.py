@@ -292,7 +292,8 @@ async def test_sp_metadata_and_bad_starts(world: World, make_app: AppFactory) ->
     xml = metadata.text
     assert f'entityID="{SP_ENTITY}"' in xml
     assert f'Location="{PUBLIC}/auth/digid/acs"' in xml and "HTTP-Artifact" in xml
-    assert ('AuthnRequestsSigned="true"' in xml and "<ns1:Signature" in xml) or "Signature" in xml
+    assert 'AuthnRequestsSigned="true"' in xml and 'WantAssertionsSigned="true"' in xml
+    assert "SignatureValue" in xml  # the metadata itself is signed
     unknown = await inst.client.post(
         "/auth/digid/start_authentication",
         json={"attributes": ["shoe_size"], "continuation": f"{PUBLIC}/x"},
@@ -349,7 +350,8 @@ async def test_oidc_broker_login_with_level_check(
     }
     url = await to_idp(inst)
     assert url.startswith(world.oidc_url + "/authorize?")
-    assert "acr" not in parse_qs(urlsplit(url).query) or True
+    # The minimum level is asked for (acr_values), and checked on the ID token.
+    assert parse_qs(urlsplit(url).query)["acr_values"] == [CLASSES + "MobileTwoFactorContract"]
     answer = await browser.get(url)
     back = await inst.client.get(path_of(answer.headers["location"]))
     assert back.status_code == 303, back.text

@@ -207,9 +207,12 @@ class OidcRelyingParty:
 
     # -- the flow -------------------------------------------------------------------------
 
-    async def begin(self, redirect_uri: str, popup: bool, then: str) -> tuple[str, str]:
+    async def begin(
+        self, redirect_uri: str, popup: bool, then: str, **extra: str
+    ) -> tuple[str, str]:
         """The provider's authorization URL and the sealed state for this browser's cookie;
-        ``then``: where the browser goes after the login (a console path, checked)."""
+        ``then``: where the browser goes after the login (a console path, checked); ``extra``:
+        more request parameters (``acr_values``)."""
         doc = await self.metadata()
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)
@@ -224,6 +227,7 @@ class OidcRelyingParty:
             nonce=nonce,
             code_challenge=create_s256_code_challenge(verifier),
             code_challenge_method="S256",
+            **extra,
         )
         sealed = self._sealer.seal(
             self.seal,

@@ -20,8 +20,10 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Form, Request
@@ -133,11 +135,50 @@ class OidcSettings(BaseModel):
     acr_values: dict[LevelName, str] = Field(default_factory=dict)
     """The broker's ``acr`` value for each DigiD level (default: the SAML class refs)."""
     allow_http: bool = False
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    require_acr: tuple[str, ...] = ()
+    """Accept a plain-http broker on 127.0.0.1/localhost (tests and demos only)."""
+    algorithms: tuple[Literal["RS256", "PS256", "ES256", "EdDSA"], ...] = ("RS256", "ES256")
+
+    @model_validator(mode="after")
+    def _check(self) -> OidcSettings:
+        url = urlsplit(self.issuer)
+        loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+        if not (url.scheme == "https" or (url.scheme == "http" and self.allow_http and loopback)):
+            raise ValueError("issuer: an https URL (plain http only on 127.0.0.1 with allow_http)")
+        if "openid" not in self.scopes:
+            raise ValueError("scopes: must include 'openid'")
+        return self
+
+
+@dataclass(frozen=True)
+class _Broker:
+    """The broker as the OpenID Connect relying party sees it: the settings, and the ``acr``
+    values at or above the minimum level."""
+
+    settings: OidcSettings
+    require_acr: tuple[str, ...]
+
+    @property
+    def issuer(self) -> str:
+        return self.settings.issuer
+
+    @property
+    def client_id(self) -> str:
+        return self.settings.client_id
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.settings.scopes
+
+    @property
+    def allow_http(self) -> bool:
+        return self.settings.allow_http
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return self.settings.algorithms
 
     def secret(self) -> str:
-        return self.client_secret.get_secret_value()
+        return self.settings.client_secret.get_secret_value()
 
 
 class BrpSettings(BaseModel):
@@ -259,10 +300,17 @@ class DigidAuthPlugin:
             return None
         acr = self._acr_values(oidc)
         accepted = tuple(v for name, v in acr.items() if LEVELS[name].rank >= self._level.rank)
-        provider = oidc.model_copy(update={"require_acr": accepted})
         return OidcRelyingParty(
-            provider, self._ctx.http, self._ctx.sealer, self._clock, seal="auth-digid-oidc"
+            _Broker(oidc, accepted),
+            self._ctx.http,
+            self._ctx.sealer,
+            self._clock,
+            seal="auth-digid-oidc",
         )
+
+    def _minimum_acr(self) -> str:
+        oidc = self._config.oidc
+        return self._acr_values(oidc)[self._level.name] if oidc else self._level.class_ref
 
     @staticmethod
     def _acr_values(oidc: OidcSettings) -> dict[LevelName, str]:
@@ -411,7 +459,9 @@ class DigidAuthPlugin:
             }
             try:
                 if self._oidc is not None:
-                    url, sealed = await self._oidc.begin(f"{ctx.public_base}/oidc", False, "")
+                    url, sealed = await self._oidc.begin(
+                        f"{ctx.public_base}/oidc", False, "", acr_values=self._minimum_acr()
+                    )
                     flow["oidc"] = sealed
                 else:
                     sp = await self._service_provider()
