@@ -175,7 +175,11 @@ async def share(inst: Instance, browser: httpx.AsyncClient) -> dict[str, Any]:
     assert logout.status_code == 302
     back = await inst.client.get(path_of(logout.headers["location"]))
     assert back.status_code == 303
-    landing = back.headers["location"]
+    return await delivered(inst, back.headers["location"])
+
+
+async def delivered(inst: Instance, landing: str) -> dict[str, Any]:
+    """What the conversation of the channel page ``landing`` holds."""
     conversation = landing.split("?", 1)[0].rsplit("/", 1)[1]
     conversations = inst.services.conversations
     assert conversations is not None

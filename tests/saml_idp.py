@@ -230,13 +230,7 @@ class Idp:
     async def sso(self, request: Request) -> Response:
         assert self._server is not None and self._rogue is not None, "call trust() first"
         q = request.query_params
-        parsed = self._server.parse_authn_request(
-            q["SAMLRequest"],
-            BINDING_HTTP_REDIRECT,
-            relay_state=q.get("RelayState"),
-            sigalg=q.get("SigAlg"),
-            signature=q.get("Signature"),
-        )
+        parsed = self._server.parse_authn_request(q["SAMLRequest"], **_redirect(q))
         authn = parsed.message
         self.requests.append(authn)
         server = self._rogue if self.rogue_signature else self._server
@@ -319,13 +313,7 @@ class Idp:
     async def slo(self, request: Request) -> Response:
         assert self._server is not None
         q = request.query_params
-        request_ = self._server.parse_logout_request(
-            q["SAMLRequest"],
-            BINDING_HTTP_REDIRECT,
-            relay_state=q.get("RelayState"),
-            sigalg=q.get("SigAlg"),
-            signature=q.get("Signature"),
-        )
+        request_ = self._server.parse_logout_request(q["SAMLRequest"], **_redirect(q))
         assert request_ is not None
         self.logouts += 1
         self.logout_name_ids.append(request_.message.name_id.text)
@@ -333,6 +321,16 @@ class Idp:
         back = self._server.metadata.single_logout_service(sp, BINDING_HTTP_REDIRECT, "spsso")
         query = urlencode({"RelayState": q.get("RelayState", "")})
         return RedirectResponse(f"{back[0]['location']}?{query}", status_code=302)
+
+
+def _redirect(q: Any) -> dict[str, Any]:
+    """How pysaml2 parses (and verifies) a signed request of the HTTP-Redirect binding."""
+    return {
+        "binding": BINDING_HTTP_REDIRECT,
+        "relay_state": q.get("RelayState"),
+        "sigalg": q.get("SigAlg"),
+        "signature": q.get("Signature"),
+    }
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from tests.digid_world import (
     START,
     World,
     at_idp,
+    delivered,
     digid_world,
     make,
     refused,
@@ -373,10 +374,4 @@ async def test_oidc_broker_login_with_level_check(
 async def share_without_logout(inst: Instance) -> dict[str, Any]:
     shared = await inst.client.post("/auth/digid/confirm", data={"action": "share"})
     assert shared.status_code == 303
-    landing = shared.headers["location"]
-    conversation = landing.split("?", 1)[0].rsplit("/", 1)[1]
-    conversations = inst.services.conversations
-    assert conversations is not None
-    result = await conversations.attributes(conversation, actor="test")
-    assert result is not None
-    return dict(result)
+    return await delivered(inst, shared.headers["location"])

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from idcontact.agents.sso import OidcRelyingParty
 from idcontact.digid.brp import BrpAttribute, BrpClient
@@ -54,9 +54,9 @@ from idcontact.errors import ConfigError, IdContactError
 from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
-    UnknownAttributeError,
     check_keys,
     deliver,
+    plugin_settings,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.sealing import InvalidStateError
@@ -238,12 +238,7 @@ class DigidAuthPlugin:
     ) -> None:
         check_keys(ctx, "digid")
         tag = ctx.method.tag
-        try:
-            self._config = DigidConfig.model_validate(config)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"plugins.auth.{tag}.{where}: {first['msg']}") from None
+        self._config = plugin_settings(DigidConfig, ctx, config)
         self._ctx = ctx
         self._clock = clock
         self._level = LEVELS[self._config.level]
@@ -435,12 +430,7 @@ class DigidAuthPlugin:
         @router.post("/start_authentication", response_model=ClientUrl)
         async def start_authentication(body: StartAuthRequest) -> ClientUrl:
             """Start a DigiD login for ``attributes``; answer where to send the browser."""
-            unknown = [a for a in body.attributes if a not in self._provides]
-            if unknown:
-                raise UnknownAttributeError(
-                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
-                )
-            body.check()
+            body.check_for(self._provides)
             state = ctx.sealer.seal(SEAL_START, body.model_dump(), max_age=FLOW_SECONDS)
             return ClientUrl(client_url=f"{ctx.public_base}/login/{state}")
 
