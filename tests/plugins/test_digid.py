@@ -20,6 +20,7 @@ import pytest
 from saml2 import BINDING_HTTP_POST
 
 from idcontact.digid.levels import CLASSES
+from idcontact.errors import ConfigError
 from tests.brp_stub import CANARY_NAME
 from tests.conftest import PUBLIC, AppFactory, Instance, path_of
 from tests.digid_world import (
@@ -29,6 +30,7 @@ from tests.digid_world import (
     World,
     at_idp,
     delivered,
+    digid_settings,
     digid_world,
     make,
     refused,
@@ -162,8 +164,16 @@ async def test_bad_assertions_are_refused_and_nothing_is_stored(
     setattr(world.idp, knob, value)
     page = await at_idp(inst, browser, await to_idp(inst))
     refused(page, reason)
-    assert "Opnieuw proberen" in page.text  # and a way to try again or choose another
     assert world.brp.requests == [] and await stored(inst) == 0
+    # Try again (the same start), or choose another way: the channel hears "failed".
+    again = re.search(r'class="button" href="([^"]+)"', page.text)
+    assert again is not None and "/auth/digid/login/" in again.group(1)
+    state = re.search(r'name="state" value="([^"]+)"', page.text)
+    assert state is not None
+    given_up = await inst.client.post("/auth/digid/give_up", data={"state": state.group(1)})
+    assert given_up.status_code == 303
+    landing = await inst.client.get(path_of(given_up.headers["location"]))
+    assert "Identificeren is geannuleerd of mislukt" in landing.text
 
 
 async def test_an_artifact_works_once_even_when_the_idp_would_answer_again(
@@ -375,3 +385,22 @@ async def share_without_logout(inst: Instance) -> dict[str, Any]:
     shared = await inst.client.post("/auth/digid/confirm", data={"action": "share"})
     assert shared.status_code == 303
     return await delivered(inst, shared.headers["location"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "assurance", "message"),
+    [
+        ({"level": "basis"}, "substantial", "more than DigiD level Basis"),
+        ({"brp": None}, "substantial", "not mapped: birthyear, fullname, municipality"),
+        ({"protocol": "oidc"}, "substantial", "oidc: needed with protocol"),
+        ({"saml": {"idp_metadata_url": "https://x.example/m"}}, "substantial", "exactly one"),
+        ({"saml": {"idp_metadata_file": "/nonexistent.xml"}}, "substantial", "cannot be read"),
+    ],
+)
+async def test_bad_configuration_stops_start_up_naming_the_setting(
+    world: World, make_app: AppFactory, changes: dict[str, Any], assurance: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        await make_app(digid_settings(world, assurance=assurance, **changes))
+    assert message in str(error.value)
+    assert "BEGIN" not in str(error.value)  # never a key or certificate

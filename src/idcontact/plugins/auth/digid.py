@@ -266,6 +266,16 @@ class DigidAuthPlugin:
         self._oidc = self._make_oidc()
         self._sp: ServiceProvider | None = None
         self._sp_at = 0.0
+        saml = self._config.saml
+        if self._config.protocol == "saml" and saml and saml.idp_metadata_file is not None:
+            # A file: checked now, so a bad one stops start-up.
+            try:
+                metadata = saml.idp_metadata_file.read_text()
+            except OSError:
+                raise ConfigError(
+                    f"plugins.auth.{tag}.saml.idp_metadata_file: cannot be read"
+                ) from None
+            self._sp = self._build_sp(saml, metadata)
 
     # -- construction helpers ---------------------------------------------------------------
 
@@ -325,13 +335,20 @@ class DigidAuthPlugin:
             saml.idp_metadata_url is None or now - self._sp_at < METADATA_SECONDS
         ):
             return self._sp
-        if saml.idp_metadata_file is not None:
-            try:
-                metadata = saml.idp_metadata_file.read_text()
-            except OSError:
-                raise ConfigError("saml.idp_metadata_file cannot be read") from None
-        else:
+        try:
             metadata = await self._fetch_metadata(str(saml.idp_metadata_url))
+        except LoginRefusedError:
+            if self._sp is None:
+                raise
+            # Keep the metadata we have; try again in five minutes.
+            log.warning("digid: IdP metadata refresh failed; keeping the old one")
+            self._sp_at = now - METADATA_SECONDS + 300
+            return self._sp
+        self._sp = await in_thread(self._build_sp, saml, metadata)
+        self._sp_at = now
+        return self._sp
+
+    def _build_sp(self, saml: SamlSettings, metadata: str) -> ServiceProvider:
         base = self._ctx.public_base
         settings = SpSettings(
             entity_id=saml.entity_id,
@@ -345,14 +362,12 @@ class DigidAuthPlugin:
             clock_skew=saml.clock_skew,
         )
         try:
-            self._sp = await in_thread(ServiceProvider, settings, metadata)
+            return ServiceProvider(settings, metadata)
         except LoginRefusedError:
             raise ConfigError("saml: the IdP metadata is not acceptable XML") from None
         except Exception as exc:  # pysaml2 raises many kinds on bad metadata or keys
             log.warning("digid: SAML set-up failed", extra={"error": type(exc).__name__})
             raise ConfigError("saml: the IdP metadata, certificate or key is not usable") from None
-        self._sp_at = now
-        return self._sp
 
     async def _fetch_metadata(self, url: str) -> str:
         try:
