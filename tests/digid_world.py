@@ -139,9 +139,12 @@ async def make(
     return inst
 
 
-async def to_idp(inst: Instance, start: dict[str, str] = START) -> str:
-    """Start and go to DigiD: the IdP URL the browser is sent to."""
-    started = await inst.client.post("/start", json=start, headers={"Accept": "application/json"})
+async def to_idp(inst: Instance, start: dict[str, str] = START, prefix: str = "") -> str:
+    """Start (at the tenant of ``prefix``) and go to DigiD: the IdP URL the browser is sent
+    to."""
+    started = await inst.client.post(
+        f"{prefix}/start", json=start, headers={"Accept": "application/json"}
+    )
     assert started.status_code == 200, started.text
     login = await inst.client.get(path_of(started.json()["client_url"]))
     assert login.status_code == 303, login.text

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -64,6 +65,8 @@ class Pki:
     rogue: Pair
     """A signing pair of the IdP's name that its metadata does not list."""
     sp: Pair
+    sp2: Pair
+    """A second municipality's SAML pair."""
     tls_server: Pair
     tls_client: Pair
 
@@ -130,7 +133,7 @@ def make_pki(directory: Path) -> Pki:
     ca = directory / "ca.crt"
     ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     pairs = {}
-    for name in ("idp", "rogue", "sp"):
+    for name in ("idp", "rogue", "sp", "sp2"):
         key = _key()
         pairs[name] = _write(directory, name, key, _cert(f"test {name}", key))
     server_key, client_key = _key(), _key()
@@ -140,6 +143,7 @@ def make_pki(directory: Path) -> Pki:
         pairs["idp"],
         pairs["rogue"],
         pairs["sp"],
+        pairs["sp2"],
         _write(directory, "tls-server", server_key, _cert(HOST, server_key, issuer, server=True)),
         _write(directory, "tls-client", client_key, _cert("sp", client_key, issuer, client=True)),
     )
@@ -178,7 +182,7 @@ class Idp:
     def entity_id(self) -> str:
         return f"{self.base}/idp"
 
-    def _config(self, pair: Pair, sp_metadata: str | None) -> IdPConfig:
+    def _config(self, pair: Pair, sp_metadata: tuple[str, ...]) -> IdPConfig:
         config = IdPConfig()
         config.load(
             {
@@ -186,7 +190,7 @@ class Idp:
                 "xmlsec_binary": shutil.which("xmlsec1"),
                 "key_file": str(pair.key),
                 "cert_file": str(pair.cert),
-                "metadata": {"inline": [sp_metadata]} if sp_metadata else {},
+                "metadata": {"inline": list(sp_metadata)} if sp_metadata else {},
                 "signing_algorithm": SIG_RSA_SHA256,
                 "digest_algorithm": DIGEST_SHA256,
                 "service": {
@@ -205,10 +209,11 @@ class Idp:
         return config
 
     def metadata(self) -> str:
-        xml: str | bytes = create_metadata_string(None, config=self._config(self.pki.idp, None))
+        xml: str | bytes = create_metadata_string(None, config=self._config(self.pki.idp, ()))
         return xml.decode() if isinstance(xml, bytes) else xml
 
-    def trust(self, sp_metadata: str) -> None:
+    def trust(self, *sp_metadata: str) -> None:
+        """Know these service providers (their metadata), and only these."""
         self._server = Server(config=self._config(self.pki.idp, sp_metadata))
         self._rogue = Server(config=self._config(self.pki.rogue, sp_metadata))
 
@@ -227,7 +232,8 @@ class Idp:
     async def serve_metadata(self, request: Request) -> Response:
         return Response(self.metadata(), media_type="application/samlmetadata+xml")
 
-    async def sso(self, request: Request) -> Response:
+    def sso(self, request: Request) -> Response:
+        """Sync: pysaml2 and xmlsec1 block, so Starlette runs this in its thread pool."""
         assert self._server is not None and self._rogue is not None, "call trust() first"
         q = request.query_params
         parsed = self._server.parse_authn_request(q["SAMLRequest"], **_redirect(q))
@@ -294,17 +300,19 @@ class Idp:
         return signed
 
     async def ars(self, request: Request) -> Response:
+        body = (await request.body()).decode()
+        return await anyio.to_thread.run_sync(self._resolve, body)
+
+    def _resolve(self, body: str) -> Response:
         assert self._server is not None
         self.resolves += 1
-        body = (await request.body()).decode()
         resolve = self._server.parse_artifact_resolve(body)
         artifact = resolve.artifact.text
         known = self._artifacts.get(artifact)
         if known is not None and not self.keep_artifacts:
             del self._artifacts[artifact]
         if known is None:
-            # The SAML answer to an unknown artifact: an empty ArtifactResponse.
-            return Response(status_code=500)
+            return Response(status_code=500)  # unknown (or spent) artifact
         # The resolved message is the signed Response, as issued.
         self._server.artifact[artifact] = response_from_string(known)
         answer = self._server.create_artifact_response(resolve, artifact)

@@ -33,6 +33,7 @@ from tests.digid_world import (
     digid_settings,
     digid_world,
     make,
+    plugin_config,
     refused,
     share,
     stored,
@@ -404,3 +405,53 @@ async def test_bad_configuration_stops_start_up_naming_the_setting(
         await make_app(digid_settings(world, assurance=assurance, **changes))
     assert message in str(error.value)
     assert "BEGIN" not in str(error.value)  # never a key or certificate
+
+
+async def test_each_municipality_has_its_own_sp_and_flows_stay_apart(
+    world: World, make_app: AppFactory, browser: httpx.AsyncClient
+) -> None:
+    base = digid_settings(world)
+    own = plugin_config(world)
+    own["saml"] |= {
+        "entity_id": "https://nijmegen.example/digid",
+        "certificate_file": str(world.pki.sp2.cert),
+        "key_file": str(world.pki.sp2.key),
+    }
+    method = base.auth_methods[1].model_dump(mode="json")
+    nijmegen = {
+        "slug": "nijmegen",
+        "name": "Gemeente Nijmegen",
+        "auth_methods": [method],
+        "comm_methods": [{"tag": "demo", "name": "Demokanaal", "plugin": "demo"}],
+        "attribute_labels": {"bsn": {"nl": "BSN"}},
+        "purposes": [
+            {
+                "tag": "question",
+                "label": {"nl": "Vraag"},
+                "attributes": ["bsn"],
+                "allowed_auth": ["*"],
+                "allowed_comm": ["*"],
+            }
+        ],
+        "plugins": {"auth": {"digid": own}},
+    }
+    inst: Instance = await make_app(digid_settings(world, top={"tenants": [nijmegen]}))
+    ours = (await inst.client.get("/auth/digid/metadata")).text
+    theirs = (await inst.client.get("/t/nijmegen/auth/digid/metadata")).text
+    assert 'entityID="https://nijmegen.example/digid"' in theirs
+    assert f'Location="{PUBLIC}/t/nijmegen/auth/digid/acs"' in theirs
+    assert SP_ENTITY not in theirs and "nijmegen" not in ours
+    world.idp.trust(ours, theirs)
+    start = {"purpose": "question", "auth_method": "digid", "comm_method": "demo"}
+    url = await to_idp(inst, start, prefix="/t/nijmegen")
+    assert world.idp.requests == []
+    answer = await browser.get(url)
+    assert world.idp.requests[-1].issuer.text == "https://nijmegen.example/digid"
+    back = answer.headers["location"]
+    assert back.startswith(f"{PUBLIC}/t/nijmegen/auth/digid/acs?")
+    # Nijmegen's answer at the default municipality's ACS: no login of this browser there.
+    stray = await inst.client.get(path_of(back).replace("/t/nijmegen", "", 1))
+    refused(stray, "no-flow")
+    page = await inst.client.get(path_of(back))
+    assert page.status_code == 303
+    assert page.headers["location"] == f"{PUBLIC}/t/nijmegen/auth/digid/confirm"
