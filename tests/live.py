@@ -11,12 +11,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from idcontact.app import create_app
@@ -33,6 +38,30 @@ def served(tmp_path: Path, **overrides: Any) -> Iterator[str]:
         lambda base: create_app(demo_settings(tmp_path, public_url=base, **overrides))
     ) as url:
         yield url
+
+
+@dataclass
+class Receiver:
+    """Another system's HTTP endpoint (an archive, an SMS gateway), as far as we see it: it
+    answers ``status`` and keeps what it got."""
+
+    url: str = ""
+    status: int = 500
+    received: list[tuple[dict[str, str], Any]] = field(default_factory=list)
+
+
+@contextmanager
+def receiving(status: int = 500) -> Iterator[Receiver]:
+    """A :class:`Receiver` behind a real server, taking JSON POSTs at ``url``."""
+    r = Receiver(status=status)
+
+    async def take(request: Request) -> JSONResponse:
+        r.received.append((dict(request.headers), await request.json()))
+        return JSONResponse({}, status_code=r.status)
+
+    with serve(lambda base: Starlette(routes=[Route("/receive", take, methods=["POST"])])) as url:
+        r.url = f"{url}/receive"
+        yield r
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from idcontact.logs import quiet_libraries
 from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import LinkCodes
+from idcontact.phone.sms import SmsGateway
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.queues import QueueService
@@ -354,6 +355,15 @@ def create_app(
                     if t.agent_sso is not None
                 },
                 registrations=registrations,
+                texts={
+                    t.slug: SmsGateway(
+                        http,
+                        t.phone.sms,
+                        where=f"{'' if t.slug == DEFAULT_TENANT else t.slug + '.'}phone.sms",
+                    )
+                    for t in settings.all_tenants
+                    if t.phone.sms is not None and t.slug in tenants
+                },
             )
         )
 

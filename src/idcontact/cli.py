@@ -165,6 +165,8 @@ def check_config(file: Path) -> None:
             _load_keys(tenant, where)
             if tenant.klantinteracties is not None:  # its token file must be readable
                 tenant.klantinteracties.read_token(f"{where}klantinteracties")
+            if tenant.phone.sms is not None:
+                tenant.phone.sms.read_token(f"{where}phone.sms")
     except ConfigError as exc:
         _fail(exc)
         return
