@@ -65,10 +65,14 @@ def receiving(status: int = 500) -> Iterator[Receiver]:
 
 
 @contextmanager
-def serve(make: Callable[[str], ASGIApp]) -> Iterator[str]:
-    """The app ``make(base_url)`` behind uvicorn on a free port; stopped (and joined) on exit."""
-    port = free_port()
-    base = f"http://{HOST}:{port}"
+def serve(
+    make: Callable[[str], ASGIApp], *, port: int | None = None, **options: Any
+) -> Iterator[str]:
+    """The app ``make(base_url)`` behind uvicorn on a free port (or ``port``); stopped (and
+    joined) on exit. ``options`` go to ``uvicorn.Config`` (``ssl_certfile`` makes it https)."""
+    port = port or free_port()
+    scheme = "https" if options.get("ssl_certfile") else "http"
+    base = f"{scheme}://{HOST}:{port}"
     app = make(base)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -79,6 +83,7 @@ def serve(make: Callable[[str], ASGIApp]) -> Iterator[str]:
             lifespan="on",
             ws="none",
             timeout_graceful_shutdown=5,
+            **options,
         )
     )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)

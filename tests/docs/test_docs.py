@@ -9,9 +9,17 @@ import pytest
 from pydantic import BaseModel
 
 from idcontact.cli import main
+from idcontact.digid.brp import BrpAttribute
 from idcontact.forms import FormConfig
 from idcontact.keys import KeyConfig
 from idcontact.mail import SmtpConfig
+from idcontact.plugins.auth.digid import (
+    BrpSettings,
+    DigidConfig,
+    OidcSettings,
+    SamlSettings,
+    TlsClient,
+)
 from idcontact.settings import (
     AgentSso,
     AuthMethod,
@@ -65,6 +73,12 @@ MODELS: list[type[BaseModel]] = [
     SsoGroup,
     FormConfig,
     SmtpConfig,
+    DigidConfig,
+    SamlSettings,
+    OidcSettings,
+    BrpSettings,
+    BrpAttribute,
+    TlsClient,
 ]
 
 

@@ -4,9 +4,11 @@ and encrypted result to the comm side."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from idcontact.core import append_result
 from idcontact.errors import BadRequestError, ConfigError
@@ -20,6 +22,13 @@ class StartAuthRequest(BaseModel):
     attributes: list[str] = Field(max_length=50)
     continuation: str = Field(max_length=4096)
     attr_url: str | None = Field(default=None, max_length=4096)
+
+    def check_for(self, provided: Container[str]) -> None:
+        """Refuse attributes the plugin cannot provide, then check the URLs."""
+        unknown = [a for a in self.attributes if a not in provided]
+        if unknown:
+            raise UnknownAttributeError("Unknown attributes: " + ", ".join(sorted(unknown)[:10]))
+        self.check()
 
     def check(self) -> None:
         if not self.continuation.startswith(("http://", "https://", "tel:")):
@@ -35,6 +44,20 @@ class ClientUrl(BaseModel):
 class UnknownAttributeError(BadRequestError):
     slug = "unknown-attribute"
     title = "This auth method cannot provide the requested attributes"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def plugin_settings(model: type[M], ctx: PluginContext, config: dict[str, Any]) -> M:
+    """A plugin's ``[plugins.auth.<tag>]`` validated, or a ConfigError naming the setting
+    (never its value)."""
+    try:
+        return model.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"plugins.auth.{ctx.method.tag}.{where}: {first['msg']}") from None
 
 
 def check_keys(ctx: PluginContext, name: str) -> None:

@@ -21,7 +21,6 @@ from idcontact.errors import ConfigError
 from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
-    UnknownAttributeError,
     check_keys,
     deliver,
 )
@@ -64,12 +63,7 @@ class DemoAuthPlugin:
         @router.post("/start_authentication", response_model=ClientUrl)
         async def start_authentication(body: StartAuthRequest) -> ClientUrl:
             """Start a demo disclosure of ``attributes``; answer where to send the browser."""
-            unknown = [a for a in body.attributes if a not in self._values]
-            if unknown:
-                raise UnknownAttributeError(
-                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
-                )
-            body.check()
+            body.check_for(self._values)
             state = ctx.sealer.seal(SEAL, body.model_dump(), max_age=900)
             return ClientUrl(client_url=f"{ctx.public_base}/confirm/{state}")
 

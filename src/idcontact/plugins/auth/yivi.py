@@ -36,7 +36,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from joserfc.jwk import OctKey, RSAKey
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from idcontact.agents.credentials import qr_svg
 from idcontact.errors import ConfigError, NotFoundError
@@ -47,9 +47,9 @@ from idcontact.keys import KeyConfig
 from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
-    UnknownAttributeError,
     check_keys,
     deliver,
+    plugin_settings,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
@@ -138,12 +138,7 @@ class YiviAuthPlugin:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_keys(ctx, "yivi")
-        try:
-            self._config = YiviConfig.model_validate(config)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"plugins.auth.{ctx.method.tag}.{where}: {first['msg']}") from None
+        self._config = plugin_settings(YiviConfig, ctx, config)
         provides = getattr(ctx.method, "provides", None)
         missing = sorted(set(provides or ()) - set(self._config.attributes))
         if provides is None or missing:
@@ -279,12 +274,7 @@ class YiviAuthPlugin:
         @router.post("/start_authentication", response_model=ClientUrl)
         async def start_authentication(request: Request, body: StartAuthRequest) -> ClientUrl:
             """Start a Yivi disclosure of ``attributes``; answer where to send the browser."""
-            unknown = [a for a in body.attributes if a not in self._config.attributes]
-            if unknown:
-                raise UnknownAttributeError(
-                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
-                )
-            body.check()
+            body.check_for(self._config.attributes)
             lang = ctx.settings.default_language  # the page's ?lang= may change it
             try:
                 flow = await self._begin(body, lang)
