@@ -157,6 +157,7 @@ def _migrate(settings: Settings) -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def check_config(file: Path) -> None:
     """Validate FILE; exit non-zero with the reason when it is invalid."""
+    problems: list[str] = []
     try:
         settings = load_settings(file)
         for index, tenant in enumerate(settings.all_tenants):
@@ -165,9 +166,14 @@ def check_config(file: Path) -> None:
             _load_keys(tenant, where)
             if tenant.klantinteracties is not None:  # its token file must be readable
                 tenant.klantinteracties.read_token(f"{where}klantinteracties")
+            problems += _plugin_checks(settings, tenant)
     except ConfigError as exc:
         _fail(exc)
         return
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
     click.echo(
         f"OK: {len(settings.all_tenants)} tenant(s), {len(settings.purposes)} purposes, "
         f"{len(settings.auth_methods)} auth methods, {len(settings.comm_methods)} comm methods"
@@ -181,6 +187,22 @@ def check_config(file: Path) -> None:
                 f"{p.failed_link_budget} failed attempts a day, {p.max_linkable_codes} codes "
                 "linkable at once)"
             )
+
+
+def _plugin_checks(settings: Settings, tenant: Tenant) -> list[str]:
+    """What enabled auth plugins with a ``check_config`` class method report (the
+    ``openid4vp`` plugin: each purpose's query against the relying-party certificate)."""
+    from idcontact.plugins.base import load_plugin_class
+
+    problems: list[str] = []
+    for method in tenant.auth_methods:
+        if method.plugin is None:
+            continue
+        check = getattr(load_plugin_class("auth", method.plugin), "check_config", None)
+        if callable(check):
+            found = check(settings, tenant, method.tag)
+            problems += [f"({tenant.slug}) {p}" for p in found]
+    return problems
 
 
 def _load_keys(tenant: Tenant, where: str) -> None:
