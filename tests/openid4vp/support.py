@@ -198,14 +198,16 @@ AUTHORISED = {
 }
 
 
-def make_pki(tmp_path: Path, *, registration: dict[str, Any] | None = None) -> Pki:
+def make_pki(
+    tmp_path: Path, *, registration: dict[str, Any] | None = None, registered: bool = True
+) -> Pki:
     root = make_ca()
     rp = make_leaf(
         root,
         "Gemeente Test RP",
         org="Gemeente Test",
         dns=["testserver"],
-        registration=AUTHORISED if registration is None else registration,
+        registration=(AUTHORISED if registration is None else registration) if registered else None,
     )
     directory = tmp_path / "pki"
     directory.mkdir(exist_ok=True)
