@@ -210,7 +210,7 @@ def make_pki(
         registration=(AUTHORISED if registration is None else registration) if registered else None,
     )
     directory = tmp_path / "pki"
-    directory.mkdir(exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "rp.pem").write_bytes(
         rp.cert.public_bytes(serialization.Encoding.PEM) + root.pem()
     )
