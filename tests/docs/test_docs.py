@@ -12,6 +12,7 @@ from idcontact.cli import main
 from idcontact.forms import FormConfig
 from idcontact.keys import KeyConfig
 from idcontact.mail import SmtpConfig
+from idcontact.plugins.auth.openid4vp import OpenID4VPConfig, SourceConfig
 from idcontact.settings import (
     AgentSso,
     AuthMethod,
@@ -63,6 +64,8 @@ MODELS: list[type[BaseModel]] = [
     SsoGroup,
     FormConfig,
     SmtpConfig,
+    OpenID4VPConfig,
+    SourceConfig,
 ]
 
 
