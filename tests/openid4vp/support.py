@@ -221,7 +221,7 @@ def make_pki(
 
 
 WALLET_METHOD = {
-    "tag": "wallet",
+    "tag": "eudi",
     "name": "EU-wallet",
     "plugin": "openid4vp",
     "assurance": "substantial",
@@ -255,6 +255,6 @@ def wallet_settings(tmp_path: Path, config: dict[str, Any], **overrides: Any) ->
     return demo_settings(
         tmp_path,
         auth_methods=[DEMO_METHOD, WALLET_METHOD],
-        plugins={**plugins, "auth": {**plugins["auth"], "wallet": config}},
+        plugins={**plugins, "auth": {**plugins["auth"], "eudi": config}},
         **overrides,
     )

@@ -135,11 +135,11 @@ def test_check_config_passes_what_the_certificate_authorises(tmp_path: Path) -> 
 def test_a_certificate_without_registration_is_reported(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, registered=False)
     settings = wallet_settings(tmp_path, plugin_config(pki))
-    assert check_authorisation(settings, settings.default_tenant, "wallet") == [
-        "plugins.auth.wallet: the certificate carries no registration (extension 2.1.123.1)"
+    assert check_authorisation(settings, settings.default_tenant, "eudi") == [
+        "plugins.auth.eudi: the certificate carries no registration (extension 2.1.123.1)"
     ]
     # An empty registration authorises nothing: every asked claim is named.
     pki = make_pki(tmp_path / "b", registration={"rp": {"authorized": []}})
     settings = wallet_settings(tmp_path / "b", plugin_config(pki))
-    problems = check_authorisation(settings, settings.default_tenant, "wallet")
+    problems = check_authorisation(settings, settings.default_tenant, "eudi")
     assert problems and all("authorises no claims" in p for p in problems)

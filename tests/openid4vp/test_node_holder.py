@@ -21,7 +21,7 @@ from tests.live import serve
 from tests.openid4vp.support import PID, make_pki, plugin_config, wallet_settings
 from tests.services import node_holder
 
-START = {"purpose": "report_move", "auth_method": "wallet", "comm_method": "demo"}
+START = {"purpose": "report_move", "auth_method": "eudi", "comm_method": "demo"}
 CLAIMS = {
     "given_name": "Node",
     "family_name": "Holder",

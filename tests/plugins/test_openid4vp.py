@@ -41,7 +41,7 @@ from tests.openid4vp.support import (
 pytestmark = pytest.mark.anyio
 
 JSON = {"Accept": "application/json"}
-START = {"purpose": "report_move", "auth_method": "wallet", "comm_method": "demo"}
+START = {"purpose": "report_move", "auth_method": "eudi", "comm_method": "demo"}
 PROBLEM = "application/problem+json"
 
 
@@ -174,7 +174,7 @@ async def test_alternatives_are_credential_sets_and_the_second_option_is_accepte
     make_app: AppFactory, tmp_path: Path, pki: Pki
 ) -> None:
     inst = await make_app(wallet_settings(tmp_path, plugin_config(pki)))
-    start = {"purpose": "waste_collection", "auth_method": "wallet", "comm_method": "demo"}
+    start = {"purpose": "waste_collection", "auth_method": "eudi", "comm_method": "demo"}
     _, link = await begin(inst, start)
     address = pki.issuer.credential({"postal_code": "6511AB"}, vct=ADDRESS)
     w = Wallet(inst.client, [address])
@@ -293,10 +293,10 @@ async def test_an_encrypted_answer_to_another_key_and_unknown_requests_are_refus
     )
     assert plain.status_code == 400  # this transaction wants direct_post.jwt
     unknown = await inst.client.post(
-        "/auth/wallet/response/nonsense", data={"vp_token": "{}", "state": "x"}
+        "/auth/eudi/response/nonsense", data={"vp_token": "{}", "state": "x"}
     )
     assert unknown.status_code == 400 and unknown.json()["type"].endswith("/unknown-transaction")
-    assert (await inst.client.get("/auth/wallet/request/nonsense")).status_code == 404
+    assert (await inst.client.get("/auth/eudi/request/nonsense")).status_code == 404
     assert await delivered(inst) == 0
 
 
@@ -330,7 +330,7 @@ async def test_a_phone_conversation_ends_on_the_tel_page_in_this_browser_only(
 ) -> None:
     inst = await make_app(wallet_settings(tmp_path, plugin_config(pki)))
     started = await inst.client.post(
-        "/start", data={"purpose": "report_move", "auth_method": "wallet", "comm_method": "phone"}
+        "/start", data={"purpose": "report_move", "auth_method": "eudi", "comm_method": "phone"}
     )
     assert started.status_code == 303
     page = await inst.client.get(path_of(started.headers["location"]))
@@ -389,7 +389,7 @@ async def test_the_demo_wallet_walks_the_protocol_in_a_browser_tab(
     state = re.search(r'name="state" value="([^"]+)"', consent.text)
     assert state
     shared = await inst.client.post(
-        "/auth/wallet/demo-wallet",
+        "/auth/eudi/demo-wallet",
         data={"state": state.group(1), "resident": "piet", "action": "share"},
     )
     assert 'data-accepted="yes"' in shared.text, shared.text
@@ -418,7 +418,7 @@ async def test_misconfigurations_stop_start_up(
         )
     settings = wallet_settings(tmp_path, plugin_config(pki))
     no_shim = [
-        m.model_copy(update={"shim_tel_url": False}) if m.tag == "wallet" else m
+        m.model_copy(update={"shim_tel_url": False}) if m.tag == "eudi" else m
         for m in settings.auth_methods
     ]
     with pytest.raises(ConfigError, match="shim_tel_url"):
@@ -428,13 +428,13 @@ async def test_misconfigurations_stop_start_up(
 async def test_bad_starts_are_clear_errors(make_app: AppFactory, tmp_path: Path, pki: Pki) -> None:
     inst = await make_app(wallet_settings(tmp_path, plugin_config(pki)))
     unknown = await inst.client.post(
-        "/auth/wallet/start_authentication",
+        "/auth/eudi/start_authentication",
         json={"attributes": ["shoe_size"], "continuation": f"{PUBLIC}/x"},
     )
     assert unknown.status_code == 400 and unknown.headers["content-type"] == PROBLEM
     tel = await inst.client.post(
-        "/auth/wallet/start_authentication",
+        "/auth/eudi/start_authentication",
         json={"attributes": ["bsn"], "continuation": "tel:+31851234567,1234567890"},
     )
     assert tel.status_code == 400 and "tel page" in tel.json()["detail"]
-    assert (await inst.client.get("/auth/wallet/s/nonsense")).status_code == 404
+    assert (await inst.client.get("/auth/eudi/s/nonsense")).status_code == 404

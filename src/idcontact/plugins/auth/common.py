@@ -4,9 +4,11 @@ and encrypted result to the comm side."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from idcontact.core import append_result
 from idcontact.errors import BadRequestError, ConfigError
@@ -14,6 +16,7 @@ from idcontact.plugins.base import PluginContext
 from idcontact.tokens import AuthResult
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 class StartAuthRequest(BaseModel):
@@ -35,6 +38,48 @@ class ClientUrl(BaseModel):
 class UnknownAttributeError(BadRequestError):
     slug = "unknown-attribute"
     title = "This auth method cannot provide the requested attributes"
+
+
+def check_start(body: StartAuthRequest, known: Collection[str]) -> None:
+    """Refuse attributes this method cannot prove and malformed URLs."""
+    unknown = [a for a in body.attributes if a not in known]
+    if unknown:
+        raise UnknownAttributeError("Unknown attributes: " + ", ".join(sorted(unknown)[:10]))
+    body.check()
+
+
+def plugin_config(model: type[M], config: Mapping[str, Any], ctx: PluginContext) -> M:
+    """``[plugins.auth.<tag>]`` validated; an error names the setting, never its value."""
+    try:
+        return model.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"plugins.auth.{ctx.method.tag}.{where}: {first['msg']}") from None
+
+
+def check_provides(ctx: PluginContext, mapped: Collection[str]) -> None:
+    """The method's ``provides`` is set, and each tag in it is mapped in its settings."""
+    provides = getattr(ctx.method, "provides", None)
+    missing = sorted(set(provides or ()) - set(mapped))
+    if provides is None or missing:
+        raise ConfigError(
+            f"auth_methods ({ctx.method.tag}).provides: list the attribute tags this method "
+            "proves, each mapped in its plugin settings' attributes"
+            + (f" (not mapped: {', '.join(missing)})" if missing else "")
+        )
+
+
+def provenance(ctx: PluginContext, **detail: str) -> dict[str, str]:
+    """Where attributes come from, for the agent: the method, its assurance, and ``detail``
+    (issuer, credential)."""
+    method = ctx.method
+    return {
+        "method": method.tag,
+        "method_name": method.name,
+        "assurance": getattr(method, "assurance", "low"),
+        **detail,
+    }
 
 
 def check_keys(ctx: PluginContext, name: str) -> None:

@@ -71,9 +71,12 @@ from idcontact.openid4vp.trust import IssuerTrust, did_jwk_of, load_pem_certific
 from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
-    UnknownAttributeError,
     check_keys,
+    check_provides,
+    check_start,
     deliver,
+    plugin_config,
+    provenance,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.settings import Settings, Tenant
@@ -187,7 +190,7 @@ class OpenID4VPConfig(BaseModel):
 def load_config(config: Mapping[str, Any], method_tag: str) -> OpenID4VPConfig:
     try:
         return OpenID4VPConfig.model_validate(config)
-    except ValidationError as exc:
+    except ValidationError as exc:  # check-config has no plugin context
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"plugins.auth.{method_tag}.{where}: {first['msg']}") from None
@@ -262,16 +265,9 @@ class OpenID4VPAuthPlugin:
         check_keys(ctx, "openid4vp")
         tag = ctx.method.tag
         where = f"plugins.auth.{tag}"
-        self._config = load_config(config, tag)
+        self._config = plugin_config(OpenID4VPConfig, config, ctx)
         self._ctx, self._clock = ctx, clock
-        provides = getattr(ctx.method, "provides", None)
-        missing = sorted(set(provides or ()) - set(self._config.attributes))
-        if provides is None or missing:
-            raise ConfigError(
-                f"auth_methods ({tag}).provides: list the attribute tags this method proves, "
-                "each mapped in its plugin settings' attributes"
-                + (f" (not mapped: {', '.join(missing)})" if missing else "")
-            )
+        check_provides(ctx, self._config.attributes)
         if any(m.channel == "phone" for m in ctx.tenant.comm_methods) and not getattr(
             ctx.method, "shim_tel_url", False
         ):
@@ -360,6 +356,10 @@ class OpenID4VPAuthPlugin:
             raise NotFoundError("This wallet session is unknown or has ended")
         return txn
 
+    def _drop(self, flow: str, txn: Transaction) -> None:
+        self._flows.pop(flow, None)
+        self._requests.pop(txn.request_id, None)
+
     def link(self, txn: Transaction) -> str:
         """The ``openid4vp://`` link (and QR code content) that starts the wallet."""
         query = urlencode(
@@ -411,14 +411,14 @@ class OpenID4VPAuthPlugin:
             txn.problem = "cancelled"
             return txn
         try:
-            values, provenance = await self._verify(txn, payload.get("vp_token"))
+            values, origin = await self._verify(txn, payload.get("vp_token"))
         except PresentationError as exc:
             txn.problem = exc.slug
             raise
         except PresentationTooLargeError:
             txn.problem = "invalid"
             raise
-        result = AuthResult(status="success", attributes=values, provenance=provenance)
+        result = AuthResult(status="success", attributes=values, provenance=origin)
         target = await deliver(self._ctx, result, txn.start)
         # A tel: continuation cannot happen (shim_tel_url); the browser goes on from here.
         txn.target = target
@@ -447,7 +447,6 @@ class OpenID4VPAuthPlugin:
         values, used = dcql.read(
             txn.plan, txn.start.attributes, {q: c.claims for q, c in verified.items()}
         )
-        method = self._ctx.method
         credentials = sorted(
             {
                 f"{verified[q].vct} ({_date(verified[q].issued_at)})"
@@ -456,14 +455,11 @@ class OpenID4VPAuthPlugin:
                 for q in used
             }
         )
-        provenance = {
-            "method": method.tag,
-            "method_name": method.name,
-            "assurance": getattr(method, "assurance", "low"),
-            "issuer": ", ".join(sorted({verified[q].issuer for q in used})),
-            "credential": ", ".join(credentials),
-        }
-        return values, provenance
+        return values, provenance(
+            self._ctx,
+            issuer=", ".join(sorted({verified[q].issuer for q in used})),
+            credential=", ".join(credentials),
+        )
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -475,12 +471,7 @@ class OpenID4VPAuthPlugin:
         @router.post("/start_authentication", response_model=ClientUrl)
         async def start_authentication(body: StartAuthRequest) -> ClientUrl:
             """Start a presentation of ``attributes``; answer where to send the browser."""
-            unknown = [a for a in body.attributes if a not in self._mapping]
-            if unknown:
-                raise UnknownAttributeError(
-                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
-                )
-            body.check()
+            check_start(body, self._mapping)
             if body.continuation.startswith("tel:"):
                 raise BadRequestError(
                     "Wallets do not dial back: this method needs the tel page (shim_tel_url)"
@@ -587,8 +578,7 @@ class OpenID4VPAuthPlugin:
             if txn.target is not None:
                 return RedirectResponse(txn.target, status_code=303, headers=TOKEN_PAGE_HEADERS)
             new = self._begin(txn.start, txn.lang)
-            self._flows.pop(flow, None)
-            self._requests.pop(txn.request_id, None)
+            self._drop(flow, txn)
             return RedirectResponse(f"{ctx.public_base}/s/{new}", status_code=303)
 
         @router.post("/s/{flow}/give_up")
@@ -599,8 +589,7 @@ class OpenID4VPAuthPlugin:
                 return RedirectResponse(txn.target, status_code=303, headers=TOKEN_PAGE_HEADERS)
             txn.answered = True
             target = await deliver(ctx, AuthResult(status="failed", attributes=None), txn.start)
-            self._flows.pop(flow, None)
-            self._requests.pop(txn.request_id, None)
+            self._drop(flow, txn)
             if "/tel/" in txn.start.continuation:
                 target = f"{ctx.tenant.prefix}/"
             return RedirectResponse(target, status_code=303, headers=TOKEN_PAGE_HEADERS)
