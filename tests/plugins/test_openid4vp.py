@@ -7,6 +7,7 @@ that stores nothing."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from joserfc.jwk import ECKey
 from sqlalchemy import text
 
@@ -438,3 +440,22 @@ async def test_bad_starts_are_clear_errors(make_app: AppFactory, tmp_path: Path,
     )
     assert tel.status_code == 400 and "tel page" in tel.json()["detail"]
     assert (await inst.client.get("/auth/eudi/s/nonsense")).status_code == 404
+
+
+async def test_an_x509_hash_client_id_names_our_leaf_certificate(
+    make_app: AppFactory, tmp_path: Path, pki: Pki
+) -> None:
+    inst = await make_app(
+        wallet_settings(tmp_path, plugin_config(pki, client_id_prefix="x509_hash"))
+    )
+    w, asked, _ = await opened(inst, [pki.issuer.credential()])
+    der = pki.rp.cert.public_bytes(serialization.Encoding.DER)
+    assert asked.client_id == "x509_hash:" + b64url(hashlib.sha256(der).digest())
+    assert asked.verified_by == "x509"
+    answer = await w.respond(asked, w.presentations(asked))
+    assert answer.status_code == 200, answer.text
+    assert await delivered(inst) == 1
+    # A presentation bound to the x509_san_dns spelling of us is not for this client id.
+    w2, asked2, _ = await opened(inst, [pki.issuer.credential()])
+    wrong = await w2.respond(asked2, w2.presentations(asked2, aud="x509_san_dns:testserver"))
+    assert wrong.status_code == 400 and wrong.json()["type"].endswith("/wrong-audience")

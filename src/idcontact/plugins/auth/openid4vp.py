@@ -356,6 +356,15 @@ class OpenID4VPAuthPlugin:
             raise NotFoundError("This wallet session is unknown or has ended")
         return txn
 
+    def _page(
+        self, request: Request, name: str, context: dict[str, Any], lang: str
+    ) -> HTMLResponse:
+        """A page in the tenant's look; never cached, no referrer (it leads to results)."""
+        ctx = self._ctx
+        return render(
+            ctx.templates, request, name, context, tenant=ctx.tenant, lang=lang, carries_token=True
+        )
+
     def _drop(self, flow: str, txn: Transaction) -> None:
         self._flows.pop(flow, None)
         self._requests.pop(txn.request_id, None)
@@ -525,8 +534,7 @@ class OpenID4VPAuthPlugin:
                 if self._config.demo_wallet
                 else None
             )
-            return render(
-                ctx.templates,
+            return self._page(
                 request,
                 "openid4vp_session.html",
                 {
@@ -541,9 +549,7 @@ class OpenID4VPAuthPlugin:
                     "demo_wallet": demo,
                     "phone": "/tel/" in txn.start.continuation,
                 },
-                tenant=ctx.tenant,
-                lang=txn.lang,
-                carries_token=True,
+                txn.lang,
             )
 
         @router.get("/s/{flow}/status")
@@ -561,14 +567,11 @@ class OpenID4VPAuthPlugin:
                 return RedirectResponse(txn.target, status_code=303, headers=TOKEN_PAGE_HEADERS)
             if not txn.answered:
                 return RedirectResponse(f"{ctx.public_base}/s/{flow}", status_code=303)
-            return render(
-                ctx.templates,
+            return self._page(
                 request,
                 "openid4vp_failed.html",
                 {"reason": txn.problem or "invalid", "base": f"{ctx.public_base}/s/{flow}"},
-                tenant=ctx.tenant,
-                lang=txn.lang,
-                carries_token=True,
+                txn.lang,
             )
 
         @router.post("/s/{flow}/retry")
@@ -625,14 +628,8 @@ class OpenID4VPAuthPlugin:
             return [Credential(sd_jwt, holder)]
 
         def page(request: Request, context: dict[str, Any]) -> HTMLResponse:
-            return render(
-                ctx.templates,
-                request,
-                "openid4vp_demo_wallet.html",
-                context,
-                tenant=ctx.tenant,
-                lang=language(request, ctx.settings),
-            )
+            lang = language(request, ctx.settings)
+            return self._page(request, "openid4vp_demo_wallet.html", context, lang)
 
         @router.get("/demo-wallet", response_class=HTMLResponse, include_in_schema=False)
         async def demo_wallet(request: Request, link: str = Query(max_length=2000)) -> Response:
