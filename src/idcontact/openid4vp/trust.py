@@ -30,6 +30,7 @@ from joserfc.jwk import ECKey
 from idcontact.openid4vp.errors import MalformedPresentationError, UntrustedIssuerError
 
 MAX_CHAIN = 5
+MAX_CACHED_CHAINS = 1000
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,14 @@ def sha256_b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(digest.finalize()).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True)
+class _CheckedChain:
+    leaf: x509.Certificate
+    key: IssuerKey
+    valid_from: float
+    valid_until: float
+
+
 class IssuerTrust:
     """The configured trust anchors and DIDs; finds and checks the key of a credential."""
 
@@ -167,8 +176,33 @@ class IssuerTrust:
         self.anchors = list(anchors)
         self._did_jwk = {d: did_jwk_key(d) for d in dids}
         self._did_web: dict[str, list[ECKey]] = {}
+        self._chains: dict[tuple[str, ...], _CheckedChain] = {}
         for did, keys in (did_web or {}).items():
             self._did_web[did] = [ECKey.import_key(dict(k)) for k in keys]
+
+    def _chain_key(self, x5c: object, now: float) -> tuple[x509.Certificate, IssuerKey]:
+        """The leaf and its key, once the chain is checked; a chain seen before is not checked
+        again while all its certificates are valid (signatures do not change with time)."""
+        cache_key = (
+            tuple(x5c) if isinstance(x5c, list) and all(isinstance(c, str) for c in x5c) else None
+        )
+        hit = self._chains.get(cache_key) if cache_key is not None else None
+        if hit is not None and hit.valid_from <= now <= hit.valid_until:
+            return hit.leaf, hit.key
+        chain = parse_x5c(x5c)
+        verify_chain(chain, self.anchors, now)
+        leaf = chain[0]
+        found = IssuerKey(ec_key_of(leaf), display_name(leaf))
+        if cache_key is not None:
+            if len(self._chains) >= MAX_CACHED_CHAINS:
+                self._chains.pop(next(iter(self._chains)))
+            self._chains[cache_key] = _CheckedChain(
+                leaf,
+                found,
+                max(c.not_valid_before_utc.timestamp() for c in chain),
+                min(c.not_valid_after_utc.timestamp() for c in chain),
+            )
+        return leaf, found
 
     def key_for(
         self, header: Mapping[str, Any], payload: Mapping[str, Any], now: float
@@ -176,15 +210,13 @@ class IssuerTrust:
         """The key that must have signed a credential with this header and payload."""
         iss = payload.get("iss")
         if "x5c" in header:
-            chain = parse_x5c(header["x5c"])
-            verify_chain(chain, self.anchors, now)
-            leaf = chain[0]
+            leaf, found = self._chain_key(header["x5c"], now)
             if isinstance(iss, str) and iss.startswith("https://"):
                 # An https issuer must be the one the certificate names (SD-JWT VC §3.5).
                 host = urlsplit(iss).hostname or ""
                 if host not in dns_names(leaf) and iss not in uri_names(leaf):
                     raise UntrustedIssuerError("The issuer's certificate does not name it")
-            return IssuerKey(ec_key_of(leaf), display_name(leaf))
+            return found
         if isinstance(iss, str) and iss.startswith("did:"):
             kid = header.get("kid")
             if kid is not None and (not isinstance(kid, str) or kid.split("#", 1)[0] != iss):
