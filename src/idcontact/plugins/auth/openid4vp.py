@@ -421,11 +421,10 @@ class OpenID4VPAuthPlugin:
             return txn
         try:
             values, origin = await self._verify(txn, payload.get("vp_token"))
-        except PresentationError as exc:
+        except (PresentationError, PresentationTooLargeError) as exc:
+            # The reason only: never a value, a token or the nonce.
+            log.info("openid4vp: presentation refused", extra={"reason": exc.slug})
             txn.problem = exc.slug
-            raise
-        except PresentationTooLargeError:
-            txn.problem = "invalid"
             raise
         result = AuthResult(status="success", attributes=values, provenance=origin)
         target = await deliver(self._ctx, result, txn.start)
