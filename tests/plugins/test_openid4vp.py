@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -19,6 +20,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from joserfc import jws
 from joserfc.jwk import ECKey
 from sqlalchemy import text
 
@@ -26,6 +28,7 @@ from idcontact.errors import ConfigError
 from idcontact.openid4vp.holder import Credential, Request, Wallet
 from idcontact.openid4vp.sdjwt import b64url
 from tests.conftest import CANARY_BSN, PUBLIC, AppFactory, Instance, path_of
+from tests.live import serve
 from tests.openid4vp.support import (
     ADDRESS,
     FAMILY,
@@ -37,6 +40,7 @@ from tests.openid4vp.support import (
     make_pki,
     plugin_config,
     wallet_settings,
+    x5c,
     x509_issuer,
 )
 
@@ -459,3 +463,49 @@ async def test_an_x509_hash_client_id_names_our_leaf_certificate(
     w2, asked2, _ = await opened(inst, [pki.issuer.credential()])
     wrong = await w2.respond(asked2, w2.presentations(asked2, aud="x509_san_dns:testserver"))
     assert wrong.status_code == 400 and wrong.json()["type"].endswith("/wrong-audience")
+
+
+async def test_with_status_lists_a_revoked_credential_is_refused_and_a_valid_one_accepted(
+    make_app: AppFactory, tmp_path: Path, pki: Pki
+) -> None:
+    """The issuer publishes its Token Status List over real HTTP (127.0.0.1); entry 0 is
+    valid, entry 1 revoked."""
+    issuer = pki.issuer
+    with serve(lambda base: _status_list_app(issuer, base)) as lists:
+        uri = f"{lists}/status/1"
+        inst = await make_app(wallet_settings(tmp_path, plugin_config(pki, check_status=True)))
+        for idx, expected in ((1, 400), (0, 200)):
+            status = {"status_list": {"idx": idx, "uri": uri}}
+            w, asked, _ = await opened(inst, [issuer.credential(status=status)])
+            answer = await w.respond(asked, w.presentations(asked))
+            assert answer.status_code == expected, answer.text
+            if expected == 400:
+                assert answer.json()["type"].endswith("/credential-revoked")
+                assert await delivered(inst) == 0
+        assert await delivered(inst) == 1
+
+
+def _status_list_app(issuer: Any, base: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def status_list(request: Any) -> Response:
+        uri = f"{base}/status/1"
+        payload = {
+            "iss": issuer.iss,
+            "sub": uri,
+            "iat": int(time.time()),
+            "ttl": 60,
+            # bits = 1: entry 0 valid, entry 1 revoked (0b10).
+            "status_list": {"bits": 1, "lst": b64url(zlib.compress(bytes([0b10])))},
+        }
+        token = jws.serialize_compact(
+            {"alg": "ES256", "typ": "statuslist+jwt", "x5c": x5c(*issuer.chain)},
+            json.dumps(payload).encode(),
+            issuer.key,
+            algorithms=["ES256"],
+        )
+        return Response(token, media_type="application/statuslist+jwt")
+
+    return Starlette(routes=[Route("/status/1", status_list)])
