@@ -509,3 +509,27 @@ def _status_list_app(issuer: Any, base: str) -> Any:
         return Response(token, media_type="application/statuslist+jwt")
 
     return Starlette(routes=[Route("/status/1", status_list)])
+
+
+async def test_hostile_answers_are_clear_problems(
+    make_app: AppFactory, tmp_path: Path, pki: Pki
+) -> None:
+    inst = await make_app(
+        wallet_settings(tmp_path, plugin_config(pki, response_mode="direct_post"))
+    )
+    _, asked, _ = await opened(inst, [pki.issuer.credential()])
+    uri = asked.claims["response_uri"]
+    for form in (
+        {"vp_token": "[" * 5_000, "state": "x"},  # a wrong state is refused before parsing
+        {"vp_token": "{}", "state": "\u00e9t\u00e9"},  # not ASCII
+    ):
+        answer = await inst.client.post(uri, data=form)
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["content-type"] == PROBLEM
+    deep = await inst.client.post(
+        uri, data={"vp_token": "[" * 5_000, "state": asked.claims["state"]}
+    )
+    assert deep.status_code == 400 and deep.json()["type"].endswith("/presentation-malformed")
+    json_body = await inst.client.post(uri, json={"vp_token": {}, "state": "x"})
+    assert json_body.status_code == 400
+    assert await delivered(inst) == 0

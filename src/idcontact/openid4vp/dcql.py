@@ -153,7 +153,7 @@ def parse_vp_token(raw: object, plan: Plan) -> dict[str, str]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedPresentationError("vp_token is not JSON") from None
     if not isinstance(raw, dict) or not raw:
         raise MalformedPresentationError("vp_token must be a JSON object")

@@ -133,7 +133,7 @@ def open_response(response: str, key: ECKey) -> dict[str, Any]:
         if opened.headers().get("kid") not in (None, key.kid):
             raise ResponseDecryptionError()
         payload = json.loads(opened.plaintext or b"")
-    except (JoseError, ValueError, TypeError):
+    except (JoseError, ValueError, TypeError, RecursionError):
         raise ResponseDecryptionError() from None
     if not isinstance(payload, dict):
         raise MalformedPresentationError("The response is not a JSON object")

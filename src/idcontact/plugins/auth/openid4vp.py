@@ -365,6 +365,13 @@ class OpenID4VPAuthPlugin:
             ctx.templates, request, name, context, tenant=ctx.tenant, lang=lang, carries_token=True
         )
 
+    def _live(self, request_id: str) -> Transaction | None:
+        """The transaction of a ``request_uri`` / ``response_uri``, unless it has expired."""
+        txn = self._requests.get(request_id)
+        if txn is None or self._clock() - txn.created > self._config.transaction_lifetime:
+            return None
+        return txn
+
     def _drop(self, flow: str, txn: Transaction) -> None:
         self._flows.pop(flow, None)
         self._requests.pop(txn.request_id, None)
@@ -399,8 +406,8 @@ class OpenID4VPAuthPlugin:
     async def receive(self, request_id: str, form: Mapping[str, str]) -> Transaction:
         """Verify a wallet's answer to ``request_id`` and deliver the attributes; the first
         answer, good or bad, uses up the transaction's ``state``."""
-        txn = self._requests.get(request_id)
-        if txn is None or self._clock() - txn.created > self._config.transaction_lifetime:
+        txn = self._live(request_id)
+        if txn is None:
             raise UnknownTransactionError()
         if txn.answered:
             raise StateUsedError()
@@ -413,7 +420,9 @@ class OpenID4VPAuthPlugin:
         else:
             payload = dict(form)
         state = payload.get("state")
-        if not isinstance(state, str) or not secrets.compare_digest(state, txn.state):
+        if not isinstance(state, str) or not secrets.compare_digest(
+            state.encode(), txn.state.encode()
+        ):
             raise UnknownTransactionError("The state does not match this request")
         txn.answered = True
         if "error" in payload:
@@ -494,7 +503,7 @@ class OpenID4VPAuthPlugin:
         )
         async def request_uri(request_id: str) -> Response:
             """The signed request object, served once (the wallet's GET of ``request_uri``)."""
-            txn = self._requests.get(request_id)
+            txn = self._live(request_id)
             if txn is None or txn.fetched or txn.answered:
                 raise NotFoundError("This request is unknown or was fetched already")
             txn.fetched = True
