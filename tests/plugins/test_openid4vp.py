@@ -88,6 +88,15 @@ async def delivered(inst: Instance) -> int:
     return await db.run(count)
 
 
+def assert_problem(answer: httpx.Response, slug: str, status: int = 400) -> None:
+    """A problem+json answer of type ``slug`` that shows no value of the resident."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.json()["type"].endswith("/" + slug)
+    for value in (CANARY_BSN, GIVEN, FAMILY):
+        assert value not in answer.text
+
+
 def db_bytes(inst: Instance) -> bytes:
     url = inst.settings.resolved_database_url
     path = Path(url.split("///", 1)[1])
@@ -149,7 +158,7 @@ async def test_a_resident_presents_encrypted_and_only_the_asked_attributes_arriv
         assert needle not in caplog.text
     # The answer's state is used up.
     again = await w.respond(asked, w.presentations(asked))
-    assert again.status_code == 400 and again.json()["type"].endswith("/state-used")
+    assert_problem(again, "state-used")
 
 
 async def test_plain_direct_post_with_a_did_client_id_and_a_did_issuer(
@@ -234,15 +243,12 @@ async def test_a_bad_presentation_is_a_clear_problem_and_stores_nothing(
     )
     w, asked, page_url = await opened(inst, [pki.issuer.credential()])
     answer = await w.respond(asked, CASES[slug](w, asked))
-    assert answer.status_code == (413 if slug == "presentation-too-large" else 400), answer.text
-    assert answer.headers["content-type"] == PROBLEM
-    assert answer.json()["type"].endswith("/" + slug)
-    for value in (CANARY_BSN, GIVEN, asked.nonce):
-        assert value not in answer.text
+    assert_problem(answer, slug, 413 if slug == "presentation-too-large" else 400)
+    assert asked.nonce not in answer.text
     assert await delivered(inst) == 0
     # The state is used up: a good answer after a bad one is refused too.
     retry = await w.respond(asked, w.presentations(asked))
-    assert retry.status_code == 400 and retry.json()["type"].endswith("/state-used")
+    assert_problem(retry, "state-used")
     assert await delivered(inst) == 0
     # The resident's page says it failed, with "try again".
     failed = await inst.client.get(page_url + "/done")
@@ -276,9 +282,7 @@ async def test_an_untrusted_or_expired_credential_is_refused(
         ]
     }
     answer = await w.respond(asked, token)
-    assert answer.status_code == 400, answer.text
-    assert answer.headers["content-type"] == PROBLEM
-    assert answer.json()["type"].endswith("/" + slug)
+    assert_problem(answer, slug)
     assert await delivered(inst) == 0
 
 
@@ -292,8 +296,7 @@ async def test_an_encrypted_answer_to_another_key_and_unknown_requests_are_refus
     other["client_metadata"] = {**other["client_metadata"], "jwks": {"keys": [stranger]}}
     forged = Request(asked.client_id, other, asked.verified_by, asked.token)
     answer = await w.respond(forged, w.presentations(asked))
-    assert answer.status_code == 400
-    assert answer.json()["type"].endswith("/response-decryption-failed")
+    assert_problem(answer, "response-decryption-failed")
     plain = await inst.client.post(
         asked.claims["response_uri"], data={"vp_token": "{}", "state": "x"}
     )
@@ -301,7 +304,7 @@ async def test_an_encrypted_answer_to_another_key_and_unknown_requests_are_refus
     unknown = await inst.client.post(
         "/auth/eudi/response/nonsense", data={"vp_token": "{}", "state": "x"}
     )
-    assert unknown.status_code == 400 and unknown.json()["type"].endswith("/unknown-transaction")
+    assert_problem(unknown, "unknown-transaction")
     assert (await inst.client.get("/auth/eudi/request/nonsense")).status_code == 404
     assert await delivered(inst) == 0
 
@@ -462,7 +465,7 @@ async def test_an_x509_hash_client_id_names_our_leaf_certificate(
     # A presentation bound to the x509_san_dns spelling of us is not for this client id.
     w2, asked2, _ = await opened(inst, [pki.issuer.credential()])
     wrong = await w2.respond(asked2, w2.presentations(asked2, aud="x509_san_dns:testserver"))
-    assert wrong.status_code == 400 and wrong.json()["type"].endswith("/wrong-audience")
+    assert_problem(wrong, "wrong-audience")
 
 
 async def test_with_status_lists_a_revoked_credential_is_refused_and_a_valid_one_accepted(
@@ -529,7 +532,7 @@ async def test_hostile_answers_are_clear_problems(
     deep = await inst.client.post(
         uri, data={"vp_token": "[" * 5_000, "state": asked.claims["state"]}
     )
-    assert deep.status_code == 400 and deep.json()["type"].endswith("/presentation-malformed")
+    assert_problem(deep, "presentation-malformed")
     json_body = await inst.client.post(uri, json={"vp_token": {}, "state": "x"})
     assert json_body.status_code == 400
     assert await delivered(inst) == 0

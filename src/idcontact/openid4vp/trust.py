@@ -134,20 +134,22 @@ def display_name(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
 
 
-def dns_names(cert: x509.Certificate) -> list[str]:
+def _san(
+    cert: x509.Certificate, kind: type[x509.DNSName | x509.UniformResourceIdentifier]
+) -> list[str]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    return [str(n) for n in san.get_values_for_type(kind)]
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    return _san(cert, x509.DNSName)
 
 
 def uri_names(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(n) for n in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    return _san(cert, x509.UniformResourceIdentifier)
 
 
 def sha256_b64url(data: bytes) -> str:
