@@ -117,8 +117,13 @@ async def test_a_resident_presents_encrypted_and_only_the_asked_attributes_arriv
     claims = asked.claims
     assert asked.client_id == "x509_san_dns:testserver" and asked.verified_by == "x509"
     assert claims["response_mode"] == "direct_post.jwt"
-    assert claims["client_metadata"]["jwks"]["keys"][0]["kty"] == "EC"
-    assert "d" not in claims["client_metadata"]["jwks"]["keys"][0]
+    key = claims["client_metadata"]["jwks"]["keys"][0]
+    assert key["kty"] == "EC" and key["alg"] == "ECDH-ES" and key["kid"] and "d" not in key
+    assert claims["client_metadata"]["vp_formats_supported"]["dc+sd-jwt"] == {
+        "sd-jwt_alg_values": ["ES256"],
+        "kb-jwt_alg_values": ["ES256"],
+    }
+    assert claims["response_type"] == "vp_token" and claims["nonce"] != claims["state"]
     assert claims["dcql_query"] == {
         "credentials": [
             {
@@ -464,6 +469,10 @@ async def test_an_x509_hash_client_id_names_our_leaf_certificate(
     assert await delivered(inst) == 1
     # A presentation bound to the x509_san_dns spelling of us is not for this client id.
     w2, asked2, _ = await opened(inst, [pki.issuer.credential()])
+    # Each transaction has its own encryption key, state and nonce.
+    first, second = asked.claims, asked2.claims
+    assert first["client_metadata"]["jwks"] != second["client_metadata"]["jwks"]
+    assert first["state"] != second["state"] and first["nonce"] != second["nonce"]
     wrong = await w2.respond(asked2, w2.presentations(asked2, aud="x509_san_dns:testserver"))
     assert_problem(wrong, "wrong-audience")
 
