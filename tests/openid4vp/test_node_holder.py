@@ -13,12 +13,13 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from joserfc.jwk import ECKey
 
 from idcontact.app import create_app, services_of
 from idcontact.openid4vp.trust import did_jwk_of
 from tests.live import serve
-from tests.openid4vp.support import PID, make_pki, plugin_config, wallet_settings
+from tests.openid4vp.support import PID, make_pki, plugin_config, wallet_settings, x5c
 from tests.services import node_holder
 
 START = {"purpose": "report_move", "auth_method": "eudi", "comm_method": "demo"}
@@ -45,16 +46,21 @@ def _holder(stdin: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def test_a_node_holder_presents_to_our_verifier(tmp_path: Path) -> None:
+@pytest.mark.parametrize("issued_by", ["did:jwk", "x5c"])
+def test_a_node_holder_presents_to_our_verifier(tmp_path: Path, issued_by: str) -> None:
     node_holder()  # skip (locally) or fail (CI) before starting a server
-    issuer = ECKey.generate_key("P-256")
-    did = did_jwk_of(issuer)
+    pki = make_pki(tmp_path)
+    if issued_by == "x5c":  # an issuer certificate under our configured trust anchor
+        issuer, iss, chain = pki.issuer.key, pki.issuer.iss, x5c(*pki.issuer.chain)
+    else:
+        issuer = ECKey.generate_key("P-256")
+        iss, chain = did_jwk_of(issuer), None
     config = plugin_config(
-        make_pki(tmp_path),
+        pki,
         client_id_prefix="decentralized_identifier",
         development=True,
         response_mode="direct_post",
-        trusted_dids=[did],
+        trusted_dids=[iss] if chain is None else [],
         request_key=None,
         certificate_chain=None,
     )
@@ -74,9 +80,10 @@ def test_a_node_holder_presents_to_our_verifier(tmp_path: Path) -> None:
             {
                 "link": link,
                 "issuer_jwk": issuer.as_dict(private=True),
-                "iss": did,
+                "iss": iss,
                 "vct": PID,
                 "claims": CLAIMS,
+                "x5c": chain,
             }
         )
         assert answer["asked"] == ["given_name", "family_name", "bsn"]

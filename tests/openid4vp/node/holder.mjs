@@ -4,7 +4,7 @@
 // request_uri, check its signature against the did:jwk client identifier, present the asked
 // claims with a key-binding JWT and post them (direct_post).
 //
-// Input (stdin, JSON): {link, issuer_jwk, iss, vct, claims}; output (stdout, JSON):
+// Input (stdin, JSON): {link, issuer_jwk, iss, vct, claims, x5c?}; output (stdout, JSON):
 // {status, body, asked} — the response_uri's answer and the claim names that were asked.
 import { SDJwtVcInstance } from "@sd-jwt/sd-jwt-vc";
 import { ES256, digest, generateSalt } from "@sd-jwt/crypto-nodejs";
@@ -67,7 +67,7 @@ async function main() {
       ...input.claims,
     },
     { _sd: Object.keys(input.claims) },
-    { header: { typ: "dc+sd-jwt", kid: `${input.iss}#0` } },
+    { header: input.x5c ? { typ: "dc+sd-jwt", x5c: input.x5c } : { typ: "dc+sd-jwt", kid: `${input.iss}#0` } },
   );
   const frame = Object.fromEntries(asked.map((name) => [name, true]));
   const presentation = await sdjwt.present(credential, frame, {
