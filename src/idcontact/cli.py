@@ -157,16 +157,15 @@ def _migrate(settings: Settings) -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def check_config(file: Path) -> None:
     """Validate FILE; exit non-zero with the reason when it is invalid."""
-    problems: list[str] = []
     try:
         settings = load_settings(file)
+        problems = [p for t in settings.all_tenants for p in _plugin_checks(settings, t)]
         for index, tenant in enumerate(settings.all_tenants):
             # The default tenant is the root of the file; the others are tenants[i].
             where = "" if index == 0 else f"tenants[{index - 1}]."
             _load_keys(tenant, where)
             if tenant.klantinteracties is not None:  # its token file must be readable
                 tenant.klantinteracties.read_token(f"{where}klantinteracties")
-            problems += _plugin_checks(settings, tenant)
     except ConfigError as exc:
         _fail(exc)
         return
