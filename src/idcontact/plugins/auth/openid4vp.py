@@ -328,12 +328,15 @@ class OpenID4VPAuthPlugin:
     # -- transactions ---------------------------------------------------------------------
 
     def _forget_old(self) -> None:
+        """Drop expired transactions; flows are in creation order, so only the oldest are
+        looked at."""
         now = self._clock()
         lifetime = self._config.transaction_lifetime
-        for flow, txn in list(self._flows.items()):
-            if now - txn.created > lifetime:
-                del self._flows[flow]
-                self._requests.pop(txn.request_id, None)
+        while self._flows:
+            flow, txn = next(iter(self._flows.items()))
+            if now - txn.created <= lifetime:
+                break
+            self._drop(flow, txn)
 
     def _begin(self, start: StartAuthRequest, lang: str) -> str:
         self._forget_old()
