@@ -131,6 +131,25 @@ def xmlsec1() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class NodeHolder:
+    """The independent SD-JWT VC holder of ``tests/openid4vp/node`` (npm ``@sd-jwt/sd-jwt-vc``)."""
+
+    node: str
+    script: Path
+
+
+def node_holder() -> NodeHolder:
+    """Node and the holder's npm packages, installed by ``bash scripts/holder``."""
+    directory = Path(__file__).parent / "openid4vp" / "node"
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed; run `bash scripts/holder`")
+    if not (directory / "node_modules" / "@sd-jwt" / "sd-jwt-vc").is_dir():
+        _unavailable("@sd-jwt/sd-jwt-vc is not installed; run `bash scripts/holder`")
+    return NodeHolder(node, directory / "holder.mjs")
+
+
 def _service_url(
     env: str, label: str, script: str, *, default_port: int, export: str | None = None
 ) -> str:

@@ -20,6 +20,7 @@ from idcontact.plugins.auth.digid import (
     SamlSettings,
     TlsClient,
 )
+from idcontact.plugins.auth.openid4vp import OpenID4VPConfig, SourceConfig
 from idcontact.settings import (
     AgentSso,
     AuthMethod,
@@ -79,6 +80,8 @@ MODELS: list[type[BaseModel]] = [
     BrpSettings,
     BrpAttribute,
     TlsClient,
+    OpenID4VPConfig,
+    SourceConfig,
 ]
 
 

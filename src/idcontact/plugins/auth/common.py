@@ -4,7 +4,7 @@ and encrypted result to the comm side."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Collection, Container, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -16,6 +16,7 @@ from idcontact.plugins.base import PluginContext
 from idcontact.tokens import AuthResult
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 class StartAuthRequest(BaseModel):
@@ -46,10 +47,7 @@ class UnknownAttributeError(BadRequestError):
     title = "This auth method cannot provide the requested attributes"
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def plugin_settings(model: type[M], ctx: PluginContext, config: dict[str, Any]) -> M:
+def plugin_settings(model: type[M], ctx: PluginContext, config: Mapping[str, Any]) -> M:
     """A plugin's ``[plugins.auth.<tag>]`` validated, or a ConfigError naming the setting
     (never its value)."""
     try:
@@ -58,6 +56,30 @@ def plugin_settings(model: type[M], ctx: PluginContext, config: dict[str, Any]) 
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"plugins.auth.{ctx.method.tag}.{where}: {first['msg']}") from None
+
+
+def check_provides(ctx: PluginContext, mapped: Collection[str]) -> None:
+    """The method's ``provides`` is set, and each tag in it is mapped in its settings."""
+    provides = getattr(ctx.method, "provides", None)
+    missing = sorted(set(provides or ()) - set(mapped))
+    if provides is None or missing:
+        raise ConfigError(
+            f"auth_methods ({ctx.method.tag}).provides: list the attribute tags this method "
+            "proves, each mapped in its plugin settings' attributes"
+            + (f" (not mapped: {', '.join(missing)})" if missing else "")
+        )
+
+
+def provenance(ctx: PluginContext, **detail: str) -> dict[str, str]:
+    """Where attributes come from, for the agent: the method, its assurance, and ``detail``
+    (issuer, credential)."""
+    method = ctx.method
+    return {
+        "method": method.tag,
+        "method_name": method.name,
+        "assurance": getattr(method, "assurance", "low"),
+        **detail,
+    }
 
 
 def check_keys(ctx: PluginContext, name: str) -> None:

@@ -23,6 +23,7 @@ from idcontact.plugins.auth.common import (
     StartAuthRequest,
     check_keys,
     deliver,
+    provenance,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
@@ -94,12 +95,7 @@ class DemoAuthPlugin:
                 result = AuthResult(
                     status="success",
                     attributes={a: self._values[a] for a in pending.attributes},
-                    provenance={
-                        "method": ctx.method.tag,
-                        "method_name": ctx.method.name,
-                        "assurance": getattr(ctx.method, "assurance", "low"),
-                        "issuer": "demo",
-                    },
+                    provenance=provenance(ctx, issuer="demo"),
                     session_url=(
                         f"{ctx.internal_base}/session/{secrets.token_urlsafe(16)}"
                         if self._session_feedback

@@ -48,8 +48,10 @@ from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
     check_keys,
+    check_provides,
     deliver,
     plugin_settings,
+    provenance,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
@@ -139,14 +141,7 @@ class YiviAuthPlugin:
     ) -> None:
         check_keys(ctx, "yivi")
         self._config = plugin_settings(YiviConfig, ctx, config)
-        provides = getattr(ctx.method, "provides", None)
-        missing = sorted(set(provides or ()) - set(self._config.attributes))
-        if provides is None or missing:
-            raise ConfigError(
-                f"auth_methods ({ctx.method.tag}).provides: list the attribute tags this method "
-                "proves, each mapped in its plugin settings' attributes"
-                + (f" (not mapped: {', '.join(missing)})" if missing else "")
-            )
+        check_provides(ctx, self._config.attributes)
         self._ctx = ctx
         self._clock = clock
         self._backend = self._make_backend()
@@ -225,16 +220,13 @@ class YiviAuthPlugin:
             for a in conjunction if isinstance(conjunction, list) else []:
                 if isinstance(a, dict) and isinstance(a.get("id"), str):
                     credentials[a["id"].rsplit(".", 1)[0]] = int(a.get("issuancetime") or 0)
-        method = self._ctx.method
-        return {
-            "method": method.tag,
-            "method_name": method.name,
-            "assurance": getattr(method, "assurance", "low"),
-            "issuer": ", ".join(sorted({c.rsplit(".", 1)[0] for c in credentials})),
-            "credential": ", ".join(
+        return provenance(
+            self._ctx,
+            issuer=", ".join(sorted({c.rsplit(".", 1)[0] for c in credentials})),
+            credential=", ".join(
                 f"{c} ({_date(t)})" if t else c for c, t in sorted(credentials.items())
             ),
-        }
+        )
 
     # -- pending flows --------------------------------------------------------------------
 
