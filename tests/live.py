@@ -11,12 +11,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from idcontact.app import create_app
@@ -35,11 +40,39 @@ def served(tmp_path: Path, **overrides: Any) -> Iterator[str]:
         yield url
 
 
+@dataclass
+class Receiver:
+    """Another system's HTTP endpoint (an archive, an SMS gateway), as far as we see it: it
+    answers ``status`` and keeps what it got."""
+
+    url: str = ""
+    status: int = 500
+    received: list[tuple[dict[str, str], Any]] = field(default_factory=list)
+
+
 @contextmanager
-def serve(make: Callable[[str], ASGIApp]) -> Iterator[str]:
-    """The app ``make(base_url)`` behind uvicorn on a free port; stopped (and joined) on exit."""
-    port = free_port()
-    base = f"http://{HOST}:{port}"
+def receiving(status: int = 500) -> Iterator[Receiver]:
+    """A :class:`Receiver` behind a real server, taking JSON POSTs at ``url``."""
+    r = Receiver(status=status)
+
+    async def take(request: Request) -> JSONResponse:
+        r.received.append((dict(request.headers), await request.json()))
+        return JSONResponse({}, status_code=r.status)
+
+    with serve(lambda base: Starlette(routes=[Route("/receive", take, methods=["POST"])])) as url:
+        r.url = f"{url}/receive"
+        yield r
+
+
+@contextmanager
+def serve(
+    make: Callable[[str], ASGIApp], *, port: int | None = None, **options: Any
+) -> Iterator[str]:
+    """The app ``make(base_url)`` behind uvicorn on a free port (or ``port``); stopped (and
+    joined) on exit. ``options`` go to ``uvicorn.Config`` (``ssl_certfile`` makes it https)."""
+    port = port or free_port()
+    scheme = "https" if options.get("ssl_certfile") else "http"
+    base = f"{scheme}://{HOST}:{port}"
     app = make(base)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -50,6 +83,7 @@ def serve(make: Callable[[str], ASGIApp]) -> Iterator[str]:
             lifespan="on",
             ws="none",
             timeout_graceful_shutdown=5,
+            **options,
         )
     )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)

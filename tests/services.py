@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,36 @@ def turn_server() -> Turn:
     if not secret_file.is_file():
         _unavailable(f"The TURN server's secret: {TURN_SECRET_ENV} is not set or no file; {how}")
     return Turn(url, host, port, secret_file)
+
+
+def xmlsec1() -> str:
+    """The ``xmlsec1`` binary that pysaml2 signs and verifies SAML with (Debian ``xmlsec1``)."""
+    found = shutil.which("xmlsec1")
+    if found is None:
+        _unavailable(
+            "xmlsec1 is not installed: run `bash scripts/test` (it installs the Debian package) "
+            "or `apt-get install xmlsec1`"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class NodeHolder:
+    """The independent SD-JWT VC holder of ``tests/openid4vp/node`` (npm ``@sd-jwt/sd-jwt-vc``)."""
+
+    node: str
+    script: Path
+
+
+def node_holder() -> NodeHolder:
+    """Node and the holder's npm packages, installed by ``bash scripts/holder``."""
+    directory = Path(__file__).parent / "openid4vp" / "node"
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed; run `bash scripts/holder`")
+    if not (directory / "node_modules" / "@sd-jwt" / "sd-jwt-vc").is_dir():
+        _unavailable("@sd-jwt/sd-jwt-vc is not installed; run `bash scripts/holder`")
+    return NodeHolder(node, directory / "holder.mjs")
 
 
 def _service_url(

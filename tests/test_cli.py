@@ -68,7 +68,7 @@ def test_check_config_demo_ok(runner: CliRunner) -> None:
     result = runner.invoke(main, ["check-config", str(DEMO_CONFIG)])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("OK")
-    assert "3 purposes, 2 auth methods, 5 comm methods" in result.stdout
+    assert "3 purposes, 3 auth methods, 5 comm methods" in result.stdout
     assert (
         "phone (default): chance that guessing links a call to someone's live code: 5.0e-07 per day"
         in result.stdout

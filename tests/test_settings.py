@@ -83,15 +83,15 @@ def load_error(tmp_path: Path, text: str) -> str:
 def test_demo_config_loads() -> None:
     settings = load_settings(DEMO_CONFIG)
     assert [p.tag for p in settings.purposes] == ["report_move", "waste_collection", "senior_pass"]
-    assert [m.tag for m in settings.auth_methods] == ["demo", "yivi"]
+    assert [m.tag for m in settings.auth_methods] == ["demo", "yivi", "wallet"]
     assert [m.tag for m in settings.comm_methods] == ["demo", "chat", "form", "phone", "video"]
     # "*" is expanded at load time: no wildcard survives into the model. Yivi proves names,
-    # the BSN and addresses in the demo, not a birth year.
+    # the BSN and addresses in the demo, not a birth year; the demo EU wallet proves all.
     offered = {p.tag: p.allowed_auth for p in settings.purposes}
     assert offered == {
-        "report_move": ("demo", "yivi"),
-        "waste_collection": ("demo", "yivi"),
-        "senior_pass": ("demo",),
+        "report_move": ("demo", "yivi", "wallet"),
+        "waste_collection": ("demo", "yivi", "wallet"),
+        "senior_pass": ("demo", "wallet"),
     }
     # The contact form only where the data identifies the resident (the answer is read by
     # identifying again as the same person).

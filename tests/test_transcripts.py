@@ -6,47 +6,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from idcontact.app import create_app
 from idcontact.errors import ConfigError
 from idcontact.settings import Settings
 from tests.conftest import CANARY_BSN, CANARY_NAME, PUBLIC, demo_settings
-from tests.live import serve
+from tests.live import Receiver, receiving
 from tests.plugins.test_chat import TestClient, resident_in_line, services
 
 CANARY = "Canary-Transcript-Text-3Rv8"
 TOKEN = "receiver-token-which-must-stay-secret"
 
 
-@dataclass
-class Receiver:
-    """The municipality's customer-contact system, as far as a hand-over sees it."""
-
-    url: str = ""
-    status: int = 500
-    received: list[tuple[dict[str, str], Any]] = field(default_factory=list)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-
-    async def take(request: Request) -> JSONResponse:
-        r.received.append((dict(request.headers), await request.json()))
-        return JSONResponse({}, status_code=r.status)
-
-    with serve(lambda base: Starlette(routes=[Route("/archive", take, methods=["POST"])])) as url:
-        r.url = f"{url}/archive"
+    with receiving() as r:
         yield r
 
 

@@ -53,6 +53,7 @@ from idcontact.ops import (
 from idcontact.phone.ari import AriClient
 from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import LinkCodes
+from idcontact.phone.sms import SmsGateway
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
 from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.queues import QueueService
@@ -61,6 +62,7 @@ from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
 from idcontact.storage.audit import retire, seal
 from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
+from idcontact.storage.once import DatabaseOneTime, OneTime
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
 from idcontact.transcripts import TranscriptKeeper, load_hand_over
@@ -364,6 +366,8 @@ def create_app(
             plugin_classes=plugin_classes,
             clock=clock,
             irma=irma.sessions if irma else None,
+            once=DatabaseOneTime(db) if db is not None else None,
+            closers=closers,
         )
 
     if db is not None and directory is not None:
@@ -389,6 +393,15 @@ def create_app(
                     if t.agent_sso is not None
                 },
                 registrations=registrations,
+                texts={
+                    t.slug: SmsGateway(
+                        http,
+                        t.phone.sms,
+                        where=f"{'' if t.slug == DEFAULT_TENANT else t.slug + '.'}phone.sms",
+                    )
+                    for t in settings.all_tenants
+                    if t.phone.sms is not None and t.slug in tenants
+                },
             )
         )
 
@@ -515,6 +528,8 @@ def _mount_tenant(
     plugin_classes: Mapping[tuple[Kind, str], type[Plugin]],
     clock: Callable[[], float],
     irma: Sessions | None,
+    once: OneTime | None = None,
+    closers: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> dict[str, Check]:
     """Mount one tenant's plugins, core and pages under its prefix (none for the default);
     return the readiness checks of those with an outside backend."""
@@ -559,8 +574,12 @@ def _mount_tenant(
                 links=services.links if kind == "comm" else None,
                 irma=irma if kind == "auth" else None,
                 starter=starter if kind == "comm" else None,
+                once=once if kind == "auth" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
+            close = getattr(plugin, "aclose", None)  # a plugin's own clients (mutual TLS)
+            if close is not None and closers is not None:
+                closers.append(close)
             router = plugin.router
             if router.prefix != ctx.mount_path:
                 raise ConfigError(

@@ -112,6 +112,8 @@ def serve(
         "access_log": False,
         "log_config": None,
         "server_header": False,
+        # Chat frames are small: compressing each costs more CPU than the bytes it saves.
+        "ws_per_message_deflate": False,
         # Live streams (consoles, waiting rooms) would hold a shutdown up; browsers reconnect.
         "timeout_graceful_shutdown": 5,
     }
@@ -159,15 +161,22 @@ def check_config(file: Path) -> None:
     """Validate FILE; exit non-zero with the reason when it is invalid."""
     try:
         settings = load_settings(file)
+        problems = [p for t in settings.all_tenants for p in _plugin_checks(settings, t)]
         for index, tenant in enumerate(settings.all_tenants):
             # The default tenant is the root of the file; the others are tenants[i].
             where = "" if index == 0 else f"tenants[{index - 1}]."
             _load_keys(tenant, where)
             if tenant.klantinteracties is not None:  # its token file must be readable
                 tenant.klantinteracties.read_token(f"{where}klantinteracties")
+            if tenant.phone.sms is not None:
+                tenant.phone.sms.read_token(f"{where}phone.sms")
     except ConfigError as exc:
         _fail(exc)
         return
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
     click.echo(
         f"OK: {len(settings.all_tenants)} tenant(s), {len(settings.purposes)} purposes, "
         f"{len(settings.auth_methods)} auth methods, {len(settings.comm_methods)} comm methods"
@@ -181,6 +190,22 @@ def check_config(file: Path) -> None:
                 f"{p.failed_link_budget} failed attempts a day, {p.max_linkable_codes} codes "
                 "linkable at once)"
             )
+
+
+def _plugin_checks(settings: Settings, tenant: Tenant) -> list[str]:
+    """What enabled auth plugins with a ``check_config`` class method report (the
+    ``openid4vp`` plugin: each purpose's query against the relying-party certificate)."""
+    from idcontact.plugins.base import load_plugin_class
+
+    problems: list[str] = []
+    for method in tenant.auth_methods:
+        if method.plugin is None:
+            continue
+        check = getattr(load_plugin_class("auth", method.plugin), "check_config", None)
+        if callable(check):
+            found = check(settings, tenant, method.tag)
+            problems += [f"({tenant.slug}) {p}" for p in found]
+    return problems
 
 
 def _load_keys(tenant: Tenant, where: str) -> None:

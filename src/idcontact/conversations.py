@@ -87,6 +87,7 @@ class Conversation:
     identify_purpose: str | None = None
     """The purpose an agent asked the resident to identify for during the conversation."""
     acting_for: bool = False
+    """The agent noted that the resident acts for someone else: the data proves the caller."""
     transfer_to: str | None = None
     """A warm transfer on offer to this agent (until ``transfer_expires``)."""
     transfer_expires: float | None = None
@@ -94,7 +95,6 @@ class Conversation:
     """When the resident asked to be called back instead of waiting."""
     has_session: bool = False
     """The attributes came with a ``session_url``: report the resident's activity there."""
-    """The agent noted that the resident acts for someone else: the data proves the caller."""
     identify_state: str | None = None
     """How far that is: ``asked``, ``started``, ``done``, ``failed``, ``ineligible``,
     ``declined``."""

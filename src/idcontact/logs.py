@@ -73,6 +73,8 @@ CHATTY_LOGGERS = (
 def quiet_libraries() -> None:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pysaml2 puts SAML messages (with the BSN) into its error and debug lines: never log them.
+    logging.getLogger("saml2").setLevel(logging.CRITICAL + 1)
 
 
 class TextFormatter(logging.Formatter):

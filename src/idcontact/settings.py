@@ -282,6 +282,23 @@ class RecordLink(_Model):
         return self.url.format_map({n: quote(str(values[n]), safe="") for n in self.attributes})
 
 
+def _origin(value: str) -> str:
+    """An origin a browser sends and CSP matches: scheme, host and optional port, no path.
+    https only, except the loopback addresses for development."""
+    parts = urlsplit(value)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not local):
+        raise ValueError("must be an https origin, such as https://kiss.gemeente.example")
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be an origin (scheme://host[:port]) without a path")
+    if parts.username or parts.password or not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", parts.netloc):
+        raise ValueError("must be an origin (scheme://host[:port]) without a path")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+EmbedOrigin = Annotated[str, AfterValidator(_origin)]
+
+
 class Transcripts(_Model):
     """What happens to a conversation's messages (chat, video chat, form) when it ends."""
 
@@ -313,16 +330,56 @@ KANALEN: dict[str, str] = {
 """The ``kanaal`` of a klantcontact per channel, unless a tenant names its own."""
 
 
-class Klantinteracties(_Model):
-    """The municipality's Klantinteracties API (Open Klant): where an agent registers a
-    contact, on an explicit action (docs/klantinteracties.md)."""
+class _Api(_Model):
+    """An HTTP API we call with a token: the URL, and the token inline or in a file."""
 
     url: str
-    """The API root, e.g. ``https://openklant.example.nl/klantinteracties/api/v1``."""
     token: SecretStr | None = None
-    """The API token (``Authorization: Token <token>``); or ``token_file``."""
+    """The API token; or ``token_file``."""
     token_file: Path | None = None
     timeout: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> _Api:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("token: set exactly one of token and token_file")
+        return self
+
+    def read_token(self, where: str) -> str:
+        """The token, from the setting or its file; a ConfigError names the setting only."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        try:
+            token = self.token_file.read_text().strip() if self.token_file else ""
+        except OSError:
+            raise ConfigError(f"{where}.token_file: cannot be read") from None
+        if not token:
+            raise ConfigError(f"{where}.token_file: is empty")
+        return token
+
+
+class Sms(_Api):
+    """An SMS gateway, for texting a caller the link to identify during a call
+    (docs/phone.md): ``POST url`` with JSON ``{"to", "from", "text"}`` and
+    ``Authorization: Bearer <token>``."""
+
+    sender: str = Field(default="Gemeente", pattern=r"^[A-Za-z0-9]{1,11}$")
+    """The sender name the resident sees (alphanumeric, at most 11 characters)."""
+
+
+class Klantinteracties(_Api):
+    """The municipality's Klantinteracties API (Open Klant): where an agent registers a
+    contact, on an explicit action (docs/klantinteracties.md). ``url``: the API root, e.g.
+    ``https://openklant.example.nl/klantinteracties/api/v1``; the token is sent as
+    ``Authorization: Token <token>``."""
+
     kanalen: dict[str, str] = Field(default_factory=dict)
     """Channel → ``kanaal`` name, over the defaults (``telefoon``, ``chat``, ``video``,
     ``contactformulier``)."""
@@ -340,17 +397,8 @@ class Klantinteracties(_Model):
     """How long a failing registration is retried; then it is given up and its sealed data
     destroyed (the agent sees why)."""
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
-
     @model_validator(mode="after")
-    def _one_token(self) -> Klantinteracties:
-        if (self.token is None) == (self.token_file is None):
-            raise ValueError("token: set exactly one of token and token_file")
+    def _kanalen(self) -> Klantinteracties:
         for channel, name in self.kanalen.items():
             if not 0 < len(name) <= 50:
                 raise ValueError(f"kanalen.{channel}: 1 to 50 characters")
@@ -359,18 +407,6 @@ class Klantinteracties(_Model):
     def kanaal(self, channel: str | None) -> str:
         channel = channel or "chat"
         return self.kanalen.get(channel) or KANALEN.get(channel, channel)[:50]
-
-    def read_token(self, where: str = "klantinteracties") -> str:
-        """The token, from the setting or its file; a ConfigError names the setting only."""
-        if self.token is not None:
-            return self.token.get_secret_value()
-        try:
-            token = self.token_file.read_text().strip() if self.token_file else ""
-        except OSError:
-            raise ConfigError(f"{where}.token_file: cannot be read") from None
-        if not token:
-            raise ConfigError(f"{where}.token_file: is empty")
-        return token
 
 
 class Phone(_Model):
@@ -414,6 +450,8 @@ class Phone(_Model):
     """Digits of the code an agent reads out to a caller who should identify during the call."""
     identify_code_minutes: int = Field(default=10, ge=1, le=60)
     """How long such a code works (once)."""
+    sms: Sms | None = None
+    """An SMS gateway: the agent can also text the caller a link with that code."""
     webhook_secret: LongSecret | None = None
     """Enables ``/link_phone`` and ``/session_info`` for another contact-centre platform, which
     authenticates with it as a bearer token or an HMAC signature (docs/phone.md)."""
@@ -681,7 +719,9 @@ class TenantFields(_Model):
     """ID Bellen: the phone line and its link codes (docs/phone.md)."""
     transcripts: Transcripts = Transcripts()
     """At the end of a conversation with messages: delete them, or hand them over first."""
-    """ID Bellen: the phone line and its link codes (docs/phone.md)."""
+    embed_origins: tuple[EmbedOrigin, ...] = ()
+    """Origins (``https://kiss.gemeente.example``) of the agent desktops that may show the
+    attribute panel in a frame (``/agent/embed/…``, docs/agent-console.md); unset: none."""
     agent_sso: AgentSso | None = None
     """Agents of this tenant log in through its identity provider (OpenID Connect)."""
     klantinteracties: Klantinteracties | None = None

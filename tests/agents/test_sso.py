@@ -284,10 +284,10 @@ async def test_the_login_returns_to_a_console_page_only(
 async def test_popup_login_tells_the_opener_instead_of_redirecting(browser: Browser) -> None:
     done = await browser.login(popup=True)
     assert done.status_code == 200
-    assert "/static/sso-popup.js" in done.text
+    assert "/static/login-popup.js" in done.text
     assert "http-equiv" not in done.text
     assert done.cookies.get("idc_agent")
-    script = await browser.client.get("/static/sso-popup.js")
+    script = await browser.client.get("/static/login-popup.js")
     assert script.status_code == 200 and "postMessage" in script.text
 
 

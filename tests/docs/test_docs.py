@@ -9,9 +9,18 @@ import pytest
 from pydantic import BaseModel
 
 from idcontact.cli import main
+from idcontact.digid.brp import BrpAttribute
 from idcontact.forms import FormConfig
 from idcontact.keys import KeyConfig
 from idcontact.mail import SmtpConfig
+from idcontact.plugins.auth.digid import (
+    BrpSettings,
+    DigidConfig,
+    OidcSettings,
+    SamlSettings,
+    TlsClient,
+)
+from idcontact.plugins.auth.openid4vp import OpenID4VPConfig, SourceConfig
 from idcontact.settings import (
     AgentSso,
     AuthMethod,
@@ -30,6 +39,7 @@ from idcontact.settings import (
     Queue,
     RecordLink,
     Settings,
+    Sms,
     SsoGroup,
     Telephony,
     Tenant,
@@ -57,6 +67,7 @@ MODELS: list[type[BaseModel]] = [
     RecordLink,
     Transcripts,
     Klantinteracties,
+    Sms,
     Telephony,
     Ops,
     Irma,
@@ -65,6 +76,14 @@ MODELS: list[type[BaseModel]] = [
     SsoGroup,
     FormConfig,
     SmtpConfig,
+    DigidConfig,
+    SamlSettings,
+    OidcSettings,
+    BrpSettings,
+    BrpAttribute,
+    TlsClient,
+    OpenID4VPConfig,
+    SourceConfig,
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from idcontact.agents.directory import Membership
 from tests.conftest import (
     CANARY_BSN,
     CANARY_NAME,
+    PUBLIC,
     AppFactory,
     Instance,
     demo_settings,
@@ -29,6 +30,7 @@ from tests.conftest import (
 )
 from tests.flows.test_console import Agent, enrol
 from tests.flows.test_core_flows import issue
+from tests.live import Receiver, receiving
 from tests.plugins import test_yivi as yivi
 from tests.telephony.pbx import Pbx, observe, pbx
 from tests.telephony.peers import Baresip, SippCall, ports, sipp_call, start_baresip
@@ -626,18 +628,27 @@ def _client(app: Any) -> Any:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC)
 
 
+@pytest.fixture
+def sms_gateway() -> Iterator[Receiver]:
+    with receiving(status=202) as r:
+        yield r
+
+
 async def test_an_agent_has_the_caller_identify_during_the_call(
     make_app: AppFactory,
     tmp_path: Path,
     asterisk: Pbx,
     desk_phones: dict[str, Baresip],
     caplog: pytest.LogCaptureFixture,
+    sms_gateway: Receiver,
 ) -> None:
     """Most residents just call the general number. The agent on the line makes a code and
-    reads it out; the caller types it on the municipality's page, identifies with the demo
-    method, and the data appears in the agent's panel for that very call."""
+    reads it out (and texts the caller a link with it, through the tenant's SMS gateway); the
+    caller opens it on the municipality's page, identifies with the demo method, and the data
+    appears in the agent's panel for that very call."""
     caplog.set_level("DEBUG")
-    instance = await phone_app(make_app, tmp_path, asterisk)
+    phone = {"first_digit_seconds": 3, "sms": {"url": sms_gateway.url, "token": "sms-token"}}
+    instance = await phone_app(make_app, tmp_path, asterisk, phone=phone)
     anna = await agent_at_phone(instance, "anna", "PJSIP/agent1")
     caller = await call(asterisk, tmp_path, "", caller=CALLER)  # no code: the general number
     try:
@@ -656,19 +667,29 @@ async def test_an_agent_has_the_caller_identify_during_the_call(
         panel = await anna.client.get(f"/agent/default/c/{conversation_id}")
         assert "Maak een code om te identificeren" in panel.text and CANARY_NAME not in panel.text
 
+        assert 'name="number"' in panel.text  # the tenant has an SMS gateway
+        typo = await anna.post(
+            f"/agent/default/c/{conversation_id}/identify", purpose="report_move", number="123"
+        )
+        assert typo.status_code == 400 and not sms_gateway.received  # no code spent
         asked = await anna.post(
-            f"/agent/default/c/{conversation_id}/identify", purpose="report_move"
+            f"/agent/default/c/{conversation_id}/identify", purpose="report_move", number=CALLER
         )
         assert asked.status_code == 200
         shown = re.search(r'<strong class="code">([0-9 ]+)</strong>', asked.text)
         assert shown, "the panel shows the code to read out"
         code = shown.group(1)
-        assert "/code" in asked.text
+        assert "/code" in asked.text and "per sms verstuurd" in asked.text
+        ((_, sms),) = sms_gateway.received
+        assert sms["to"] == CALLER and code.replace(" ", "") in sms["text"]
+        link = re.search(r"(http\S+/code\?code=\d+)", sms["text"])
+        assert link and link.group(1).startswith(PUBLIC)
 
-        # The caller, on their phone's browser: the short address, the code, the question.
+        # The caller, on their phone's browser: the link from the text message (the short
+        # address with the code filled in, not yet used), the code, the question.
         resident = instance.client
-        entry = await resident.get("/code", follow_redirects=True)
-        assert entry.status_code == 200 and 'name="code"' in entry.text
+        entry = await resident.get(path_of(link.group(1)), follow_redirects=True)
+        assert entry.status_code == 200 and f'value="{code.replace(" ", "")}"' in entry.text
         wrong = await resident.post("/comm/phone/identify", data={"code": "000000"})
         assert wrong.status_code == 400 and "klopt niet" in wrong.text
         opened = await resident.post("/comm/phone/identify", data={"code": code})

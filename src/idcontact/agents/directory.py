@@ -502,6 +502,48 @@ class AgentDirectory:
 
         return await self._db.run(work, write=True)
 
+    async def hand_off(self, session_id: str, *, seconds: int) -> str | None:
+        """A second session for the agent behind ``session_id``, pending for ``seconds`` until
+        :meth:`take_hand_off` makes it a full one: how a login in a first-party pop-up reaches
+        a panel in another site's frame, whose cookies live in a partition of their own."""
+        agent = await self.session(session_id)
+        if agent is None:
+            return None
+        now = self._clock()
+
+        def work(conn: Connection) -> str:
+            new = self._start_session(conn, agent.agent_id, now, "embed")
+            conn.execute(
+                update(agent_sessions)
+                .where(agent_sessions.c.key == session_key(new))
+                .values(expires_at=now + seconds)
+            )
+            return new
+
+        return await self._db.run(work, write=True)
+
+    async def take_hand_off(self, session_id: str, *, seconds: int) -> bool:
+        """Make a pending hand-off session a full one; once only (a second try finds it
+        full, an old one finds it expired)."""
+        if not session_id or len(session_id) > 100:
+            return False
+        now = self._clock()
+        key = session_key(session_id)
+
+        def work(conn: Connection) -> bool:
+            done = conn.execute(
+                update(agent_sessions)
+                .where(
+                    agent_sessions.c.key == key,
+                    agent_sessions.c.expires_at > now,
+                    agent_sessions.c.expires_at <= agent_sessions.c.created_at + seconds,
+                )
+                .values(expires_at=now + self._session_seconds, last_seen=now)
+            )
+            return bool(done.rowcount)
+
+        return await self._db.run(work, write=True)
+
     async def logout(self, session_id: str) -> None:
         key = session_key(session_id)
         await self._db.run(

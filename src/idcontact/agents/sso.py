@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -99,20 +99,44 @@ class _Cache:
     keys: KeySet | None = None
 
 
-class OidcClient:
-    """One tenant's provider: discovery and JWKS (cached), authorization URL, code exchange,
-    ID token validation."""
+class ProviderConfig(Protocol):
+    """What a relying party needs to know of its provider (``AgentSso`` has it, and so has
+    the DigiD plugin's OIDC broker setting)."""
+
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def scopes(self) -> tuple[str, ...]: ...
+    @property
+    def require_acr(self) -> tuple[str, ...]: ...
+    @property
+    def allow_http(self) -> bool: ...
+    @property
+    def algorithms(self) -> tuple[str, ...]: ...
+    def secret(self) -> str: ...
+
+
+class OidcRelyingParty:
+    """One provider: discovery and JWKS (cached), authorization URL, code exchange, ID token
+    validation. ``seal`` names the purpose of the sealed browser state."""
+
+    seal = SEAL
 
     def __init__(
         self,
-        config: AgentSso,
+        config: ProviderConfig,
         http: httpx.AsyncClient,
         sealer: Sealer,
         clock: Callable[[], float] = time.time,
         *,
         leeway: int = 5,
+        seal: str | None = None,
     ) -> None:
-        self.config = config
+        self.provider = config
+        if seal is not None:
+            self.seal = seal
         self._http = http
         self._sealer = sealer
         self._clock = clock
@@ -145,7 +169,7 @@ class OidcClient:
         cached = self._cache.metadata
         if cached is not None and now - self._cache.metadata_at < METADATA_SECONDS:
             return cached
-        issuer = self.config.issuer
+        issuer = self.provider.issuer
         doc = await self._get_json(
             issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery"
         )
@@ -159,7 +183,7 @@ class OidcClient:
             log.warning("SSO discovery: issuer mismatch or no code flow")
             raise SsoProviderError()
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            if not _allowed_url(str(doc.get(name, "")), self.config.allow_http):
+            if not _allowed_url(str(doc.get(name, "")), self.provider.allow_http):
                 log.warning("SSO discovery: %s is not an https URL", name)
                 raise SsoProviderError()
         self._cache.metadata, self._cache.metadata_at = doc, now
@@ -183,26 +207,30 @@ class OidcClient:
 
     # -- the flow -------------------------------------------------------------------------
 
-    async def begin(self, redirect_uri: str, popup: bool, then: str) -> tuple[str, str]:
+    async def begin(
+        self, redirect_uri: str, popup: bool, then: str, **extra: str
+    ) -> tuple[str, str]:
         """The provider's authorization URL and the sealed state for this browser's cookie;
-        ``then``: where the browser goes after the login (a console path, checked)."""
+        ``then``: where the browser goes after the login (a console path, checked); ``extra``:
+        more request parameters (``acr_values``)."""
         doc = await self.metadata()
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)
         verifier = secrets.token_urlsafe(48)  # 64 characters (RFC 7636 §4.1: 43 to 128)
         url = prepare_grant_uri(
             doc["authorization_endpoint"],
-            self.config.client_id,
+            self.provider.client_id,
             "code",
             redirect_uri=redirect_uri,
-            scope=" ".join(self.config.scopes),
+            scope=" ".join(self.provider.scopes),
             state=state,
             nonce=nonce,
             code_challenge=create_s256_code_challenge(verifier),
             code_challenge_method="S256",
+            **extra,
         )
         sealed = self._sealer.seal(
-            SEAL,
+            self.seal,
             {"s": state, "n": nonce, "v": verifier, "p": popup, "r": redirect_uri, "u": then},
             STATE_SECONDS,
         )
@@ -213,17 +241,17 @@ class OidcClient:
         if not sealed:
             raise SsoError("This login was not started in this browser (or took too long)")
         try:
-            return self._sealer.unseal(SEAL, sealed)
+            return self._sealer.unseal(self.seal, sealed)
         except IdContactError:
             raise SsoError(
                 "This login was not started in this browser (or took too long)"
             ) from None
 
-    async def finish(
+    async def verified_claims(
         self, params: Mapping[str, str], pending: Mapping[str, object], redirect_uri: str
-    ) -> SsoIdentity:
+    ) -> dict[str, Any]:
         """Check the callback against the browser's state, redeem the code, validate the ID
-        token; returns who logged in. Raises SsoError/SsoRefusedError/SsoProviderError."""
+        token; returns its claims. Raises SsoError/SsoRefusedError/SsoProviderError."""
         state = params.get("state", "")
         if pending.get("r") != redirect_uri or not hmac.compare_digest(
             str(pending.get("s", "")).encode(), state.encode()
@@ -240,24 +268,13 @@ class OidcClient:
         if not code or len(code) > 2048:
             raise SsoError("The identity provider sent no authorization code")
         id_token = await self._redeem(code, str(pending.get("v", "")), redirect_uri)
-        claims = await self._validate(id_token, str(pending.get("n", "")))
-        raw_groups = claims.get(self.config.groups_claim, [])
-        if isinstance(raw_groups, str):
-            raw_groups = [raw_groups]
-        groups = (
-            tuple(g for g in raw_groups if isinstance(g, str))
-            if isinstance(raw_groups, list)
-            else ()
-        )
-        name = claims.get(self.config.name_claim)
-        name = name.strip()[:200] if isinstance(name, str) and name.strip() else ""
-        return SsoIdentity(subject_key(self.config.issuer, str(claims["sub"])), name, groups)
+        return await self._validate(id_token, str(pending.get("n", "")))
 
     async def _redeem(self, code: str, verifier: str, redirect_uri: str) -> str:
         doc = await self.metadata()
         # RFC 6749 §2.3.1: client id and secret are form-encoded before HTTP Basic.
         auth = httpx.BasicAuth(
-            quote(self.config.client_id, safe=""), quote(self.config.secret(), safe="")
+            quote(self.provider.client_id, safe=""), quote(self.provider.secret(), safe="")
         )
         body = {
             "grant_type": "authorization_code",
@@ -293,7 +310,7 @@ class OidcClient:
         return id_token
 
     async def _validate(self, id_token: str, nonce: str) -> dict[str, Any]:
-        config = self.config
+        config = self.provider
         try:
             header = json.loads(_b64(id_token.split(".", 1)[0]))
             kid = header.get("kid") if isinstance(header, dict) else None
@@ -336,6 +353,40 @@ class OidcClient:
         if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= 255:
             raise SsoError("The identity provider's answer could not be verified")
         return claims
+
+
+class OidcClient(OidcRelyingParty):
+    """An agent login at the tenant's provider: the groups in the ID token decide the
+    membership."""
+
+    def __init__(
+        self,
+        config: AgentSso,
+        http: httpx.AsyncClient,
+        sealer: Sealer,
+        clock: Callable[[], float] = time.time,
+        *,
+        leeway: int = 5,
+    ) -> None:
+        super().__init__(config, http, sealer, clock, leeway=leeway)
+        self.config = config
+
+    async def finish(
+        self, params: Mapping[str, str], pending: Mapping[str, object], redirect_uri: str
+    ) -> SsoIdentity:
+        """Who logged in (see ``verified_claims``)."""
+        claims = await self.verified_claims(params, pending, redirect_uri)
+        raw_groups = claims.get(self.config.groups_claim, [])
+        if isinstance(raw_groups, str):
+            raw_groups = [raw_groups]
+        groups = (
+            tuple(g for g in raw_groups if isinstance(g, str))
+            if isinstance(raw_groups, list)
+            else ()
+        )
+        name = claims.get(self.config.name_claim)
+        name = name.strip()[:200] if isinstance(name, str) and name.strip() else ""
+        return SsoIdentity(subject_key(self.config.issuer, str(claims["sub"])), name, groups)
 
 
 def _b64(text: str) -> bytes:

@@ -27,6 +27,7 @@ from idcontact.plugins.comm.common import AuthOnlyStarter
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import Method, Settings, Tenant
+from idcontact.storage.once import OneTime
 from idcontact.tokens import TokenIssuer
 
 Kind = Literal["auth", "comm"]
@@ -62,6 +63,9 @@ class PluginContext:
     """Auth plugins: this process's built-in IRMA server (``[irma] enabled``)."""
     starter: AuthOnlyStarter | None = None
     """Comm plugins: start an identification for a resident already in a conversation."""
+    once: OneTime | None = None
+    """Auth plugins: one-time marks against replay, shared by all instances (the database);
+    ``None`` when this instance has no database."""
 
 
 class Plugin(Protocol):

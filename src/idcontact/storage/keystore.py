@@ -90,10 +90,17 @@ class SqliteKeyStore:
         )
 
     async def get(self, conversation_id: str) -> bytes | None:
-        rows = await self._run(
-            "SELECT key FROM data_keys WHERE conversation_id = ? AND expires_at > ?",
-            (conversation_id, time.time()),
-        )
+        sql = "SELECT key FROM data_keys WHERE conversation_id = ? AND expires_at > ?"
+        params = (conversation_id, time.time())
+        # A primary-key read of a hot page takes microseconds, less than the hop to a worker
+        # thread (every chat message reads its key): inline when the connection is free.
+        if self._guard.acquire(blocking=False):
+            try:
+                rows = self._exec(sql, params)
+            finally:
+                self._guard.release()
+        else:
+            rows = await self._run(sql, params)
         return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     async def delete(self, conversation_id: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Request, WebSocket
@@ -45,10 +45,13 @@ from idcontact.events import Bus, Event
 from idcontact.forms import Forms, forms_for
 from idcontact.klantinteracties import Registrations
 from idcontact.phone.codes import LinkCodes
+from idcontact.phone.sms import SmsFailedError, SmsGateway, mobile_number
 from idcontact.queues import QueueService, serves
+from idcontact.sealing import Sealer
 from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
 from idcontact.web.chat import chat_socket, post_message
+from idcontact.web.middleware import CSP
 from idcontact.web.video import Signalling, panel as video_panel, signalling_for
 
 SESSION_COOKIE = "idc_agent"
@@ -56,8 +59,12 @@ PRE_COOKIE = "idc_pre"
 SSO_COOKIE = "idc_sso"
 SSO_PATH = "/agent/sso"
 SSO_PARAMS = ("state", "code", "error")
-CONSOLE_PATH = re.compile(r"/agent/[A-Za-z0-9._~/-]{0,200}")
 """What the callback reads of the provider's answer (never ``error_description``)."""
+CONSOLE_PATH = re.compile(r"/agent/[A-Za-z0-9._~/-]{0,200}")
+EMBED_COOKIE = "idc_embed"
+EMBED_PATH = "/agent/embed"
+HAND_OFF_SECONDS = 60
+"""How long the code a login pop-up hands to an embedded panel lasts."""
 HEARTBEAT = 15.0
 WAITING_SHOWN = 25
 ZONE = ZoneInfo("Europe/Amsterdam")
@@ -102,6 +109,25 @@ PRESENCE_NL = {
 }
 
 
+def embed_cookie(session_id: str, hours: float) -> str:
+    """The embedded panel's session cookie. Starlette cannot write ``Partitioned`` before
+    Python 3.14, so the header is built here. Without it a browser that blocks third-party
+    cookies would drop the cookie in the frame."""
+    age = int(hours * 3600)
+    return (
+        f"{EMBED_COOKIE}={session_id}; Max-Age={age}; Path={EMBED_PATH}; "
+        "Secure; HttpOnly; SameSite=None; Partitioned"
+    )
+
+
+def console_path(then: str) -> str:
+    """Where to go after a login: a path under ``/agent/``, else the console itself (no open
+    redirect)."""
+    if not CONSOLE_PATH.fullmatch(then) or "//" in then or ".." in then.split("/"):
+        return "/agent/"
+    return then
+
+
 def _time(at: float | None) -> str:
     if at is None:
         return ""
@@ -119,12 +145,17 @@ def agent_router(
     links: Mapping[str, LinkCodes] | None = None,
     sso: Mapping[str, OidcClient] | None = None,
     registrations: Mapping[str, Registrations] | None = None,
+    texts: Mapping[str, SmsGateway] | None = None,
 ) -> APIRouter:
     """``links``: each tenant's phone link codes, for the failed-attempt figures in the
     supervisors' statistics; ``sso``: the identity providers of the tenants whose agents log
     in through one; ``registrations``: the Klantinteracties connectors of the tenants that
-    have one."""
+    have one; ``texts``: the SMS gateways of the tenants that have one."""
     router = APIRouter(prefix="/agent", include_in_schema=False)
+
+    def slug_texts(slug: str) -> bool:
+        return slug in (texts or {})
+
     secure = settings.public_url.startswith("https://")
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.public_url))
     default_tenant = settings.default_tenant
@@ -173,13 +204,20 @@ def agent_router(
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             raise CsrfError()
 
-    async def current(request: Request) -> tuple[AgentSession, str] | None:
-        session_id = request.cookies.get(SESSION_COOKIE, "")
-        agent = await directory.session(session_id)
-        return (agent, session_id) if agent is not None else None
+    async def current(
+        request: Request, cookies: tuple[str, ...] = (SESSION_COOKIE,)
+    ) -> tuple[AgentSession, str] | None:
+        for name in cookies:
+            session_id = request.cookies.get(name, "")
+            agent = await directory.session(session_id)
+            if agent is not None:
+                return agent, session_id
+        return None
 
-    async def seat(request: Request, slug: str) -> Seat:
-        found = await current(request)
+    async def seat(
+        request: Request, slug: str, cookies: tuple[str, ...] = (SESSION_COOKIE,)
+    ) -> Seat:
+        found = await current(request, cookies)
         if found is None:
             raise LoginRequiredError()
         agent, session_id = found
@@ -189,9 +227,11 @@ def agent_router(
         tenant, queues = tenants[slug]
         return Seat(agent, member, tenant, queues, session_id, csrf_token(session_id, secret))
 
-    async def posted(request: Request, slug: str, csrf: str) -> Seat:
+    async def posted(
+        request: Request, slug: str, csrf: str, cookies: tuple[str, ...] = (SESSION_COOKIE,)
+    ) -> Seat:
         check_origin(request)
-        s = await seat(request, slug)
+        s = await seat(request, slug, cookies)
         if not check_csrf(s.session_id, secret, csrf):
             raise CsrfError()
         return s
@@ -226,21 +266,28 @@ def agent_router(
 
     providers = dict(sso or {})
 
-    def login_form(request: Request, context: dict[str, object], status: int = 200) -> HTMLResponse:
-        """The login page: the password form and a button per tenant with SSO."""
+    def login_form(
+        request: Request, context: dict[str, object], status: int = 200, then: str = ""
+    ) -> HTMLResponse:
+        """The login page: the password form and a button per tenant with SSO; ``then``: the
+        console page to go to afterwards."""
+        then = console_path(then) if then else ""
+        query = f"?{urlencode({'then': then})}" if then else ""
         buttons = [
             {
-                "url": f"/agent/sso/{slug}",
+                "url": f"/agent/sso/{slug}{query}",
                 "label": client.config.label or tenants[slug][0].name,
             }
             for slug, client in providers.items()
             if slug in tenants
         ]
-        return form_page(request, "agent_login.html", {**context, "sso": buttons}, status)
+        return form_page(
+            request, "agent_login.html", {**context, "sso": buttons, "then": then}, status
+        )
 
     @router.get("/login", response_class=HTMLResponse)
-    async def login_page(request: Request, done: str = "") -> HTMLResponse:
-        return login_form(request, {"enrolled": done == "enrolled"})
+    async def login_page(request: Request, done: str = "", then: str = "") -> HTMLResponse:
+        return login_form(request, {"enrolled": done == "enrolled"}, then=then)
 
     @router.post("/login", response_model=None)
     async def login(
@@ -249,14 +296,16 @@ def agent_router(
         password: Annotated[str, Form(max_length=1024)],
         code: Annotated[str, Form(max_length=20)],
         csrf: Annotated[str, Form(max_length=200)],
+        then: Annotated[str, Form(max_length=210)] = "",
     ) -> Response:
         check_pre(request, csrf)
         client = request.client.host if request.client else "unknown"
         try:
             session_id = await directory.login(username, password, code, client=client)
         except IdContactError as exc:
-            return login_form(request, {"error": exc.title, "username": username}, exc.status)
-        return await logged_in(request, RedirectResponse("/agent/", status_code=303), session_id)
+            return login_form(request, {"error": exc.title, "username": username}, exc.status, then)
+        where = console_path(then) if then else "/agent/"
+        return await logged_in(request, RedirectResponse(where, status_code=303), session_id)
 
     async def logged_in(request: Request, response: Response, session_id: str) -> Response:
         """Hand the browser its new session (any earlier one is revoked); the pre-session
@@ -288,10 +337,8 @@ def agent_router(
         (the end then tells the opener and closes instead of showing the console); ``then``:
         the console page to go to afterwards (only paths under ``/agent/``)."""
         client = sso_client(slug)
-        if not CONSOLE_PATH.fullmatch(then) or "//" in then or ".." in then.split("/"):
-            then = "/agent/"
         try:
-            url, sealed = await client.begin(callback_url(slug), popup, then)
+            url, sealed = await client.begin(callback_url(slug), popup, console_path(then))
         except SsoProviderError as exc:
             return login_form(request, {"error": exc.title}, exc.status)
         response = RedirectResponse(url, status_code=303)
@@ -405,6 +452,177 @@ def agent_router(
         response.delete_cookie(SESSION_COOKIE, path="/agent")
         return response
 
+    # -- the attribute panel in another site's frame ---------------------------------------
+    # A third-party agent desktop (KISS, a softphone) shows /agent/embed/<tenant>/ in an
+    # iframe. The console's SameSite=Strict cookie never reaches such a frame, so the frame
+    # has its own: partitioned (CHIPS), SameSite=None, Secure, path /agent/embed only. It gets
+    # it from a login in a first-party pop-up, which hands the frame a one-time code by
+    # postMessage (to our own origin only); only tenants' listed origins may frame the pages.
+
+    sealer = Sealer(secret, clock)
+
+    def embed_page(
+        request: Request, name: str, context: dict[str, object], tenant: Tenant, status: int = 200
+    ) -> HTMLResponse:
+        response = page(request, name, {**context, "embed": f"{EMBED_PATH}/{tenant.slug}"}, tenant)
+        response.status_code = status
+        ancestors = " ".join(("'self'", *tenant.embed_origins))
+        response.headers["Content-Security-Policy"] = CSP.replace(
+            "frame-ancestors 'none'", f"frame-ancestors {ancestors}"
+        )
+        return response
+
+    def embed_tenant(slug: str) -> Tenant:
+        if slug not in tenants:
+            raise NotFoundError("No such console")
+        return tenants[slug][0]
+
+    async def embed_seat(request: Request, slug: str) -> Seat:
+        """The frame's own cookie, or the console's (the panel opened on this very site)."""
+        return await seat(request, slug, (EMBED_COOKIE, SESSION_COOKIE))
+
+    async def mine(s: Seat) -> list[dict[str, object]]:
+        """The conversations I am in now (ids and states; no attributes)."""
+        rows = await s.queues.board(s.member.queues)
+        return [
+            r
+            for r in rows
+            if r["state"] in ("connected", "wrap_up") and r["agent_id"] == s.agent.agent_id
+        ]
+
+    def now_key(rows: list[dict[str, object]]) -> str:
+        """What the embedded panel shows, as a string that changes when it must reload."""
+        keys = ("id", "state", "identified", "identify", "call_state")
+        return ";".join(":".join(str(r.get(k)) for k in keys) for r in rows)
+
+    async def embed_view(
+        request: Request,
+        s: Seat,
+        conversation_id: str | None,
+        reveal: str = "",
+        follow: bool = False,
+    ) -> HTMLResponse:
+        """``conversation_id`` ``None``: the one I am in now; ``follow``: on to the next one
+        when that changes (the home page, and a "show" from it), else this one only."""
+        base = f"{EMBED_PATH}/{s.tenant.slug}"
+        rows = await mine(s)
+        for r in rows:
+            purpose = s.tenant.purpose(str(r["purpose"]))
+            r["purpose_label"] = purpose.label.nl if purpose and purpose.label else r["purpose"]
+        follow = follow or conversation_id is None
+        context: dict[str, object] = {"s": s, "mine": rows, "now": now_key(rows), "base": base}
+        context["follow"] = follow
+        context |= {"now_url": f"{base}/now", "reload": f"{base}/"}
+        shown = conversation_id or (str(rows[0]["id"]) if len(rows) == 1 else None)
+        if shown is None:
+            return embed_page(request, "agent_embed.html", context, s.tenant)
+        try:
+            conversation, _, view = await attribute_view(s, shown, reveal)
+        except NotFoundError:  # not (or no longer) mine: transferred, say
+            return embed_page(request, "agent_embed.html", context | {"gone": True}, s.tenant, 404)
+        context |= view
+        if not follow:  # this one, whatever comes next
+            context |= {
+                "now": now_key([conversation.summary()]),
+                "now_url": f"{base}/now?c={conversation_id}",
+                "reload": f"{base}/c/{conversation_id}",
+            }
+        return embed_page(request, "agent_embed.html", context, s.tenant)
+
+    async def embed_get(request: Request, slug: str, conversation_id: str | None) -> HTMLResponse:
+        tenant = embed_tenant(slug)
+        try:
+            s = await embed_seat(request, slug)
+        except LoginRequiredError:
+            return embed_page(request, "agent_embed_login.html", {}, tenant, status=401)
+        return await embed_view(request, s, conversation_id)
+
+    @router.get("/embed/{slug}/", response_class=HTMLResponse)
+    async def embed_home(request: Request, slug: str) -> HTMLResponse:
+        """The panel of the conversation I am in now (a list when there are several), which
+        follows me from one conversation to the next."""
+        return await embed_get(request, slug, None)
+
+    @router.get("/embed/{slug}/c/{conversation_id}", response_class=HTMLResponse)
+    async def embed_conversation(request: Request, slug: str, conversation_id: str) -> HTMLResponse:
+        """The panel of one conversation, for desktops that know our conversation id."""
+        return await embed_get(request, slug, conversation_id)
+
+    @router.post("/embed/{slug}/c/{conversation_id}/reveal", response_class=HTMLResponse)
+    async def embed_reveal(
+        request: Request,
+        slug: str,
+        conversation_id: str,
+        csrf: Annotated[str, Form(max_length=200)],
+        attribute: Annotated[str, Form(max_length=64)],
+        follow: Annotated[str, Form(max_length=1)] = "",
+    ) -> HTMLResponse:
+        s = await posted(request, slug, csrf, (EMBED_COOKIE, SESSION_COOKIE))
+        return await embed_view(request, s, conversation_id, attribute, follow == "1")
+
+    @router.get("/embed/{slug}/now")
+    async def embed_now(request: Request, slug: str, c: str = "") -> JSONResponse:
+        """What the panel shows, without reading attributes: embed.js reloads on a change."""
+        s = await embed_seat(request, slug)
+        if c:
+            rows = [(await s.queues.held(c, s.agent.agent_id)).summary()]
+        else:
+            rows = await mine(s)
+        return JSONResponse({"now": now_key(rows)})
+
+    @router.get("/embed/{slug}/events")
+    async def embed_events(request: Request, slug: str) -> StreamingResponse:
+        """The console's Server-Sent Events (ids and states): a conversation that leaves me
+        (a transfer) must leave the panel too."""
+        s = await embed_seat(request, slug)
+        return event_stream(slug, console_events(s))
+
+    @router.get("/embed/{slug}/login", response_class=HTMLResponse, response_model=None)
+    async def embed_hand_off(request: Request, slug: str) -> Response:
+        """In the first-party pop-up: log in (here, with the console's own cookie), then hand
+        the frame that opened us a one-time code for a session of its own."""
+        tenant = embed_tenant(slug)
+        found = await current(request)
+        if found is None or found[0].membership(slug) is None:
+            return login_form(request, {}, then=f"{EMBED_PATH}/{slug}/login")
+        session_id = await directory.hand_off(found[1], seconds=HAND_OFF_SECONDS)
+        if session_id is None:  # logged out meanwhile
+            return login_form(request, {}, then=f"{EMBED_PATH}/{slug}/login")
+        code = sealer.seal("embed-hand-off", {"s": session_id, "t": slug}, HAND_OFF_SECONDS)
+        return page(request, "agent_embed_hand_off.html", {"code": code}, tenant)
+
+    @router.post("/embed/{slug}/session", status_code=204)
+    async def embed_session(
+        request: Request, slug: str, code: Annotated[str, Form(max_length=1000)]
+    ) -> Response:
+        """The frame redeems the pop-up's code: its partitioned cookie, once per code."""
+        check_origin(request)
+        embed_tenant(slug)
+        try:
+            sealed = sealer.unseal("embed-hand-off", code)
+        except IdContactError:
+            raise BadRequestError("This login code is not valid (anymore); log in again") from None
+        session_id = str(sealed.get("s", ""))
+        if sealed.get("t") != slug or not await directory.take_hand_off(
+            session_id, seconds=HAND_OFF_SECONDS
+        ):
+            raise BadRequestError("This login code is not valid (anymore); log in again")
+        response = Response(status_code=204)
+        response.headers.append(
+            "Set-Cookie", embed_cookie(session_id, settings.agent_session_hours)
+        )
+        return response
+
+    @router.post("/embed/{slug}/logout", response_class=HTMLResponse)
+    async def embed_logout(
+        request: Request, slug: str, csrf: Annotated[str, Form(max_length=200)]
+    ) -> HTMLResponse:
+        s = await posted(request, slug, csrf, (EMBED_COOKIE,))
+        await directory.logout(s.session_id)
+        response = embed_page(request, "agent_embed_login.html", {}, s.tenant, status=401)
+        response.headers.append("Set-Cookie", embed_cookie("", 0))
+        return response
+
     # -- the console --------------------------------------------------------------------------
 
     @router.get("/", response_class=HTMLResponse, response_model=None)
@@ -485,16 +703,19 @@ def agent_router(
             s.tenant,
         )
 
-    @router.get("/{slug}/events")
-    async def live(request: Request, slug: str) -> StreamingResponse:
-        """Server-Sent Events: a summary (ids, states, times) of each change in my queues."""
-        s = await seat(request, slug)
+    def console_events(s: Seat) -> Callable[[Event], bool]:
+        """The events an agent's console gets: changes in my queues, my own presence."""
         me = s.agent.agent_id
 
         def wanted(event: Event) -> bool:
             if event.key.startswith("agent:"):  # presence: only the agent's own
                 return event.key == f"agent:{me}"
             return serves(s.member.queues, event.key)
+
+        return wanted
+
+    def event_stream(slug: str, wanted: Callable[[Event], bool]) -> StreamingResponse:
+        """A tenant's queue events that ``wanted`` lets through, as Server-Sent Events."""
 
         async def stream() -> AsyncIterator[bytes]:
             # Each event is encoded once for all consoles; what queued up meanwhile goes out
@@ -518,6 +739,12 @@ def agent_router(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+    @router.get("/{slug}/events")
+    async def live(request: Request, slug: str) -> StreamingResponse:
+        """Server-Sent Events: a summary (ids, states, times) of each change in my queues."""
+        s = await seat(request, slug)
+        return event_stream(slug, console_events(s))
 
     @router.post("/{slug}/presence", response_class=RedirectResponse, status_code=303)
     async def set_presence(
@@ -583,6 +810,7 @@ def agent_router(
         purpose: Annotated[str, Form(max_length=64)] = "",
         target: Annotated[str, Form(max_length=64)] = "",
         note: Annotated[str, Form(max_length=2000)] = "",
+        number: Annotated[str, Form(max_length=40)] = "",
     ) -> Response:
         """accept, decline, finish (wrap-up), close (delete now), reveal a masked attribute,
         mark that the resident acts for someone else (``attribute=on``/``off``), ask the
@@ -657,18 +885,30 @@ def agent_router(
                     "its topics"
                 )
             if conversation.channel == "phone" and links is not None:
-                # The caller opens the question with a code read out to them: shown only now.
+                # The caller opens the question with a code read out to them (or texted, to
+                # the number they tell the agent): shown only now.
+                gateway = (texts or {}).get(slug)
+                if number.strip() and gateway is None:
+                    raise BadRequestError("No SMS gateway is configured here")
+                if number.strip():
+                    mobile_number(number)  # a typo fails before a code is spent
                 code = await links[slug].identify_code(conversation_id, chosen, actor=f"agent:{me}")
-                return await panel(request, s, conversation_id, code=code)
+                texted = ""
+                if gateway is not None and number.strip():
+                    texted = await text_code(s, conversation_id, gateway, number, code)
+                return await panel(request, s, conversation_id, code=code, texted=texted)
             await s.queues.conversations.ask_identification(
                 conversation_id, chosen, actor=f"agent:{me}"
             )
             return RedirectResponse(f"/agent/{slug}/c/{conversation_id}", status_code=303)
         raise NotFoundError("No such action")
 
-    async def panel(
-        request: Request, s: Seat, conversation_id: str, *, reveal: str = "", code: str = ""
-    ) -> HTMLResponse:
+    async def attribute_view(
+        s: Seat, conversation_id: str, reveal: str = ""
+    ) -> tuple[Conversation, dict[str, object], dict[str, object]]:
+        """The conversation I hold, its attributes, and what the attribute panel shows of
+        them (masked ones masked, ``reveal`` shown and audited): the console and the
+        embedded panel alike. Reading them is an audited view."""
         me = s.agent.agent_id
         conversation = await s.queues.held(conversation_id, me)
         data: dict[str, object] | None = None
@@ -707,7 +947,63 @@ def agent_router(
             for name in order
             if name in attrs
         ]
-        provenance = _provenance(s.tenant, data)
+        view: dict[str, object] = {
+            "s": s,
+            "c": conversation,
+            "purpose_label": purpose.label.nl
+            if purpose and purpose.label
+            else conversation.purpose,
+            "rows": rows,
+            "proven": ", ".join(str(r["label"]) for r in rows),
+            "provenance": _provenance(s.tenant, data),
+            "wrap_up_until": _time(conversation.wrap_up_until),
+            "hijack_time": _time(conversation.hijack_at),
+        }
+        return conversation, attrs, view
+
+    async def text_code(
+        s: Seat, conversation_id: str, gateway: SmsGateway, number: str, code: str
+    ) -> str:
+        """Text the caller the link with their code; what the agent is told. Audited without
+        the number; a failure leaves the code to be read out."""
+        link = f"{settings.public_url}{s.tenant.prefix}/code?{urlencode({'code': code})}"
+        minutes = s.tenant.phone.identify_code_minutes
+        text = (
+            f"{s.tenant.name}: identificeer u voor uw telefoongesprek via {link} "
+            f"(code {code}, {minutes} minuten geldig). Niet gevraagd? Negeer dit bericht."
+        )
+        try:
+            await gateway.send(number, text)
+            sent, told = True, "De link is per sms verstuurd."
+        except SmsFailedError as exc:
+            sent, told = False, f"De sms is niet verstuurd ({exc.title}). Lees de code voor."
+        now = clock()
+        await s.queues.conversations.db.run(
+            lambda conn: audit(
+                conn,
+                now,
+                f"agent:{s.agent.agent_id}",
+                "conversation.identify_sms",
+                conversation_id,
+                {"sent": sent},
+                tenant=s.tenant.slug,
+            ),
+            write=True,
+        )
+        return told
+
+    async def panel(
+        request: Request,
+        s: Seat,
+        conversation_id: str,
+        *,
+        reveal: str = "",
+        code: str = "",
+        texted: str = "",
+    ) -> HTMLResponse:
+        me = s.agent.agent_id
+        conversation, attrs, view = await attribute_view(s, conversation_id, reveal)
+        store = s.queues.conversations
         # Through our own address: the panel's HTML never holds a masked value, and each use
         # is audited.
         links_out = [
@@ -719,13 +1015,7 @@ def agent_router(
             request,
             "agent_conversation.html",
             {
-                "purpose_label": (
-                    purpose.label.nl if purpose and purpose.label else conversation.purpose
-                ),
-                "rows": rows,
-                "proven": ", ".join(str(r["label"]) for r in rows),
-                "provenance": provenance,
-                "wrap_up_until": _time(conversation.wrap_up_until),
+                **view,
                 "offer_until": _time(conversation.offer_expires),
                 "chat": await chat_context(s, conversation),
                 "form": await form_context(s, conversation),
@@ -742,6 +1032,8 @@ def agent_router(
                 "identify_code": " ".join(code[i : i + 3] for i in range(0, len(code), 3)),
                 "identify_url": f"{settings.public_url}{s.tenant.prefix}/code",
                 "code_minutes": s.tenant.phone.identify_code_minutes,
+                "texted": texted,
+                "can_text": slug_texts(s.tenant.slug) and conversation.channel == "phone",
                 "video": video_context(s, conversation),
                 **await line_context(s, conversation),
             },

@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -36,6 +37,14 @@ CHATTING = frozenset({"waiting", "offered", "connected"})
 """States in which messages may be sent (a waiting resident may already write)."""
 OPEN = frozenset({"created", "authenticated", "waiting", "offered", "connected", "wrap_up"})
 HEARTBEAT = 20.0
+
+
+@dataclass
+class _Seen:
+    """A socket's view of its conversation: its state and who holds it."""
+
+    state: str
+    holder: str | None
 
 
 async def chat_socket(
@@ -63,6 +72,9 @@ async def chat_socket(
     async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
         current = await conversations.get(conversation_id)
         state: str = current.state
+        # Kept current by the conversation's own events (every change publishes its state and
+        # holder), so a message needs no read of the conversation.
+        seen = _Seen(state, current.agent_id)
         await ws.send_json(_state_frame(state, current.identify_state))
         if signalling is not None and state == "connected":
             await ws.send_json(signalling.ice())
@@ -81,6 +93,7 @@ async def chat_socket(
                 agent_id,
                 signalling,
                 posted,
+                seen,
             )
         )
         try:
@@ -111,6 +124,9 @@ async def chat_socket(
                         await ws.send_json({"type": "signal", "data": event.data["signal"]})
                 elif "state" in event.data:
                     state = str(event.data["state"])
+                    seen.state = state
+                    holder = event.data.get("holder")
+                    seen.holder = str(holder) if holder is not None else None
                     await ws.send_json(_state_frame(state, event.data.get("identify")))
                     if signalling is not None and state == "connected":
                         await ws.send_json(signalling.ice())
@@ -188,6 +204,7 @@ async def _read(
     agent_id: str | None,
     signalling: Signalling | None,
     posted: dict[int, ChatMessage],
+    seen: _Seen,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
     tenant = conversations.tenant.slug
@@ -224,10 +241,7 @@ async def _read(
             await ws.send_json({"type": "error", "error": "bad-frame"})
             continue
         try:
-            conversation = await conversations.get(conversation_id)
-            if conversation.state not in CHATTING or (
-                agent_id is not None and conversation.agent_id != agent_id
-            ):
+            if seen.state not in CHATTING or (agent_id is not None and seen.holder != agent_id):
                 await ws.send_json({"type": "error", "error": "closed"})
                 continue
             message = await post_message(conversations, bus, conversation_id, side, text)

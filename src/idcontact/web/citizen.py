@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
@@ -19,7 +20,7 @@ from idcontact.core import Core
 from idcontact.errors import NotFoundError
 from idcontact.queues import Estimate, QueueService
 from idcontact.settings import Purpose, Settings, Tenant
-from idcontact.web.pages import language, render
+from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
 
 log = logging.getLogger(__name__)
 
@@ -345,12 +346,16 @@ def citizen_router(
         return f"{tenant.prefix}/comm/{phone.tag}/identify{query}"
 
     @router.get("/code", response_class=RedirectResponse, include_in_schema=False)
-    async def code(request: Request) -> RedirectResponse:
-        """The short address an agent reads out with the code."""
+    async def code(request: Request, code: str = "") -> RedirectResponse:
+        """The short address an agent reads out with the code; with ``?code=``, the link in
+        the text message the agent sent (the code is filled in, not used: only the caller's
+        own press does that, so a link preview cannot spend it)."""
         target = code_url(language(request, settings))
         if target is None:
             raise NotFoundError("There is no phone line here")
-        return RedirectResponse(target, status_code=303)
+        if code.isdigit() and len(code) <= 12:
+            target += ("&" if "?" in target else "?") + urlencode({"code": code})
+        return RedirectResponse(target, status_code=303, headers=TOKEN_PAGE_HEADERS)
 
     router.add_api_route("/", index, response_class=HTMLResponse)
     if core.prefix:

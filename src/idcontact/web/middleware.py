@@ -50,7 +50,12 @@ class EdgeMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in names)
+                # A route with its own CSP (the embeddable panel's frame-ancestors) decides
+                # framing there; X-Frame-Options knows no allow-list, so it must not veto it.
+                skip = names | (
+                    {b"x-frame-options"} if b"content-security-policy" in names else set()
+                )
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in skip)
                 if b"cache-control" not in names and not path.startswith("/static/"):
                     headers.append((b"cache-control", b"no-store"))
                 headers.append((b"x-request-id", cid.encode()))

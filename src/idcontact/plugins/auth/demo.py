@@ -21,9 +21,9 @@ from idcontact.errors import ConfigError
 from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
-    UnknownAttributeError,
     check_keys,
     deliver,
+    provenance,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
@@ -64,12 +64,7 @@ class DemoAuthPlugin:
         @router.post("/start_authentication", response_model=ClientUrl)
         async def start_authentication(body: StartAuthRequest) -> ClientUrl:
             """Start a demo disclosure of ``attributes``; answer where to send the browser."""
-            unknown = [a for a in body.attributes if a not in self._values]
-            if unknown:
-                raise UnknownAttributeError(
-                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
-                )
-            body.check()
+            body.check_for(self._values)
             state = ctx.sealer.seal(SEAL, body.model_dump(), max_age=900)
             return ClientUrl(client_url=f"{ctx.public_base}/confirm/{state}")
 
@@ -100,12 +95,7 @@ class DemoAuthPlugin:
                 result = AuthResult(
                     status="success",
                     attributes={a: self._values[a] for a in pending.attributes},
-                    provenance={
-                        "method": ctx.method.tag,
-                        "method_name": ctx.method.name,
-                        "assurance": getattr(ctx.method, "assurance", "low"),
-                        "issuer": "demo",
-                    },
+                    provenance=provenance(ctx, issuer="demo"),
                     session_url=(
                         f"{ctx.internal_base}/session/{secrets.token_urlsafe(16)}"
                         if self._session_feedback

@@ -36,7 +36,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from joserfc.jwk import OctKey, RSAKey
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from idcontact.agents.credentials import qr_svg
 from idcontact.errors import ConfigError, NotFoundError
@@ -47,9 +47,11 @@ from idcontact.keys import KeyConfig
 from idcontact.plugins.auth.common import (
     ClientUrl,
     StartAuthRequest,
-    UnknownAttributeError,
     check_keys,
+    check_provides,
     deliver,
+    plugin_settings,
+    provenance,
 )
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
@@ -138,20 +140,8 @@ class YiviAuthPlugin:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_keys(ctx, "yivi")
-        try:
-            self._config = YiviConfig.model_validate(config)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"plugins.auth.{ctx.method.tag}.{where}: {first['msg']}") from None
-        provides = getattr(ctx.method, "provides", None)
-        missing = sorted(set(provides or ()) - set(self._config.attributes))
-        if provides is None or missing:
-            raise ConfigError(
-                f"auth_methods ({ctx.method.tag}).provides: list the attribute tags this method "
-                "proves, each mapped in its plugin settings' attributes"
-                + (f" (not mapped: {', '.join(missing)})" if missing else "")
-            )
+        self._config = plugin_settings(YiviConfig, ctx, config)
+        check_provides(ctx, self._config.attributes)
         self._ctx = ctx
         self._clock = clock
         self._backend = self._make_backend()
@@ -236,16 +226,13 @@ class YiviAuthPlugin:
             for a in conjunction if isinstance(conjunction, list) else []:
                 if isinstance(a, dict) and isinstance(a.get("id"), str):
                     credentials[a["id"].rsplit(".", 1)[0]] = int(a.get("issuancetime") or 0)
-        method = self._ctx.method
-        return {
-            "method": method.tag,
-            "method_name": method.name,
-            "assurance": getattr(method, "assurance", "low"),
-            "issuer": ", ".join(sorted({c.rsplit(".", 1)[0] for c in credentials})),
-            "credential": ", ".join(
+        return provenance(
+            self._ctx,
+            issuer=", ".join(sorted({c.rsplit(".", 1)[0] for c in credentials})),
+            credential=", ".join(
                 f"{c} ({_date(t)})" if t else c for c, t in sorted(credentials.items())
             ),
-        }
+        )
 
     # -- pending flows --------------------------------------------------------------------
 
@@ -285,12 +272,7 @@ class YiviAuthPlugin:
         @router.post("/start_authentication", response_model=ClientUrl)
         async def start_authentication(request: Request, body: StartAuthRequest) -> ClientUrl:
             """Start a Yivi disclosure of ``attributes``; answer where to send the browser."""
-            unknown = [a for a in body.attributes if a not in self._config.attributes]
-            if unknown:
-                raise UnknownAttributeError(
-                    "Unknown attributes: " + ", ".join(sorted(unknown)[:10])
-                )
-            body.check()
+            body.check_for(self._config.attributes)
             lang = ctx.settings.default_language  # the page's ?lang= may change it
             try:
                 flow = await self._begin(body, lang)

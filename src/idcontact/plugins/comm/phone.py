@@ -233,12 +233,14 @@ class PhoneCommPlugin:
             conversation: Conversation | None = None,
             error: str = "",
             status: int = 200,
+            code: str = "",
         ) -> HTMLResponse:
             lang = language(request, ctx.settings)
             t = IDENTIFY_PAGE[lang]
             context: dict[str, object] = {
                 "t": t,
                 "error": error,
+                "code": code,
                 "code_action": f"{ctx.public_base}/identify",
                 "length": links.settings.identify_code_length,
                 "identify": None,
@@ -258,7 +260,7 @@ class PhoneCommPlugin:
                 context,
                 tenant=ctx.tenant,
                 lang=lang,
-                carries_token=conversation is not None,
+                carries_token=conversation is not None or bool(code),
             )
             response.status_code = status
             return response
@@ -273,9 +275,10 @@ class PhoneCommPlugin:
                 ) from None
 
         @router.get("/identify", response_class=HTMLResponse, include_in_schema=False)
-        async def identify_code_page(request: Request) -> HTMLResponse:
-            """During a call: where the caller types the code the agent reads out."""
-            return identify_page(request)
+        async def identify_code_page(request: Request, code: str = "") -> HTMLResponse:
+            """During a call: where the caller types the code the agent reads out (filled in
+            when it came from the agent's text message)."""
+            return identify_page(request, code=code if code.isdigit() and len(code) <= 12 else "")
 
         @router.post("/identify", response_model=None, include_in_schema=False)
         async def identify_code(request: Request) -> Response:
