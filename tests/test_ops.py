@@ -23,11 +23,10 @@ from tests.conftest import (
     demo_settings,
     path_of,
 )
+from tests.flows.test_core_flows import JSON, START
 
 pytestmark = pytest.mark.anyio
 
-START = {"purpose": "report_move", "auth_method": "demo", "comm_method": "demo"}
-JSON = {"Accept": "application/json"}
 TOKEN = "metrics-token-0123456789-abcdefghijkl"
 
 
