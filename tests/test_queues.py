@@ -8,12 +8,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from idcontact.agents.directory import Membership
 from idcontact.events import LocalBus
 from idcontact.queues import QueueService
-from idcontact.storage.db import agents, queue_stats
+from idcontact.storage.db import agents, audit_events, queue_stats
 from tests.conftest import CANARY_BSN, AppFactory, Instance, _reset_postgres, demo_settings
 from tests.flows.test_console import waiting_conversation
 from tests.services import postgres_url
@@ -161,6 +161,15 @@ async def test_two_dispatchers_never_offer_one_conversation_twice(
     holders = [c.agent_id for c in found if c.state == "offered"]
     assert len(holders) == 3 and len(set(holders)) == 3  # one each, none twice
     assert [c.state for c in found].count("waiting") == 3
+
+    def offers(conn: Connection) -> list[str]:
+        query = select(audit_events.c.conversation_id).where(
+            audit_events.c.action == "conversation.offered"
+        )
+        return [str(c) for c in conn.execute(query).scalars()]
+
+    made = await inst.services.db.run(offers)  # type: ignore[union-attr]
+    assert sorted(made) == sorted(c.id for c in found if c.state == "offered")  # none re-offered
 
 
 @pytest.mark.postgres

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from idcontact import __version__
 from idcontact.agents.directory import AgentDirectory
 from idcontact.agents.sso import OidcClient
-from idcontact.conversations import Conversations
+from idcontact.conversations import PURGE_BATCH, Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
 from idcontact.events import Bus, LocalBus, RedisBus
@@ -62,6 +62,7 @@ from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
 from idcontact.storage.audit import retire, seal
 from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
+from idcontact.storage.leases import Lease
 from idcontact.storage.once import DatabaseOneTime, OneTime
 from idcontact.storage.vault import Vault
 from idcontact.tokens import TokenIssuer, TokenReader
@@ -80,6 +81,8 @@ DEMO_SCHEMES = Path(__file__).parent / "irma" / "demo_schemes"
 """The ``irma-demo`` scheme, whose issuer keys are public: for the embedded mode only."""
 IRMA_PREFIX = "/yivi"
 SWEEP_INTERVAL = 30.0
+SWEEP_LEASE = 1.5 * SWEEP_INTERVAL
+"""A sweeper that stopped renewing (killed) is replaced within this plus one interval."""
 SEAL_INTERVAL = 1.0
 
 
@@ -239,9 +242,12 @@ def create_app(
         stores = [t.conversations for t in tenants.values() if t.conversations is not None]
         tasks: list[asyncio.Task[None]] = []
         if stores and db is not None:
+            lease = Lease(db, "sweeper", SWEEP_LEASE)
+            drain.on_begin.append(lease.release)
             tasks.append(
                 asyncio.create_task(
                     _sweep(
+                        lease,
                         stores,
                         directory,
                         [*registrations.values(), *hand_overs.values()],
@@ -634,39 +640,60 @@ def _as_async(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
 
 
 async def _sweep(
+    lease: Lease,
     stores: Sequence[Conversations],
     directory: AgentDirectory | None,
     hand_overs: Sequence[TranscriptKeeper | Registrations] = (),
     metrics: Metrics | None = None,
 ) -> None:
     """Hand transcripts over and retry registrations, then purge by time, in-process, on every
-    deployment size."""
+    deployment size; with several instances, only the one holding the lease sweeps."""
     while True:
         try:
-            for keeper in hand_overs:
-                await keeper.run()
-            purged = 0
-            for conversations in stores:
-                purged += await conversations.purge_expired()
-                now = time.time()
-                days = conversations.tenant.audit_retention_days
-                await conversations.db.run(
-                    functools.partial(
-                        retire,
-                        tenant=conversations.tenant.slug,
-                        before=now - days * 86400,
-                        at=now,
-                    ),
-                    write=True,
-                )
-            if directory is not None:
-                await directory.purge()
-            if purged:
-                log.info("purged conversations", extra={"count": purged})
+            held = await lease.take()
             if metrics is not None:
-                metrics.swept(purged, ok=True)
+                metrics.holds_sweeper(held)
+            if held:
+                purged = await sweep_once(lease, stores, directory, hand_overs)
+                if purged:
+                    log.info("purged conversations", extra={"count": purged})
+                if metrics is not None:
+                    metrics.swept(purged, ok=True)
         except Exception:
             log.exception("sweep failed")
             if metrics is not None:
                 metrics.swept(0, ok=False)
         await asyncio.sleep(SWEEP_INTERVAL)
+
+
+async def sweep_once(
+    lease: Lease,
+    stores: Sequence[Conversations],
+    directory: AgentDirectory | None,
+    hand_overs: Sequence[TranscriptKeeper | Registrations] = (),
+) -> int:
+    """One pass, by the lease's holder: purges in batches, renewing the lease between them so
+    a long backlog never lets a second instance start the same work."""
+    for keeper in hand_overs:
+        await keeper.run()
+    purged = 0
+    for conversations in stores:
+        while (batch := await conversations.purge_expired(PURGE_BATCH)) == PURGE_BATCH:
+            purged += batch
+            if not await lease.take():
+                return purged  # taken over meanwhile: the other instance carries on
+        purged += batch
+        now = time.time()
+        days = conversations.tenant.audit_retention_days
+        await conversations.db.run(
+            functools.partial(
+                retire,
+                tenant=conversations.tenant.slug,
+                before=now - days * 86400,
+                at=now,
+            ),
+            write=True,
+        )
+    if directory is not None:
+        await directory.purge()
+    return purged

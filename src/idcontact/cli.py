@@ -416,7 +416,8 @@ def purge(config: Path | None, data_dir: Path | None) -> None:
             purged = 0
             for tenant in services.tenants.values():  # every tenant's conversations
                 if tenant.conversations is not None:
-                    purged += await tenant.conversations.purge_expired()
+                    while batch := await tenant.conversations.purge_expired():
+                        purged += batch
             return purged
         finally:
             if services.keystore is not None:

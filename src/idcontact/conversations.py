@@ -46,6 +46,9 @@ StepObserver = Callable[[str, str, str, State, State | None], None]
 """Told each lifecycle step: tenant, purpose, comm method, new state, previous state (``None``
 for a new conversation). The metrics (ops.py); tags and states only."""
 log = logging.getLogger(__name__)
+
+PURGE_BATCH = 200
+"""Conversations purged per transaction by the sweeper."""
 CALLBACK = "callback"
 """The vault entry (beside chat messages) that holds a callback number."""
 ASKABLE: tuple[State, ...] = ("waiting", "offered", "connected")
@@ -824,8 +827,10 @@ class Conversations:
         oldest = await self._db.run(work)
         return 0.0 if oldest is None else max(0.0, now - float(oldest))
 
-    async def purge_expired(self) -> int:
-        """Destroy attributes past retention or idle too long; safe to run on every instance."""
+    async def purge_expired(self, limit: int = PURGE_BATCH) -> int:
+        """Destroy attributes past retention or idle too long, at most ``limit`` conversations
+        per call (the sweeper calls again while a call comes back full); safe on every instance.
+        """
         now = self._clock()
 
         # The same condition selects and, again, guards each purge: a conversation that became
@@ -852,17 +857,13 @@ class Conversations:
         )
 
         def due(conn: Connection) -> list[Any]:
-            columns = (
-                conversations.c.id,
-                conversations.c.state,
-                conversations.c.hand_over_until,
-                conversations.c.purpose,
-                conversations.c.comm_method,
-            )
-            return list(conn.execute(select(*columns).where(is_due)))
+            columns = (conversations.c.id, conversations.c.state, conversations.c.hand_over_until)
+            return list(conn.execute(select(*columns).where(is_due).limit(limit)))
 
-        purged = 0
-        for row in await self._db.run(due):
+        rows = await self._db.run(due)
+        previous: dict[str, State] = {str(r.id): r.state for r in rows}
+        ids: list[str] = []
+        for row in rows:
             conversation_id = str(row.id)
             if row.hand_over_until is not None:
                 log.error(
@@ -877,40 +878,41 @@ class Conversations:
                             conversation_id, "ended", actor="sweeper", values=keep, where=is_due
                         )
                     continue
+            ids.append(conversation_id)
 
-            def mark(conn: Connection, conversation_id: str = conversation_id) -> bool:
-                marked = conn.execute(
+        def mark(conn: Connection) -> list[Any]:
+            # One statement for the batch; a row no longer due (or purged by someone else
+            # first) is not returned, and not audited.
+            marked = list(
+                conn.execute(
                     update(conversations)
-                    .where(conversations.c.id == conversation_id, is_due)
-                    # Its link code is free again: codes are unique among live ones only.
+                    .where(conversations.c.id.in_(ids), is_due)
+                    # Link codes are free again: codes are unique among live ones only.
                     .values(state="purged", slot_hash=None, link_hash=None, identify_code_hash=None)
+                    .returning(*conversations.c)
                 )
-                if marked.rowcount != 1:
-                    return False  # no longer due, or another instance's sweeper was first
-                audit(
-                    conn,
-                    now,
-                    "sweeper",
-                    "conversation.purged",
-                    conversation_id,
-                    tenant=self._tenant,
-                )
-                return True
+            )
+            for r in marked:
+                audit(conn, now, "sweeper", "conversation.purged", r.id, tenant=self._tenant)
+            return [(r, previous[str(r.id)]) for r in marked]
 
-            if await self._db.run(mark, write=True):
-                # Marked first, then the key: a crash in between leaves a key that expires
-                # by its own time-to-live, never readable data of a purged conversation.
-                await self._vault.destroy(conversation_id)
-                self._stepped(row.purpose, row.comm_method, "purged", row.state)
-                await self._changed(conversation_id)
-                purged += 1
+        if not ids:
+            purged: list[Any] = []
+        else:
+            purged = await self._db.run(mark, write=True)
+            # Marked first, then the keys: a crash in between leaves keys that expire by their
+            # own time-to-live, never readable data of a purged conversation.
+            await self._vault.destroy(*(str(r.id) for r, _ in purged))
+            for r, was in purged:
+                self._stepped(r.purpose, r.comm_method, "purged", was)
+                await self.publish(_conversation(r))
 
         def forget_tokens(conn: Connection) -> None:
             conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))
 
         await self._db.run(forget_tokens, write=True)
         await self._vault.keys.purge_expired()
-        return purged
+        return len(purged)
 
 
 def _mark_used(conn: Connection, received: ReceivedToken) -> None:

@@ -150,6 +150,11 @@ class Metrics:
             registry=r,
         )
         self.sweeps = Counter("idcontact_sweeps", "Sweeper runs by result", ("result",), registry=r)
+        self.sweeper = Gauge(
+            "idcontact_sweeper_lease",
+            "1 while this instance holds the sweeper's lease (one instance sweeps at a time)",
+            registry=r,
+        )
         self.last_sweep = Gauge(
             "idcontact_last_sweep_timestamp_seconds",
             "When this instance's sweeper last finished a run",
@@ -193,6 +198,9 @@ class Metrics:
 
     def link_failed(self, tenant: str, reason: str) -> None:
         self.link_failures.labels(tenant, reason).inc()
+
+    def holds_sweeper(self, held: bool) -> None:
+        self.sweeper.set(int(held))
 
     def swept(self, purged: int, *, ok: bool) -> None:
         self.purged.inc(purged)

@@ -1,11 +1,13 @@
 """kill -9 of one of two instances in the middle of flows: no conversation is lost (each
 continues at the other instance, from the step it was at), and no attribute outlives its
-retention (the survivor's sweeper purges them, keys and ciphertext). Lost: the killed
-instance's in-memory state only (open streams, which browsers reopen elsewhere)."""
+retention (the survivor's sweeper takes over the sweeper's lease and purges them, keys and
+ciphertext). Lost: the killed instance's in-memory state only (open streams, which browsers
+reopen elsewhere)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import httpx
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from idcontact.app import SWEEP_INTERVAL
+from idcontact.app import SWEEP_INTERVAL, SWEEP_LEASE
 from idcontact.cli import DEMO_CONFIG
 from tests.flows._cluster import START, logged_in_agent, start_cluster
 from tests.services import postgres_url, redis_url
@@ -41,6 +43,14 @@ def path(url: str) -> str:
     return httpx.URL(url).raw_path.decode()
 
 
+def sweeper_lease(base: str) -> float:
+    """The instance's ``idcontact_sweeper_lease`` gauge: 1 while it is the one that sweeps."""
+    text_ = httpx.get(f"{base}/metrics", timeout=10, trust_env=False).text
+    found = re.search(r"^idcontact_sweeper_lease (\S+)$", text_, re.M)
+    assert found, "no sweeper lease gauge"
+    return float(found.group(1))
+
+
 def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) -> None:
     config = tmp_path / "idcontact.toml"
     config.write_text(
@@ -51,8 +61,13 @@ def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) 
     )
     pg = postgres_url()
     cluster = start_cluster(tmp_path, postgres=pg, redis=redis_url(), config=config)
-    a, b = cluster.servers
     try:
+        # The sweeper runs once: exactly one instance holds its lease; that one is killed.
+        deadline = time.time() + 20
+        while sorted(held := [sweeper_lease(s.url) for s in cluster.servers]) != [0.0, 1.0]:
+            assert time.time() < deadline, f"sweeper leases {held}"
+            time.sleep(0.2)
+        a, b = (cluster.servers[held.index(1.0)], cluster.servers[held.index(0.0)])
         json_accept = {"Accept": "application/json"}
         with httpx.Client(base_url=a.url, timeout=20, trust_env=False) as at_a:
             # One resident identified and waiting, one between start and consent: both at A.
@@ -62,8 +77,9 @@ def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) 
             pending = at_a.post("/start", json=START, headers=json_accept).json()
             assert at_a.get(path(pending["client_url"])).status_code == 200
 
-        a.process.kill()  # SIGKILL: no shutdown, no drain
+        a.process.kill()  # SIGKILL: no shutdown, no drain, no release of the lease
         a.process.wait(timeout=10)
+        killed_at = time.time()
 
         with httpx.Client(base_url=b.url, timeout=20, trust_env=False) as at_b:
             # Each resident carries on at B from where they were.
@@ -83,7 +99,8 @@ def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) 
             float(str(r[0]))
             for r in query(pg, "SELECT purge_at FROM conversations WHERE id IN :ids", ids)
         )
-        deadline = purge_at + 2 * SWEEP_INTERVAL + 10
+        # The killed holder's lease runs out (SWEEP_LEASE), then the survivor's next pass.
+        deadline = max(purge_at, killed_at + SWEEP_LEASE) + SWEEP_INTERVAL + 10
         while True:
             states = {
                 str(r[0])
@@ -96,6 +113,7 @@ def test_kill_9_loses_no_conversation_and_retention_still_holds(tmp_path: Path) 
             )
             time.sleep(1)
         lag = time.time() - purge_at
+        assert sweeper_lease(b.url) == 1.0  # the survivor took the lease over
         assert query(
             pg, "SELECT count(*) FROM vault_entries WHERE conversation_id IN :ids", ids
         ) == [(0,)]

@@ -243,6 +243,15 @@ used_tokens = Table(
     Column("expires_at", Float, nullable=False, index=True),
 )
 
+leases = Table(
+    "leases",
+    metadata,
+    # One row per job that must run on one instance at a time (storage/leases.py).
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("until", Float, nullable=False),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,

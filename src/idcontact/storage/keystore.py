@@ -22,10 +22,13 @@ from typing import Protocol, TypeVar
 import anyio
 import anyio.to_thread
 from redis.asyncio import Redis
-from sqlalchemy import text
+from sqlalchemy import column, delete, table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
+
+_DATA_KEYS = table("data_keys", column("conversation_id"))
+"""The PostgreSQL key store's table (migration 0001), for statements with a list of ids."""
 
 
 class KeyStore(Protocol):
@@ -33,7 +36,10 @@ class KeyStore(Protocol):
 
     async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None: ...
     async def get(self, conversation_id: str) -> bytes | None: ...
-    async def delete(self, conversation_id: str) -> None: ...
+    async def delete(self, *conversation_ids: str) -> None:
+        """Delete these conversations' keys (several at once: the sweeper purges batches)."""
+        ...
+
     async def purge_expired(self) -> int: ...
     async def close(self) -> None: ...
 
@@ -103,11 +109,14 @@ class SqliteKeyStore:
             rows = await self._run(sql, params)
         return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
-    async def delete(self, conversation_id: str) -> None:
-        await self._call(self._delete, conversation_id)
+    async def delete(self, *conversation_ids: str) -> None:
+        if conversation_ids:
+            await self._call(self._delete, conversation_ids)
 
-    def _delete(self, conversation_id: str) -> None:
-        self._conn.execute("DELETE FROM data_keys WHERE conversation_id = ?", (conversation_id,))
+    def _delete(self, conversation_ids: tuple[str, ...]) -> None:
+        self._conn.executemany(
+            "DELETE FROM data_keys WHERE conversation_id = ?", [(c,) for c in conversation_ids]
+        )
         self._checkpoint()
 
     async def purge_expired(self) -> int:
@@ -150,10 +159,12 @@ class PostgresKeyStore:
             ).first()
         return bytes(row[0]) if row else None
 
-    async def delete(self, conversation_id: str) -> None:
+    async def delete(self, *conversation_ids: str) -> None:
+        if not conversation_ids:
+            return
         async with self._engine.begin() as conn:
             await conn.execute(
-                text("DELETE FROM data_keys WHERE conversation_id = :c"), {"c": conversation_id}
+                delete(_DATA_KEYS).where(_DATA_KEYS.c.conversation_id.in_(conversation_ids))
             )
 
     async def purge_expired(self) -> int:
@@ -184,8 +195,9 @@ class RedisKeyStore:
             return None
         return value if isinstance(value, bytes) else str(value).encode()
 
-    async def delete(self, conversation_id: str) -> None:
-        await self._redis.delete(self.PREFIX + conversation_id)
+    async def delete(self, *conversation_ids: str) -> None:
+        if conversation_ids:
+            await self._redis.delete(*(self.PREFIX + c for c in conversation_ids))
 
     async def purge_expired(self) -> int:
         return 0  # Redis expires keys itself.

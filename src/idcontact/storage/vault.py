@@ -269,18 +269,19 @@ class Vault:
 
         await self._db.run(work, write=True)
 
-    async def destroy(self, conversation_id: str) -> None:
+    async def destroy(self, *conversation_ids: str) -> None:
         """Delete the keys first (that is the deletion), then the ciphertext: the attributes
-        and every chat message."""
-        await self._keys.delete(conversation_id)
-        await self._keys.delete(_chat_key_id(conversation_id))
+        and every chat message, of one conversation or of the sweeper's batch."""
+        if not conversation_ids:
+            return
+        await self._keys.delete(*conversation_ids, *map(_chat_key_id, conversation_ids))
 
         def work(conn: Connection) -> None:
             conn.execute(
-                delete(vault_entries).where(vault_entries.c.conversation_id == conversation_id)
+                delete(vault_entries).where(vault_entries.c.conversation_id.in_(conversation_ids))
             )
             conn.execute(
-                delete(chat_messages).where(chat_messages.c.conversation_id == conversation_id)
+                delete(chat_messages).where(chat_messages.c.conversation_id.in_(conversation_ids))
             )
 
         await self._db.run(work, write=True)
