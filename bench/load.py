@@ -10,6 +10,10 @@
 4. Reports throughput, latency percentiles of whole flows, the error rate, each instance's
    memory (RSS) over the run, the purge lag and purges (scraped from ``/metrics`` of each
    instance) and the push latency histogram.
+5. Measures cross-instance push from outside, before the load and all through it: an agent's
+   console stream is open at the second instance; once a second a resident opens the waiting
+   room at the first (which puts the conversation in the queue), and the probe times from
+   sending that request to the conversation's id arriving on the console stream.
 
     .venv/bin/python bench/load.py --minutes 10
     .venv/bin/python bench/load.py --minutes 1 --peak-seconds 10     # a quick look
@@ -32,6 +36,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +52,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from tests.deploy._nginx import start_nginx  # noqa: E402
-from tests.flows._cluster import Cluster, start_cluster  # noqa: E402
+from tests.flows._cluster import (  # noqa: E402
+    START,
+    Cluster,
+    Stream,
+    logged_in_agent,
+    start_cluster,
+)
 from tests.flows._servers import free_ports  # noqa: E402
 
 from flows import (  # noqa: E402
@@ -61,6 +72,7 @@ from idcontact.cli import DEMO_CONFIG  # noqa: E402
 
 RETENTION_MINUTES = 1
 SAMPLE_SECONDS = 10.0
+PUSH_TARGET_MS = 100.0
 
 
 def log(msg: str) -> None:
@@ -180,6 +192,111 @@ def summary(run: Run, seconds: float) -> dict[str, Any]:
     }
 
 
+def direct_client(base: str, cookies: httpx.Cookies | None = None) -> httpx.Client:
+    """A client for one instance's own http:// port that still sends the Secure cookies an
+    https public URL makes (httpx, like browsers, would keep them off plain http)."""
+    client = httpx.Client(base_url=base, timeout=60, trust_env=False, cookies=cookies)
+
+    def carry(request: httpx.Request) -> None:
+        jar = client.cookies.jar
+        if len(jar):
+            request.headers["Cookie"] = "; ".join(f"{c.name}={c.value}" for c in jar)
+
+    client.event_hooks["request"].append(carry)
+    return client
+
+
+class PushProbe:
+    """Cross-instance push timed from outside (issue #11.1: ≤ 100 ms): a console stream at
+    ``cluster.servers[1]``, changes made at ``cluster.servers[0]``, in a thread of its own so
+    the load generator's event loop does not delay the clock."""
+
+    def __init__(self, cluster: Cluster, verify: Any) -> None:
+        self.at, self.console = cluster.servers[0], cluster.servers[1]
+        # Logged in through nginx (the cookies are Secure: the public URL is https), then
+        # straight to the second instance with those cookies.
+        self.agent = logged_in_agent(cluster, cluster.public_url, "probe", verify=verify)
+        self.stream = Stream(
+            direct_client(self.console.url, self.agent.cookies), "/agent/default/events"
+        )
+        if not self.stream.saw("event: hello", 20):
+            raise SystemExit("load: the probe's console stream did not open")
+        self.samples: dict[str, list[float]] = {}
+        self.missed: dict[str, int] = {}
+        self.after_answer: dict[str, list[float]] = {}
+        self._phase = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def probe(self, http: httpx.Client) -> float | None:
+        """One change at the first instance; ms until the console at the second heard of it."""
+        started = http.post("/start", json=START, headers={"Accept": "application/json"})
+        started.raise_for_status()
+        shared = http.post(
+            httpx.URL(started.json()["client_url"]).raw_path.decode(), data={"action": "share"}
+        )
+        landing = httpx.URL(shared.headers["location"]).raw_path.decode()
+        conversation_id = landing.rsplit("/", 1)[1]
+        t0 = time.perf_counter()
+        http.get(landing).raise_for_status()  # joins the queue: the event to every console
+        answered = time.perf_counter()
+        heard = self.stream.when(conversation_id, 10)
+        if heard is None:
+            return None
+        # Negative when the console heard it before the resident's page arrived.
+        self.after_answer.setdefault(self._phase, []).append((heard - answered) * 1000)
+        return (heard - t0) * 1000
+
+    def run(self, phase: str, count: int | None = None, every: float = 1.0) -> None:
+        """Probe every ``every`` s: ``count`` times now, or in the background until stopped."""
+        self._phase = phase
+        self.samples.setdefault(phase, [])
+        self.missed.setdefault(phase, 0)
+        if count is not None:
+            self._loop(count, every)
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(None, every), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self, count: int | None, every: float) -> None:
+        with direct_client(self.at.url) as http:
+            n = 0
+            while (count is None or n < count) and not self._stop.is_set():
+                try:
+                    ms = self.probe(http)
+                except httpx.HTTPError:
+                    ms = None
+                if ms is None:
+                    self.missed[self._phase] += 1
+                else:
+                    self.samples[self._phase].append(ms)
+                n += 1
+                self._stop.wait(every)
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target_ms": PUSH_TARGET_MS}
+        for phase, values in self.samples.items():
+            ordered = sorted(values)
+            out[phase] = {
+                "probes": len(ordered),
+                "missed": self.missed[phase],
+                "p50_ms": percentile(ordered, 50),
+                "p99_ms": percentile(ordered, 99),
+                "max_ms": ordered[-1] if ordered else math.nan,
+                "within_target": sum(v <= PUSH_TARGET_MS for v in ordered),
+                # From the answer to the change's request (committed) to the console hearing it.
+                "after_answer_p50_ms": percentile(sorted(self.after_answer.get(phase, [])), 50),
+                "after_answer_p99_ms": percentile(sorted(self.after_answer.get(phase, [])), 99),
+            }
+        return out
+
+
 def histogram_quantile(text: str, name: str, q: float) -> float:
     """The ``q`` quantile (upper bucket bound) of a Prometheus histogram, summed over series."""
     buckets: dict[float, float] = {}
@@ -259,6 +376,15 @@ def _run(
         log(f"wrote {out}")
     ok = report["sustained"]["errors"] == 0
     print(f"errors: {report['sustained']['errors']} (target 0) {'OK' if ok else 'MISSED'}")
+    for phase in ("quiet", "sustained"):
+        push = report["push_probe"].get(phase)
+        if push:
+            hit = "OK" if push["p99_ms"] <= PUSH_TARGET_MS else "MISSED"
+            print(
+                f"cross-instance push ({phase}): p50 {push['p50_ms']:.1f} ms, "
+                f"p99 {push['p99_ms']:.1f} ms (target {PUSH_TARGET_MS:.0f}) {hit}; "
+                f"{push['missed']} not heard in 10 s"
+            )
     return 0 if ok else 1
 
 
@@ -289,6 +415,9 @@ async def measure(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
 
+    probe = await asyncio.to_thread(PushProbe, cluster, verify)
+    log(f"push probe, no load: {args.quiet_probes} changes at one instance, console at the other")
+    await asyncio.to_thread(probe.run, "quiet", args.quiet_probes)
     log(f"peak: {args.concurrency} clients for {args.peak_seconds:.0f} s")
     await closed_loop(public, verify, args.concurrency, 5)  # warm-up
     peak = await closed_loop(public, verify, args.concurrency, args.peak_seconds)
@@ -300,7 +429,9 @@ async def measure(
     seconds = args.minutes * 60
     stop = asyncio.Event()
     sampling = asyncio.create_task(sampler(stop))
+    probe.run("sustained")
     sustained = await open_loop(public, verify, rate, seconds, args.pool)
+    await asyncio.to_thread(probe.stop)
     stop.set()
     await sampling
     await sample()
@@ -320,6 +451,8 @@ async def measure(
         "missed_scrapes": missed,
     }
     joined = "\n".join(texts)
+    report["push_probe"] = probe.report()
+    probe.agent.close()
     report["push_latency_s"] = {
         "p50_le": histogram_quantile(joined, "idcontact_push_latency_seconds", 0.5),
         "p99_le": histogram_quantile(joined, "idcontact_push_latency_seconds", 0.99),
@@ -334,6 +467,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="clients for the peak (32)")
     p.add_argument("--fraction", type=float, default=0.8, help="of the peak to sustain (0.8)")
     p.add_argument("--pool", type=int, default=256, help="open-loop clients at most (256)")
+    p.add_argument("--quiet-probes", type=int, default=100, help="push probes before (100)")
     p.add_argument("--no-write", dest="write", action="store_false", help="print only")
     return p.parse_args()
 

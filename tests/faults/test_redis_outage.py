@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.faults._services import PrivateRedis
-from tests.flows._cluster import logged_in_agent, resident_waiting, start_cluster
-from tests.flows.test_drain import Stream
+from tests.flows._cluster import Stream, logged_in_agent, resident_waiting, start_cluster
 from tests.services import postgres_url
 
 

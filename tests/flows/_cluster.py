@@ -7,6 +7,8 @@ import asyncio
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +165,50 @@ def resident_waiting(base: str, **client: object) -> str:
         waiting = browser.get(landing)
         assert waiting.status_code == 200 and "U bent nummer" in waiting.text
         return landing.rsplit("/", 1)[1]
+
+
+class Stream:
+    """A console's event stream read in a thread: lines as they arrive, and when it ended."""
+
+    def __init__(self, client: httpx.Client, path: str) -> None:
+        self.lines: list[str] = []
+        self.arrived: list[float] = []  # perf_counter() of each line's arrival
+        self.ended = threading.Event()
+        self.opened = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(client, path), daemon=True)
+        self._thread.start()
+
+    def _read(self, client: httpx.Client, path: str) -> None:
+        try:
+            with client.stream(
+                "GET", path, headers={"Accept": "text/event-stream"}, timeout=None
+            ) as response:
+                self.status = response.status_code
+                self.opened.set()
+                for line in response.iter_lines():
+                    at = time.perf_counter()
+                    self.lines.append(line)
+                    self.arrived.append(at)  # after the line: arrived never outruns lines
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.opened.set()
+            self.ended.set()
+
+    def when(self, text: str, timeout: float) -> float | None:
+        """When (``perf_counter``) the first line with ``text`` arrived; ``None`` if none did
+        within ``timeout`` seconds or before the stream ended."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            ended = self.ended.is_set()  # before the scan: lines added after it are seen next
+            for i in range(seen, len(self.arrived)):
+                if text in self.lines[i]:
+                    return self.arrived[i]
+            seen = len(self.arrived)
+            if ended or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.001)
+
+    def saw(self, text: str, timeout: float) -> bool:
+        return self.when(text, timeout) is not None

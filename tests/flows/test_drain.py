@@ -5,51 +5,15 @@ console carries on at the other instance with the same view."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.flows._cluster import START, logged_in_agent, resident_waiting, start_cluster
+from tests.flows._cluster import START, Stream, logged_in_agent, resident_waiting, start_cluster
 from tests.services import postgres_url, redis_url
 
 DRAIN_SECONDS = 3
-
-
-class Stream:
-    """A console's event stream read in a thread: lines as they arrive, and when it ended."""
-
-    def __init__(self, client: httpx.Client, path: str) -> None:
-        self.lines: list[str] = []
-        self.ended = threading.Event()
-        self.opened = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(client, path), daemon=True)
-        self._thread.start()
-
-    def _read(self, client: httpx.Client, path: str) -> None:
-        try:
-            with client.stream(
-                "GET", path, headers={"Accept": "text/event-stream"}, timeout=None
-            ) as response:
-                self.status = response.status_code
-                self.opened.set()
-                for line in response.iter_lines():
-                    self.lines.append(line)
-        except httpx.HTTPError:
-            pass
-        finally:
-            self.opened.set()
-            self.ended.set()
-
-    def saw(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return True
-            if self.ended.wait(0.02):
-                return any(text in line for line in self.lines)
-        return False
 
 
 def test_sigterm_drains_one_instance_and_the_console_carries_on_at_the_other(
