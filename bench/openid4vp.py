@@ -181,7 +181,9 @@ async def one(client: httpx.AsyncClient, issuer: Any) -> float:
     return took
 
 
-async def served(samples: int, seconds: float, concurrency: int) -> dict[str, Any]:
+async def served(
+    samples: int, seconds: float, concurrency: int, profile_to: Path | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="idc-bench-oid4vp-") as tmp:
         work = Path(tmp)
         root = make_ca()
@@ -190,7 +192,13 @@ async def served(samples: int, seconds: float, concurrency: int) -> dict[str, An
         port = flows.free_port()
         env = {**flows.clean_env(), "IDCONTACT_PUBLIC_URL": f"http://localhost:{port}"}
         server = flows.start_server(
-            config=config, data_dir=work, port=port, roles=(), env=env, log_path=work / "log"
+            config=config,
+            data_dir=work,
+            port=port,
+            roles=(),
+            env=env,
+            log_path=work / "log",
+            profile_to=profile_to,
         )
         try:
             async with httpx.AsyncClient(base_url=f"http://localhost:{port}", timeout=30) as c:
@@ -244,11 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the server (pyinstrument): bench/results/profile-openid4vp-<stamp>.txt",
+    )
     args = parser.parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    profile_to = flows.RESULTS_DIR / f"profile-openid4vp-{stamp}.txt" if args.profile else None
     report: dict[str, Any] = {"benchmark": "openid4vp", "machine": flows.machine_info()}
     report["verify"] = verify_only(args.verifications)
-    report["served"] = asyncio.run(served(args.samples, args.seconds, args.concurrency))
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report["served"] = asyncio.run(served(args.samples, args.seconds, args.concurrency, profile_to))
     report["at"] = stamp
     stamped, _ = flows.write_results(report, stamp, "openid4vp")
     v, s, c = report["verify"], report["served"]["serial"], report["served"]["concurrent"]

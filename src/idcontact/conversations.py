@@ -329,7 +329,7 @@ class Conversations:
                 conversation_id, payload, self.key_seconds(purge_at - now)
             )
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> Any:
             if before is not None:
                 before(conn)
             _mark_used(conn, received)
@@ -348,8 +348,9 @@ class Conversations:
                     last_activity=now,
                     has_session=1 if payload and payload.get("session_url") else None,
                 )
-            )
-            if claimed.rowcount != 1:
+                .returning(*conversations.c)  # what the event says, without another read
+            ).first()
+            if claimed is None:
                 raise SlotUsedError()
             if sealed is not None:
                 self._vault.insert(conn, sealed)
@@ -362,15 +363,16 @@ class Conversations:
                 {"attribute_names": sorted(purpose.attributes), **subject},
                 tenant=self._tenant,
             )
+            return claimed
 
         try:
-            await self._db.run(work, write=True)
+            row = await self._db.run(work, write=True)
         except BaseException:
             if sealed is not None:
                 await self._vault.forget(conversation_id)
             raise
         self._stepped(purpose.tag, method, state, "created")
-        await self._changed(conversation_id)
+        await self.publish(_conversation(row))
         return state
 
     def _stepped(self, purpose: str, method: str, state: State, previous: State | None) -> None:
