@@ -258,8 +258,9 @@ class QueueService:
                     conversations.c.state.in_(("waiting", "offered")),
                 )
             ).all()
-            handles = self._handles(conn)
-            return list(rows), handles, self._agents(conn, None)
+            if not rows:  # nobody in line (the queue tick asks every second)
+                return [], {}, []
+            return list(rows), self._handles(conn), self._agents(conn, None)
 
         rows, handles, pool = await self._db.run(work)
         lines: dict[str, list[Any]] = {}
@@ -609,10 +610,22 @@ class QueueService:
         try again; ``None``: nothing (more) to offer."""
 
         def anyone(conn: Connection) -> bool:
-            return any(a.state == "available" for a in self._agents(conn, queue.tag))
+            waiting = conn.execute(
+                select(conversations.c.id)
+                .where(
+                    conversations.c.tenant == self._tenant.slug,
+                    conversations.c.queue == queue.tag,
+                    conversations.c.state == "waiting",
+                )
+                .limit(1)
+            ).first()
+            # The agents' load is read only when someone waits (every tick asks this).
+            return waiting is not None and any(
+                a.state == "available" for a in self._agents(conn, queue.tag)
+            )
 
         if not await self._db.run(anyone):
-            return None  # nobody can take anything: no write lock, no read of the line
+            return None  # nothing to offer or nobody to take it: no write lock
         now = self._clock()
 
         def work(conn: Connection) -> Any:
