@@ -83,3 +83,27 @@ async def test_a_change_on_one_instance_reaches_consoles_on_another(
             if event.data.get("id") == conversation_id:
                 seen.append(event.data.get("state"))
     assert seen[-1] == "waiting"
+
+
+@pytest.mark.redis
+async def test_a_batch_of_events_crosses_redis_in_order() -> None:
+    """The sweeper publishes a batch at once (one pipelined round trip): every event of it
+    reaches the other instance, in order."""
+    from redis.asyncio import Redis
+
+    from idcontact.events import RedisBus
+
+    channel = "idcontact:test-batch"
+    sender = RedisBus(Redis.from_url(redis_url()), channel)
+    receiver = RedisBus(Redis.from_url(redis_url()), channel)
+    await sender.start()
+    await receiver.start()
+    try:
+        async with receiver.subscribe("a", "conversation") as other_instance:
+            batch = [Event("a", "conversation", f"c{n}", {"n": n}) for n in range(50)]
+            await sender.publish(*batch)
+            got = [await other_instance.next(5.0) for _ in batch]
+        assert [e.data["n"] for e in got if e is not None] == list(range(50))
+    finally:
+        await sender.close()
+        await receiver.close()

@@ -791,21 +791,23 @@ class Conversations:
         if self._bus is not None:
             await self.publish(await self.get(conversation_id))
 
-    async def publish(self, conversation: Conversation) -> None:
-        """Tell consoles (ids and states) and the resident (state only) about a change."""
+    async def publish(self, *changed: Conversation) -> None:
+        """Tell consoles (ids and states) and the resident (state only) about changes."""
         if self._bus is None:
             return
         now = self._clock()
-        # Consoles list the queue and what agents hold; a conversation that never got there
-        # (created, authenticated, failed) is not theirs to hear about.
-        if conversation.waiting_since is not None:
-            await self._bus.publish(
-                Event(self._tenant, "queue", conversation.queue or "", conversation.summary(), now)
-            )
-        data: dict[str, object] = {"state": conversation.state, "holder": conversation.agent_id}
-        if conversation.identify_state is not None:
-            data["identify"] = conversation.identify_state
-        await self._bus.publish(Event(self._tenant, "conversation", conversation.id, data, now))
+        events: list[Event] = []
+        for conversation in changed:
+            # Consoles list the queue and what agents hold; a conversation that never got
+            # there (created, authenticated, failed) is not theirs to hear about.
+            if conversation.waiting_since is not None:
+                summary = conversation.summary()
+                events.append(Event(self._tenant, "queue", conversation.queue or "", summary, now))
+            data: dict[str, object] = {"state": conversation.state, "holder": conversation.agent_id}
+            if conversation.identify_state is not None:
+                data["identify"] = conversation.identify_state
+            events.append(Event(self._tenant, "conversation", conversation.id, data, now))
+        await self._bus.publish(*events)
 
     async def purge_lag(self) -> float:
         """Seconds the oldest conversation past its retention has waited for the sweeper (0
@@ -907,7 +909,7 @@ class Conversations:
             await self._vault.destroy(*(str(r.id) for r, _ in purged))
             for r, was in purged:
                 self._stepped(r.purpose, r.comm_method, "purged", was)
-                await self.publish(_conversation(r))
+            await self.publish(*(_conversation(r) for r, _ in purged))
 
         def forget_tokens(conn: Connection) -> None:
             conn.execute(delete(used_tokens).where(used_tokens.c.expires_at <= now))

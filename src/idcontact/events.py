@@ -107,7 +107,9 @@ class Subscription:
 
 
 class Bus(Protocol):
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, *events: Event) -> None:
+        """Fan these events out (several at once: one round trip for a sweeper's batch)."""
+        ...
 
     def subscribe(
         self, tenant: str, topic: Topic, key: str | None = None, *, internal: bool = False
@@ -138,12 +140,13 @@ class LocalBus:
         # (tenant, topic, key or None for "all keys of the topic") → subscribers
         self._subs: dict[tuple[str, Topic, str | None], set[Subscription]] = {}
 
-    async def publish(self, event: Event) -> None:
-        if self._observe is not None and event.at:
-            self._observe(time.time() - event.at)
-        for key in (event.key, None):
-            for sub in self._subs.get((event.tenant, event.topic, key), ()):
-                sub.offer(event)
+    async def publish(self, *events: Event) -> None:
+        for event in events:
+            if self._observe is not None and event.at:
+                self._observe(time.time() - event.at)
+            for key in (event.key, None):
+                for sub in self._subs.get((event.tenant, event.topic, key), ()):
+                    sub.offer(event)
 
     def has_subscribers(self, tenant: str, topic: Topic, key: str | None = None) -> bool:
         """Whether anyone listens to ``key`` (any key of the topic when ``None``)."""
@@ -252,12 +255,18 @@ class RedisBus:
                 await self._reader
         await self._redis.aclose()
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, *events: Event) -> None:
         try:
-            await self._redis.publish(self._channel, json.dumps(event.as_dict()))
+            if len(events) == 1:
+                await self._redis.publish(self._channel, json.dumps(events[0].as_dict()))
+            elif events:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for event in events:
+                        pipe.publish(self._channel, json.dumps(event.as_dict()))
+                    await pipe.execute()
         except Exception:  # the change itself is committed; see the class docstring
             log.warning("could not publish an event", exc_info=True)
-            await self._local.publish(event)  # this instance's consoles at least
+            await self._local.publish(*events)  # this instance's consoles at least
 
     def subscribe(
         self, tenant: str, topic: Topic, key: str | None = None, *, internal: bool = False

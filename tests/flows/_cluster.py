@@ -173,6 +173,7 @@ class Stream:
     def __init__(self, client: httpx.Client, path: str) -> None:
         self.lines: list[str] = []
         self.arrived: list[float] = []  # perf_counter() of each line's arrival
+        self.clock: list[float] = []  # and time.time(), to compare with an event's "at"
         self.ended = threading.Event()
         self.opened = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(client, path), daemon=True)
@@ -186,8 +187,9 @@ class Stream:
                 self.status = response.status_code
                 self.opened.set()
                 for line in response.iter_lines():
-                    at = time.perf_counter()
+                    at, wall = time.perf_counter(), time.time()
                     self.lines.append(line)
+                    self.clock.append(wall)
                     self.arrived.append(at)  # after the line: arrived never outruns lines
         except httpx.HTTPError:
             pass
@@ -195,20 +197,20 @@ class Stream:
             self.opened.set()
             self.ended.set()
 
-    def when(self, text: str, timeout: float) -> float | None:
-        """When (``perf_counter``) the first line with ``text`` arrived; ``None`` if none did
-        within ``timeout`` seconds or before the stream ended."""
+    def find(self, text: str, timeout: float) -> int | None:
+        """The index of the first line with ``text``; ``None`` if none arrived within
+        ``timeout`` seconds or before the stream ended."""
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
             ended = self.ended.is_set()  # before the scan: lines added after it are seen next
             for i in range(seen, len(self.arrived)):
                 if text in self.lines[i]:
-                    return self.arrived[i]
+                    return i
             seen = len(self.arrived)
             if ended or time.monotonic() >= deadline:
                 return None
             time.sleep(0.001)
 
     def saw(self, text: str, timeout: float) -> bool:
-        return self.when(text, timeout) is not None
+        return self.find(text, timeout) is not None

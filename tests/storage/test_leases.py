@@ -4,11 +4,11 @@ and the sweeper's pass, which runs only on the instance that holds its lease."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from sqlalchemy import func, select
 
+from idcontact import app as app_module
 from idcontact.app import sweep_once
 from idcontact.conversations import Conversations
 from idcontact.storage.db import Database, audit_events, conversations
@@ -52,11 +52,17 @@ async def test_many_instances_racing_for_a_new_lease_one_wins(make_app: AppFacto
     assert won.count(True) == 1
 
 
-async def hold_the_apps_sweeper(instance: Instance) -> None:
-    """Keep the app's own background sweeper out of the way: its lease is taken by a holder
-    whose clock runs ahead (so the lease is free for it even if the app just took it)."""
-    ahead = Lease(db_of(instance), "sweeper", 3600, holder="test", clock=lambda: time.time() + 60)
-    assert await ahead.take()
+@pytest.fixture
+async def quiet(make_app: AppFactory, database: str, monkeypatch: pytest.MonkeyPatch) -> Instance:
+    """The demo instance without its own background sweeper, so the tests' sweepers are the
+    only ones (the app's would purge the same conversations at a moment of its choosing)."""
+
+    async def no_sweeper(*_args: object, **_kwargs: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(app_module, "_sweep", no_sweeper)
+    instance: Instance = await make_app(database=database)
+    return instance
 
 
 async def purged_events(instance: Instance) -> int:
@@ -64,10 +70,10 @@ async def purged_events(instance: Instance) -> int:
     return int(await db_of(instance).run(lambda conn: conn.execute(query).scalar_one()))
 
 
-async def test_only_the_lease_holder_sweeps_and_in_batches(instance: Instance) -> None:
+async def test_only_the_lease_holder_sweeps_and_in_batches(quiet: Instance) -> None:
+    instance = quiet
     store = instance.services.conversations
     assert isinstance(store, Conversations)
-    await hold_the_apps_sweeper(instance)
     ids = [await start_conversation(instance) for _ in range(5)]
     for conversation_id in ids:
         await store.end(conversation_id, actor="test")  # due for the sweeper
@@ -89,10 +95,10 @@ async def test_only_the_lease_holder_sweeps_and_in_batches(instance: Instance) -
         assert await store.vault.keys.get(conversation_id) is None
 
 
-async def test_a_batch_limit_leaves_the_rest_for_the_next_call(instance: Instance) -> None:
+async def test_a_batch_limit_leaves_the_rest_for_the_next_call(quiet: Instance) -> None:
+    instance = quiet
     store = instance.services.conversations
     assert isinstance(store, Conversations)
-    await hold_the_apps_sweeper(instance)
     ids = [await start_conversation(instance) for _ in range(5)]
     for conversation_id in ids:
         await store.end(conversation_id, actor="test")
