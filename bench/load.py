@@ -224,6 +224,7 @@ class PushProbe:
         self.samples: dict[str, list[float]] = {}
         self.missed: dict[str, int] = {}
         self.pushed: dict[str, list[float]] = {}
+        self.why: dict[str, Counter[str]] = {}
         self._phase = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -253,6 +254,7 @@ class PushProbe:
         self._phase = phase
         self.samples.setdefault(phase, [])
         self.missed.setdefault(phase, 0)
+        self.why.setdefault(phase, Counter())
         if count is not None:
             self._loop(count, every)
             return
@@ -271,10 +273,12 @@ class PushProbe:
             while (count is None or n < count) and not self._stop.is_set():
                 try:
                     ms = self.probe(http)
-                except httpx.HTTPError:
-                    ms = None
+                    why = "not heard within 10 s"
+                except httpx.HTTPError as exc:
+                    ms, why = None, f"{type(exc).__name__}: {exc}"[:120]
                 if ms is None:
                     self.missed[self._phase] += 1
+                    self.why[self._phase][why] += 1
                 else:
                     self.samples[self._phase].append(ms)
                 n += 1
@@ -287,6 +291,7 @@ class PushProbe:
             out[phase] = {
                 "probes": len(ordered),
                 "missed": self.missed[phase],
+                "missed_why": dict(self.why[phase]),
                 "p50_ms": percentile(ordered, 50),
                 "p99_ms": percentile(ordered, 99),
                 "max_ms": ordered[-1] if ordered else math.nan,

@@ -70,13 +70,19 @@ async def purged_events(instance: Instance) -> int:
     return int(await db_of(instance).run(lambda conn: conn.execute(query).scalar_one()))
 
 
-async def test_only_the_lease_holder_sweeps_and_in_batches(quiet: Instance) -> None:
-    instance = quiet
+async def ended(instance: Instance, count: int) -> tuple[Conversations, list[str]]:
+    """``count`` conversations, ended: due for the sweeper."""
     store = instance.services.conversations
     assert isinstance(store, Conversations)
-    ids = [await start_conversation(instance) for _ in range(5)]
+    ids = [await start_conversation(instance) for _ in range(count)]
     for conversation_id in ids:
-        await store.end(conversation_id, actor="test")  # due for the sweeper
+        await store.end(conversation_id, actor="test")
+    return store, ids
+
+
+async def test_only_the_lease_holder_sweeps_and_in_batches(quiet: Instance) -> None:
+    instance = quiet
+    store, ids = await ended(instance, 5)
     # Two instances' sweepers, each with its own holder name.
     first = Lease(db_of(instance), "test-sweeper", 45, holder="first")
     second = Lease(db_of(instance), "test-sweeper", 45, holder="second")
@@ -96,11 +102,6 @@ async def test_only_the_lease_holder_sweeps_and_in_batches(quiet: Instance) -> N
 
 
 async def test_a_batch_limit_leaves_the_rest_for_the_next_call(quiet: Instance) -> None:
-    instance = quiet
-    store = instance.services.conversations
-    assert isinstance(store, Conversations)
-    ids = [await start_conversation(instance) for _ in range(5)]
-    for conversation_id in ids:
-        await store.end(conversation_id, actor="test")
+    store, _ = await ended(quiet, 5)
     assert [await store.purge_expired(limit=2) for _ in range(4)] == [2, 2, 1, 0]
-    assert await purged_events(instance) == 5
+    assert await purged_events(quiet) == 5
