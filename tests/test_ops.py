@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from idcontact.ops import Drain, Metrics
 from idcontact.plugins.auth.demo import DemoAuthPlugin
-from idcontact.plugins.base import Kind
+from idcontact.plugins.base import INPROC_BASE, Kind
 from tests.conftest import (
     CANARY_BSN,
     CANARY_NAME,
@@ -206,3 +207,25 @@ def test_draining_refuses_a_websocket_handshake_with_503(tmp_path: Path) -> None
             pass
         assert denied.value.status_code == 503
         assert denied.value.json()["type"].endswith("/draining")
+
+
+async def test_a_hop_within_the_process_skips_the_edge_but_keeps_the_error_mapping(
+    instance: Instance, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Server-side calls between the roles of one process (``http://inproc``) are part of a
+    request already let in: served while draining, with no access log line of their own, and
+    errors still answered as problem+json."""
+    http = instance.services.http
+    drain: Drain = instance.app.state.drain
+    await drain.begin()
+    with caplog.at_level(logging.INFO, logger="idcontact.access"):
+        started = await http.post(f"{INPROC_BASE}/start", json=START, headers=JSON)
+        refused = await http.post(f"{INPROC_BASE}/start", json={"purpose": "nope"}, headers=JSON)
+        missing = await http.get(f"{INPROC_BASE}/no/such/route")
+    assert started.status_code == 200 and "client_url" in started.json()
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert missing.status_code == 404 and missing.json()["type"].endswith("/not-found")
+    assert [r for r in caplog.records if r.name == "idcontact.access"] == []
+    outside = await instance.client.post("/start", json=START, headers=JSON)
+    assert outside.status_code == 503  # the same request from outside is refused

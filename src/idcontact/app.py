@@ -20,11 +20,14 @@ from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from joserfc.jwk import RSAKey
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idcontact import __version__
 from idcontact.agents.directory import AgentDirectory
@@ -55,7 +58,7 @@ from idcontact.phone.calls import Calls, PhoneLine
 from idcontact.phone.codes import LinkCodes
 from idcontact.phone.sms import SmsGateway
 from idcontact.plugins.base import INPROC_BASE, Kind, Plugin, PluginContext, load_plugin_class
-from idcontact.plugins.comm.common import AuthOnlyStarter
+from idcontact.plugins.comm.common import AuthOnlyStarter, LocalSlots
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
@@ -293,7 +296,7 @@ def create_app(
         redoc_url=None,
     )
     http = httpx.AsyncClient(
-        mounts={INPROC_BASE: httpx.ASGITransport(app=app, raise_app_exceptions=False)},
+        mounts={INPROC_BASE: httpx.ASGITransport(app=inproc(app), raise_app_exceptions=False)},
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
@@ -360,6 +363,7 @@ def create_app(
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
 
     plugin_classes = dict(plugin_classes or {})
+    local = LocalSlots()
     for tenant_services in tenants.values():
         checks |= _mount_tenant(
             app,
@@ -374,6 +378,7 @@ def create_app(
             irma=irma.sessions if irma else None,
             once=DatabaseOneTime(db) if db is not None else None,
             closers=closers,
+            local=local,
         )
 
     if db is not None and directory is not None:
@@ -536,6 +541,7 @@ def _mount_tenant(
     irma: Sessions | None,
     once: OneTime | None = None,
     closers: list[Callable[[], Awaitable[None]]] | None = None,
+    local: LocalSlots | None = None,
 ) -> dict[str, Check]:
     """Mount one tenant's plugins, core and pages under its prefix (none for the default);
     return the readiness checks of those with an outside backend."""
@@ -581,8 +587,11 @@ def _mount_tenant(
                 irma=irma if kind == "auth" else None,
                 starter=starter if kind == "comm" else None,
                 once=once if kind == "auth" else None,
+                local=local if kind == "auth" else None,
             )
             plugin = cls(ctx, tenant.plugins.get(kind, {}).get(method.tag, {}))
+            if kind == "comm" and local is not None and services.conversations is not None:
+                local.add(ctx.internal_base, services.conversations)
             close = getattr(plugin, "aclose", None)  # a plugin's own clients (mutual TLS)
             if close is not None and closers is not None:
                 closers.append(close)
@@ -611,6 +620,26 @@ def _hand_over_settings(tenant: Tenant) -> dict[str, object]:
     if policy.plugin == "klantinteracties" and not policy.settings and tenant.klantinteracties:
         return tenant.klantinteracties.model_dump(exclude_defaults=True)
     return dict(policy.settings)
+
+
+def inproc(app: FastAPI) -> ASGIApp:
+    """What a server-side call between two roles of this process goes through: the routes and
+    the one error mapping, not the edge. A hop that never leaves the process gets no access log
+    line, body limit, security headers or drain refusal (it belongs to a request already let
+    in), and keeps the outer request's correlation id. This halves the cost of each hop (three
+    per identification)."""
+    stack: ASGIApp | None = None
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal stack
+        if stack is None:  # built on first use: every exception handler is registered by then
+            stack = ExceptionMiddleware(
+                AsyncExitStackMiddleware(app.router), handlers=dict(app.exception_handlers)
+            )
+        scope["app"] = app
+        await stack(scope, receive, send)
+
+    return call
 
 
 def services_of(app: FastAPI) -> Services:

@@ -9,6 +9,7 @@ transaction, so a refused or failed delivery changes nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -20,7 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from idcontact.domain.lifecycle import (
@@ -46,6 +59,37 @@ StepObserver = Callable[[str, str, str, State, State | None], None]
 """Told each lifecycle step: tenant, purpose, comm method, new state, previous state (``None``
 for a new conversation). The metrics (ops.py); tags and states only."""
 log = logging.getLogger(__name__)
+
+# Statements of every identification, built once. Building one per call (each value coerced, the
+# cache key computed from scratch) cost SQLAlchemy several times what running it costs.
+_BY_ID = select(conversations).where(
+    conversations.c.tenant == bindparam("tenant"), conversations.c.id == bindparam("key")
+)
+_BY_SLOT = select(conversations).where(
+    conversations.c.tenant == bindparam("tenant"), conversations.c.slot_hash == bindparam("key")
+)
+
+
+@functools.cache
+def _accepting(state: State) -> Update:
+    """Claim a conversation's one delivery: to ``state``, from a state that may change to it,
+    returning the row (what the event says, without another read)."""
+    return (
+        update(conversations)
+        .where(
+            conversations.c.id == bindparam("cid"),
+            conversations.c.delivered_at.is_(None),
+            conversations.c.state.in_(sources(state)),
+        )
+        .values(
+            state=state,
+            delivered_at=bindparam("now"),
+            last_activity=bindparam("now"),
+            has_session=bindparam("has_session"),
+        )
+        .returning(*conversations.c)
+    )
+
 
 PURGE_BATCH = 200
 """Conversations purged per transaction by the sweeper."""
@@ -240,40 +284,44 @@ class Conversations:
         )
         return row.id
 
-    async def _find(self, *where: Any) -> Any:
-        def work(conn: Connection) -> Any:
-            mine = conversations.c.tenant == self._tenant
-            return conn.execute(select(conversations).where(mine, *where)).first()
-
-        return await self._db.run(work)
+    async def _find(self, by: Select[Any], key: str) -> Any:
+        """This tenant's conversation ``by`` id or slot (``_BY_ID``, ``_BY_SLOT``)."""
+        params = {"tenant": self._tenant, "key": key}
+        return await self._db.run(lambda conn: conn.execute(by, params).first(), point=True)
 
     async def get(self, conversation_id: str) -> Conversation:
         bind_conversation(conversation_id)
-        row = await self._find(conversations.c.id == conversation_id)
+        row = await self._find(_BY_ID, conversation_id)
         if row is None:
             raise NotFoundError("No such conversation")
         return _conversation(row)
 
-    async def deliver_to_slot(self, slot: str, token: str) -> State:
-        """Out-of-band receipt at an attr_url slot: verify ``token`` and store, exactly once."""
-        row = await self._find(conversations.c.slot_hash == slot_hash(slot))
+    async def deliver_to_slot(self, slot: str, token: str | ReceivedToken) -> State:
+        """Out-of-band receipt at an attr_url slot: verify ``token`` and store, exactly once.
+
+        A ``ReceivedToken`` is a result an auth plugin of this process hands over directly
+        (:class:`LocalSlots`): there is no token to verify."""
+        row = await self._find(_BY_SLOT, slot_hash(slot))
         if row is None:
             raise NotFoundError("No such attribute slot")
         if row.identify_state == "started":
-            received = self._reader.read(token)
+            received = self._read(token)
             await self._accept_during(row, slot, received)
             state: State = row.state
             return state
         if row.delivered_at is not None:
             raise SlotUsedError()
-        received = self._reader.read(token)
+        received = self._read(token)
         return await self._accept(
             row.id, row.purge_at, received, self._purpose(row.purpose), method=row.comm_method
         )
 
+    def _read(self, token: str | ReceivedToken) -> ReceivedToken:
+        return token if isinstance(token, ReceivedToken) else self._reader.read(token)
+
     async def deliver(self, conversation_id: str, token: str) -> State:
         """In-band receipt (``?result=``) for a known conversation, exactly once."""
-        row = await self._find(conversations.c.id == conversation_id)
+        row = await self._find(_BY_ID, conversation_id)
         if row is None:
             raise NotFoundError("No such conversation")
         received = self._reader.read(token)
@@ -334,21 +382,12 @@ class Conversations:
                 before(conn)
             _mark_used(conn, received)
             claimed = conn.execute(
-                update(conversations)
-                .where(
-                    and_(
-                        conversations.c.id == conversation_id,
-                        conversations.c.delivered_at.is_(None),
-                        conversations.c.state.in_(sources(state)),
-                    )
-                )
-                .values(
-                    state=state,
-                    delivered_at=now,
-                    last_activity=now,
-                    has_session=1 if payload and payload.get("session_url") else None,
-                )
-                .returning(*conversations.c)  # what the event says, without another read
+                _accepting(state),
+                {
+                    "cid": conversation_id,
+                    "now": now,
+                    "has_session": 1 if payload and payload.get("session_url") else None,
+                },
             ).first()
             if claimed is None:
                 raise SlotUsedError()
@@ -641,7 +680,7 @@ class Conversations:
         conversation = await self.get(conversation_id)
         if conversation.state != "waiting" or conversation.callback_at is not None:
             raise InvalidTransitionError("A callback can be asked only once, while waiting")
-        row = await self._find(conversations.c.id == conversation_id)
+        row = await self._find(_BY_ID, conversation_id)
         now = self._clock()
         if not await self._vault.has_chat(conversation_id):
             await self._vault.open_chat(conversation_id, self.key_seconds(row.purge_at - now))
@@ -920,14 +959,15 @@ class Conversations:
 
 
 def _mark_used(conn: Connection, received: ReceivedToken) -> None:
-    """Record a token as used, in the caller's unit of work; a second use is refused."""
+    """Record a token as used, in the caller's unit of work; a second use is refused. A result
+    handed over in process has no token (and no ``replay_key``): its slot is its one use."""
+    if received.replay_key is None:
+        return
     try:
         conn.execute(
-            insert(used_tokens).values(
-                replay_key=received.replay_key,
-                # Kept past exp + any configurable leeway (≤ 120 s).
-                expires_at=received.expires_at + 180,
-            )
+            insert(used_tokens),
+            # Kept past exp + any configurable leeway (≤ 120 s).
+            {"replay_key": received.replay_key, "expires_at": received.expires_at + 180},
         )
     except IntegrityError:  # the whole unit of work rolls back
         raise TokenReplayError() from None

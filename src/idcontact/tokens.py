@@ -137,8 +137,9 @@ class ReceivedToken:
     """A verified attribute token: the result plus what a receiver needs against replay."""
 
     result: AuthResult
-    #: ``"jti:<jti>"`` or, for tokens without ``jti``, ``"sha256:<hex of the compact JWE>"``.
-    replay_key: str
+    #: ``"jti:<jti>"`` or, for tokens without ``jti``, ``"sha256:<hex of the compact JWE>"``;
+    #: ``None`` for a result handed over within this process (:meth:`TokenIssuer.hand_over`).
+    replay_key: str | None
     issued_at: int
     expires_at: int
     #: The ``kid`` whose configured key verified the inner JWS; ``None`` when the fallback key
@@ -429,6 +430,18 @@ class TokenIssuer:
 
     def __repr__(self) -> str:
         return f"TokenIssuer(kid={self._kid!r}, alg={_jws_alg_for(self._key)!r})"
+
+    def hand_over(self, result: AuthResult) -> ReceivedToken:
+        """What a reader would make of ``issue(result)``, for a receiver in this process: the
+        token protects a result between processes, and this one never leaves."""
+        now = int(self._clock())
+        return ReceivedToken(
+            result=result,
+            replay_key=None,
+            issued_at=now,
+            expires_at=now + self._lifetime,
+            kid=self._kid,
+        )
 
     def issue(self, result: AuthResult, encrypt_to: JoseKey) -> str:
         """Sign ``result`` and encrypt it to ``encrypt_to``; returns the compact JWE."""

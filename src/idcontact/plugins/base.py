@@ -5,7 +5,8 @@ A plugin is a class registered under the entry-point group ``idcontact.auth`` or
 unnamed plugins are never imported. Each plugin serves the original ID Contact HTTP contract
 (``POST /start_authentication`` or ``POST /start_communication``) on its own router, built
 with the prefix ``ctx.mount_path`` (``/auth/<tag>`` or ``/comm/<tag>``). The core always calls
-plugins through that HTTP contract; in the embedded mode the call stays in-process.
+plugins through that HTTP contract; in the embedded mode the call stays in-process, and an auth
+plugin hands its result to a slot of this process directly (``ctx.local``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from idcontact.errors import ConfigError
 from idcontact.irma.sessions import Sessions
 from idcontact.keys import JoseKey
 from idcontact.phone.codes import LinkCodes
-from idcontact.plugins.comm.common import AuthOnlyStarter
+from idcontact.plugins.comm.common import AuthOnlyStarter, LocalSlots
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import Method, Settings, Tenant
@@ -66,6 +67,8 @@ class PluginContext:
     once: OneTime | None = None
     """Auth plugins: one-time marks against replay, shared by all instances (the database);
     ``None`` when this instance has no database."""
+    local: LocalSlots | None = None
+    """Auth plugins: the attr_url slots this process serves, to hand results to directly."""
 
 
 class Plugin(Protocol):

@@ -52,14 +52,15 @@ def audit(
     lock, so busy conversations never queue behind the audit log.
     """
     conn.execute(
-        insert(audit_events).values(
-            tenant=tenant,
-            at=at,
-            actor=actor,
-            action=action,
-            conversation_id=conversation_id,
-            detail=json.dumps(dict(detail or {}), separators=(",", ":"), sort_keys=True),
-        )
+        insert(audit_events),
+        {
+            "tenant": tenant,
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "conversation_id": conversation_id,
+            "detail": json.dumps(dict(detail or {}), separators=(",", ":"), sort_keys=True),
+        },
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idcontact.errors import VaultError
@@ -62,6 +62,27 @@ def _encrypt(key: bytes, conversation_id: str, payload: Mapping[str, object]) ->
 
 
 CHAT_SENDERS = ("resident", "agent")
+
+# Statements of every chat message, built once (building one per call cost SQLAlchemy more than
+# running it).
+_ACTIVE = (
+    update(conversations)
+    .where(conversations.c.id == bindparam("cid"))
+    .values(last_activity=bindparam("at"))
+)
+_LAST_SEQ = select(func.max(chat_messages.c.seq)).where(
+    chat_messages.c.conversation_id == bindparam("cid")
+)
+_SINCE = (
+    select(chat_messages)
+    .where(
+        chat_messages.c.conversation_id == bindparam("cid"),
+        chat_messages.c.seq > bindparam("after"),
+        chat_messages.c.sender.in_(bindparam("senders", expanding=True)),
+    )
+    .order_by(chat_messages.c.seq)
+    .limit(1000)
+)
 """Who writes in a chat; the vault's message store also keeps other sealed entries."""
 
 
@@ -112,12 +133,13 @@ class Vault:
 
     def insert(self, conn: Connection, sealed: Sealed) -> None:
         conn.execute(
-            insert(vault_entries).values(
-                conversation_id=sealed.conversation_id,
-                nonce=sealed.nonce,
-                ciphertext=sealed.ciphertext,
-                created_at=self._clock(),
-            )
+            insert(vault_entries),
+            {
+                "conversation_id": sealed.conversation_id,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+                "created_at": self._clock(),
+            },
         )
 
     async def forget(self, conversation_id: str) -> None:
@@ -180,28 +202,21 @@ class Vault:
                 # One writer per conversation at a time (the update takes the PostgreSQL row
                 # lock; SQLite write transactions are serial already), so numbers are taken in
                 # turn.
-                conn.execute(
-                    update(conversations)
-                    .where(conversations.c.id == conversation_id)
-                    .values(last_activity=at)
-                )
-                last = conn.execute(
-                    select(func.max(chat_messages.c.seq)).where(
-                        chat_messages.c.conversation_id == conversation_id
-                    )
-                ).scalar()
+                conn.execute(_ACTIVE, {"cid": conversation_id, "at": at})
+                last = conn.execute(_LAST_SEQ, {"cid": conversation_id}).scalar()
                 seq = int(last or 0) + 1
                 nonce = os.urandom(12)
                 aad = f"{conversation_id}:{seq}:{sender}".encode()
                 conn.execute(
-                    insert(chat_messages).values(
-                        conversation_id=conversation_id,
-                        seq=seq,
-                        sender=sender,
-                        nonce=nonce,
-                        ciphertext=AESGCM(key).encrypt(nonce, text.encode(), aad),
-                        created_at=at,
-                    )
+                    insert(chat_messages),
+                    {
+                        "conversation_id": conversation_id,
+                        "seq": seq,
+                        "sender": sender,
+                        "nonce": nonce,
+                        "ciphertext": AESGCM(key).encrypt(nonce, text.encode(), aad),
+                        "created_at": at,
+                    },
                 )
                 return ChatMessage(seq, sender, text, at)
 
@@ -221,21 +236,11 @@ class Vault:
             return []
 
         def work(conn: Connection) -> list[Any]:
-            return list(
-                conn.execute(
-                    select(chat_messages)
-                    .where(
-                        chat_messages.c.conversation_id == conversation_id,
-                        chat_messages.c.seq > after,
-                        chat_messages.c.sender.in_(senders),
-                    )
-                    .order_by(chat_messages.c.seq)
-                    .limit(1000)
-                )
-            )
+            params = {"cid": conversation_id, "after": after, "senders": senders}
+            return list(conn.execute(_SINCE, params))
 
         out = []
-        for row in await self._db.run(work):
+        for row in await self._db.run(work, point=True):
             aad = f"{conversation_id}:{row.seq}:{row.sender}".encode()
             try:
                 text = AESGCM(key).decrypt(row.nonce, row.ciphertext, aad).decode()

@@ -88,10 +88,17 @@ def check_keys(ctx: PluginContext, name: str) -> None:
 
 
 async def deliver(ctx: PluginContext, result: AuthResult, pending: StartAuthRequest) -> str:
-    """Sign and encrypt ``result``; post it to ``attr_url`` when there is one, else put it on
-    the continuation. Returns where the browser goes next."""
+    """Hand ``result`` to ``attr_url`` directly when this process serves it; else sign and
+    encrypt it and post it to ``attr_url`` when there is one, or put it on the continuation.
+    Returns where the browser goes next."""
     if ctx.issuer is None or ctx.encrypt_to is None:  # pragma: no cover - checked at start
         raise ConfigError("auth plugin: needs a signing key and an encryption key")
+    if (
+        pending.attr_url is not None
+        and ctx.local is not None
+        and await ctx.local.hand_over(pending.attr_url, ctx.issuer.hand_over(result))
+    ):
+        return pending.continuation
     token = ctx.issuer.issue(result, ctx.encrypt_to)
     if pending.attr_url is None:
         return append_result(pending.continuation, token)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 
 from idcontact.conversations import Conversations
 from idcontact.errors import (
+    IdContactError,
     PluginError,
     PluginTimeoutError,
     UnknownPurposeError,
@@ -19,7 +20,7 @@ from idcontact.errors import (
 )
 from idcontact.keys import JoseKey
 from idcontact.settings import Purpose, Tenant
-from idcontact.tokens import sign_jwt
+from idcontact.tokens import ReceivedToken, sign_jwt
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,38 @@ def add_attr_route(router: APIRouter, conversations: Conversations) -> None:
         """Out-of-band delivery of an attribute token (``application/jwt``)."""
         state = await conversations.deliver_to_slot(slot, await jwt_body(request))
         return {"state": state}
+
+
+class LocalSlots:
+    """The attr_url slots this process serves itself (its comm plugins' ``/attr/{slot}``).
+
+    An auth plugin of the same process hands its result to one directly: no token is made and
+    verified again and no HTTP hop is taken, because the token protects a result on its way
+    between processes and this one never leaves. It is accepted exactly as a posted token
+    would be; remote slots still get the token over HTTP.
+    """
+
+    def __init__(self) -> None:
+        self._by_base: dict[str, Conversations] = {}
+
+    def add(self, internal_base: str, conversations: Conversations) -> None:
+        self._by_base[f"{internal_base}/attr/"] = conversations
+
+    async def hand_over(self, attr_url: str, received: ReceivedToken) -> bool:
+        """Deliver to ``attr_url`` if this process serves it; ``False`` if it does not. A
+        refusal is logged and swallowed, as the HTTP delivery's answer is (the original
+        ignores it): the browser goes on to the continuation either way."""
+        for base, conversations in self._by_base.items():
+            slot = attr_url[len(base) :] if attr_url.startswith(base) else ""
+            if slot and "/" not in slot and "?" not in slot:
+                try:
+                    await conversations.deliver_to_slot(slot, received)
+                except IdContactError as exc:
+                    log.warning("attr_url refused a result", extra={"plugin_status": exc.status})
+                except Exception:
+                    log.exception("attr_url failed to take a result")
+                return True
+        return False
 
 
 JWT_BODY: dict[str, object] = {
