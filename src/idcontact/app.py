@@ -626,8 +626,8 @@ def inproc(app: FastAPI) -> ASGIApp:
     """What a server-side call between two roles of this process goes through: the routes and
     the one error mapping, not the edge. A hop that never leaves the process gets no access log
     line, body limit, security headers or drain refusal (it belongs to a request already let
-    in), and keeps the outer request's correlation id. This halves the cost of each hop (three
-    per identification)."""
+    in), and keeps the outer request's correlation id. This halves the cost of each hop (the
+    core's two calls to plugins per identification)."""
     stack: ASGIApp | None = None
 
     async def call(scope: Scope, receive: Receive, send: Send) -> None:
