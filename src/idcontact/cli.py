@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -118,6 +119,7 @@ def serve(
         "timeout_graceful_shutdown": 5,
     }
     if workers == 1:
+        settle_heap()
         uvicorn.run(app, **options)
         return
     if "comm" in roles and settings.auto_migrate:
@@ -139,7 +141,18 @@ def worker_app() -> Any:
     spec = json.loads(os.environ[_WORKER_ENV])
     settings = load_settings(Path(spec["config"]), {**spec["overrides"], "auto_migrate": False})
     setup_logging(settings.log_level, settings.ops.log_format, settings.ops.log_levels)
-    return create_app(settings, roles=tuple(spec["roles"]))
+    app = create_app(settings, roles=tuple(spec["roles"]))
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Put everything built so far (modules, routes, models, settings: ~180,000 objects) out of
+    the garbage collector's reach. It lives as long as the process, yet every full collection
+    walked it again, ~100 ms during which no request moved; with 1,000 open chats the p99 of a
+    message fell from 238-379 to 23 ms (bench/README.md, chat)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _migrate(settings: Settings) -> None:
