@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import sqlite3
 import stat
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from idcontact.cli import DEMO_CONFIG, main, settle_heap
+from idcontact.cli import DEMO_CONFIG, main
 from idcontact.errors import ConfigError
 from idcontact.keys import generate_keypair
 from idcontact.settings import load_settings
@@ -402,14 +401,3 @@ def test_irma_scheme_update_downloads_pinned_then_keeps_up_to_date(tmp_path: Pat
         refused = runner.invoke(main, ["irma", "scheme-update", served.url, str(target)])
         assert refused.exit_code == 1 and refused.output.startswith("error: ")
         assert (target / "RU/description.xml").read_bytes() == before
-
-
-def test_settle_heap_takes_what_exists_out_of_the_collectors_walk() -> None:
-    """What ``serve`` built before it serves is frozen: full collections no longer walk it."""
-    kept = [[i] for i in range(1000)]  # containers that outlive the call, as the app does
-    before = gc.get_freeze_count()
-    try:
-        settle_heap()
-        assert gc.get_freeze_count() >= before + len(kept)
-    finally:
-        gc.unfreeze()

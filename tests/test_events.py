@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,27 @@ async def test_a_subscriber_that_lags_in_time_is_dropped() -> None:
         now[0] += 6  # the oldest undelivered event is now older than 5 s
         await bus.publish(Event("a", "queue", "q"))
         assert slow.dropped
+
+
+async def test_a_wait_without_heartbeat_ends_on_an_event_or_a_wake() -> None:
+    """A chat socket waits on the bus with no timer and no task per wait; its reader wakes it
+    when the browser leaves."""
+    bus = LocalBus()
+    async with bus.subscribe("a", "conversation", "c1") as sub:
+        waiting = asyncio.create_task(sub.next())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # no timeout: it waits for as long as nothing happens
+        await bus.publish(Event("a", "conversation", "c1", {"chat": 1}))
+        got = await asyncio.wait_for(waiting, 1.0)
+        assert got is not None and got.data == {"chat": 1}
+        waiting = asyncio.create_task(sub.next())
+        await asyncio.sleep(0)
+        sub.wake()
+        assert await asyncio.wait_for(waiting, 1.0) is None  # woken, no event to hand out
+        await bus.publish(Event("a", "conversation", "c1", {"chat": 2}))
+        sub.wake()  # a wake does not lose an event that is already there
+        got = await sub.next()
+        assert got is not None and got.data == {"chat": 2}
 
 
 async def test_events_are_encoded_once_for_every_console() -> None:

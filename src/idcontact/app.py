@@ -36,6 +36,7 @@ from idcontact.conversations import PURGE_BATCH, Conversations
 from idcontact.core import Core
 from idcontact.errors import ConfigError
 from idcontact.events import Bus, LocalBus, RedisBus
+from idcontact.heap import HeapKeeper
 from idcontact.irma.download import update_all
 from idcontact.irma.requestors import Requestor, Requestors
 from idcontact.irma.schemes import Schemes
@@ -162,8 +163,10 @@ def create_app(
     roles: Sequence[Role] = ROLES,
     plugin_classes: Mapping[tuple[Kind, str], type[Plugin]] | None = None,
     clock: Callable[[], float] = time.time,
+    heap: HeapKeeper | None = None,
 ) -> FastAPI:
-    """Build an instance serving ``roles``; ``plugin_classes`` overrides entry points (tests)."""
+    """Build an instance serving ``roles``; ``plugin_classes`` overrides entry points (tests);
+    ``heap``: the serving process's collector policy, run for as long as the app runs."""
     for role in roles:
         if role not in ROLES:
             raise ConfigError(f"role: unknown role {role!r}")
@@ -264,6 +267,8 @@ def create_app(
                 tasks.append(asyncio.create_task(t.queues.run()))
         if ari is not None and calls is not None:
             tasks.append(asyncio.create_task(calls.run(ari.events())))
+        if heap is not None and heap.freeze_every > 0:
+            tasks.append(asyncio.create_task(heap.run()))
         if irma is not None and settings.irma.scheme_update_minutes:
             keep = irma.keep_schemes(settings.irma.scheme_urls, settings.irma.scheme_update_minutes)
             tasks.append(asyncio.create_task(keep))
@@ -357,6 +362,7 @@ def create_app(
     scrape = Scrape(
         {slug: t.queues for slug, t in tenants.items() if t.queues is not None},
         {slug: t.conversations for slug, t in tenants.items() if t.conversations is not None},
+        heap,
     )
     install_ops(app, settings.ops, metrics, checks, drain, scrape)
     app.state.drain, app.state.metrics = drain, metrics  # the CLI's SIGTERM path and tests

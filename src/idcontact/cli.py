@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from typing import Any
 import click
 
 from idcontact.errors import ConfigError, IdContactError
+from idcontact.heap import HeapKeeper
 from idcontact.keys import KeyConfig
 from idcontact.settings import ROLES, Role, Settings, Tenant, load_settings
 
@@ -100,7 +100,8 @@ def serve(
             settings = load_settings(config or DEMO_CONFIG, overrides)
         setup_logging(settings.log_level, settings.ops.log_format, settings.ops.log_levels)
         # Built here even with workers: it validates everything and makes the demo keys once.
-        app = create_app(settings, roles=roles)
+        heap = heap_keeper(settings)
+        app = create_app(settings, roles=roles, heap=heap)
     except ConfigError as exc:
         _fail(exc)
         return
@@ -119,7 +120,7 @@ def serve(
         "timeout_graceful_shutdown": 5,
     }
     if workers == 1:
-        settle_heap()
+        heap.settle()
         uvicorn.run(app, **options)
         return
     if "comm" in roles and settings.auto_migrate:
@@ -141,18 +142,15 @@ def worker_app() -> Any:
     spec = json.loads(os.environ[_WORKER_ENV])
     settings = load_settings(Path(spec["config"]), {**spec["overrides"], "auto_migrate": False})
     setup_logging(settings.log_level, settings.ops.log_format, settings.ops.log_levels)
-    app = create_app(settings, roles=tuple(spec["roles"]))
-    settle_heap()
+    heap = heap_keeper(settings)
+    app = create_app(settings, roles=tuple(spec["roles"]), heap=heap)
+    heap.settle()
     return app
 
 
-def settle_heap() -> None:
-    """Put everything built so far (modules, routes, models, settings: ~180,000 objects) out of
-    the garbage collector's reach. It lives as long as the process, yet every full collection
-    walked it again, ~100 ms during which no request moved; with 1,000 open chats the p99 of a
-    message fell from 238-379 to 23 ms (bench/README.md, chat)."""
-    gc.collect()
-    gc.freeze()
+def heap_keeper(settings: Settings) -> HeapKeeper:
+    """The collector policy of a serving process (docs/operations.md, collector pauses)."""
+    return HeapKeeper(settings.ops.gc_freeze_seconds, settings.ops.gc_full_minutes * 60)
 
 
 def _migrate(settings: Settings) -> None:

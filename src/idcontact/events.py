@@ -84,18 +84,27 @@ class Subscription:
         self._items.clear()
         self._ready.set()
 
-    async def next(self, heartbeat: float) -> Event | None:
-        """The next event, or ``None`` after ``heartbeat`` seconds (time for a keep-alive)."""
+    def wake(self) -> None:
+        """Make a waiting :meth:`next` return ``None`` now: its owner has something else to see
+        to (a socket whose browser left), and no task per wait is needed to race it."""
+        self._ready.set()
+
+    async def next(self, heartbeat: float | None = None) -> Event | None:
+        """The next event, or ``None`` after ``heartbeat`` seconds (time for a keep-alive) or
+        on :meth:`wake`."""
         if not self._items and not self.dropped:
             self._ready.clear()
-            try:
-                async with asyncio.timeout(heartbeat):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
+            if heartbeat is None:
+                await self._ready.wait()
+            else:
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        await self._ready.wait()
+                except TimeoutError:
+                    return None
         if self.dropped:
             raise ConnectionResetError("subscriber fell behind")
-        return self._items.popleft()[1]
+        return self._items.popleft()[1] if self._items else None
 
     def drain(self) -> list[Event]:
         """The events already waiting, without waiting for more."""

@@ -8,6 +8,7 @@ as long as the monitoring keeps its series, far beyond any retention of ours.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import ipaddress
 import logging
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idcontact.domain.lifecycle import State
 from idcontact.errors import IdContactError, SlotUsedError, TokenError
+from idcontact.heap import HeapKeeper
 from idcontact.settings import Ops
 from idcontact.web.problem import problem
 
@@ -175,6 +177,17 @@ class Metrics:
         self.draining = Gauge(
             "idcontact_draining", "1 while this instance drains (SIGTERM)", registry=r
         )
+        self.gc_frozen = Gauge(
+            "idcontact_gc_frozen_objects",
+            "Objects in the garbage collector's frozen generation, which no collection walks "
+            "(grows with open conversations; back down after each full walk)",
+            registry=r,
+        )
+        self.gc_full_walk = Gauge(
+            "idcontact_gc_full_walk_seconds",
+            "How long the last walk of everything took: every request waited that long",
+            registry=r,
+        )
 
     # The hooks the rest of the application calls (each a plain callable, no import of us).
 
@@ -216,6 +229,8 @@ class Scrape:
     """tenant slug → ``QueueService``"""
     stores: Mapping[str, Any]
     """tenant slug → ``Conversations``"""
+    heap: HeapKeeper | None = None
+    """The serving process's collector policy (none in tests that build an app)."""
 
     async def refresh(self, metrics: Metrics) -> None:
         for slug, queues in self.queues.items():
@@ -236,6 +251,9 @@ class Scrape:
                 )
         for slug, store in self.stores.items():
             metrics.purge_lag.labels(slug).set(await store.purge_lag())
+        metrics.gc_frozen.set(gc.get_freeze_count())
+        if self.heap is not None:
+            metrics.gc_full_walk.set(self.heap.last_full_seconds)
 
 
 # -- draining -------------------------------------------------------------------------------

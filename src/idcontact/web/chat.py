@@ -36,7 +36,6 @@ MAX_FRAME = 8192
 CHATTING = frozenset({"waiting", "offered", "connected"})
 """States in which messages may be sent (a waiting resident may already write)."""
 OPEN = frozenset({"created", "authenticated", "waiting", "offered", "connected", "wrap_up"})
-HEARTBEAT = 20.0
 
 
 @dataclass
@@ -82,6 +81,10 @@ async def chat_socket(
         if state not in OPEN:
             await ws.close()
             return
+        # One task reads the browser; this one waits on the bus alone. The reader wakes it
+        # when the browser leaves: no task per event, and nothing promoted to the collector's
+        # oldest generation per message (its full walks are what stalled the chat, see
+        # docs/operations.md).
         reader = asyncio.create_task(
             _read(
                 ws,
@@ -96,17 +99,11 @@ async def chat_socket(
                 seen,
             )
         )
+        reader.add_done_callback(lambda _: sub.wake())
         try:
             while not reader.done():
-                waiting = asyncio.create_task(sub.next(HEARTBEAT))
-                done, _ = await asyncio.wait({reader, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                if waiting not in done:
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-                        await waiting
-                    break
                 try:
-                    event = waiting.result()
+                    event = await sub.next()
                 except ConnectionResetError:
                     break  # fell behind: the browser reconnects and catches up
                 if event is None:
@@ -206,12 +203,17 @@ async def _read(
     posted: dict[int, ChatMessage],
     seen: _Seen,
 ) -> None:
-    """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop."""
+    """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop.
+    Its leaving ends this task with no exception: a task that ends in one holds its traceback,
+    whose frames hold the task, and that cycle keeps the whole socket for a full collection."""
     tenant = conversations.tenant.slug
     limit = MAX_FRAME if signalling is None else MAX_SIGNAL
     signals: list[float] = []
     while True:
-        raw = await ws.receive_text()
+        try:
+            raw = await ws.receive_text()
+        except (WebSocketDisconnect, RuntimeError):
+            return
         try:
             frame = json.loads(raw) if len(raw) <= limit else None
         except ValueError:
