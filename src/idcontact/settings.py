@@ -518,7 +518,7 @@ class Ops(_Model):
     log_levels: dict[str, LogLevel] = Field(default_factory=dict)
     """Per logger, e.g. ``{"idcontact.phone" = "DEBUG"}``; libraries that log URLs or SQL stay
     at WARNING whatever is set here."""
-    gc_freeze_seconds: float = Field(default=10.0, ge=0, le=3600)
+    gc_freeze_seconds: float = Field(default=5.0, ge=0, le=3600)
     """How often ``serve`` moves what survived into the garbage collector's frozen generation,
     which no collection walks (0: never after start-up; Python's own policy)."""
     gc_full_minutes: float = Field(default=60.0, gt=0, le=1440)
