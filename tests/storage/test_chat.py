@@ -73,3 +73,43 @@ async def test_a_message_marks_the_conversation_active(instance: Instance) -> No
     message = await conversations.vault.append_chat(conversation_id, "resident", "nog daar")
     after = (await conversations.get(conversation_id)).last_activity
     assert after == message.at and after > before
+
+
+async def test_a_room_serves_what_was_posted_here_without_the_database(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a socket of the conversation is open here, a message the bus announces comes
+    from the room; anything the room does not hold in full comes from the vault, and the room
+    and its text are gone when the last socket leaves or the conversation is destroyed."""
+    conversations = instance.services.conversations
+    assert conversations is not None
+    vault = conversations.vault
+    conversation_id = await start_conversation(instance)
+    await vault.open_chat(conversation_id, 3600)
+    before = await vault.append_chat(conversation_id, "resident", "before any socket")
+    reads: list[object] = []
+    real_run = conversations.db.run
+
+    async def counted(work: object, **kwargs: object) -> object:
+        reads.append(work)
+        return await real_run(work, **kwargs)  # type: ignore[arg-type]
+
+    with vault.chat_room(conversation_id), vault.chat_room(conversation_id):  # two sides
+        second = await vault.append_chat(conversation_id, "agent", CANARY_TEXT)
+        third = await vault.append_chat(conversation_id, "resident", "ok")
+        monkeypatch.setattr(conversations.db, "run", counted)
+        got = await vault.chat_since(conversation_id, after=1, upto=third.seq)
+        assert [(m.seq, m.text) for m in got] == [(2, CANARY_TEXT), (3, "ok")]
+        assert reads == []  # from the room
+        # Message 1 was posted before the room opened: the vault serves it (with the rest).
+        got = await vault.chat_since(conversation_id, after=0, upto=third.seq)
+        assert [m.seq for m in got] == [before.seq, second.seq, third.seq] and len(reads) == 1
+        monkeypatch.undo()
+    # The last socket left: the room and its text are gone; the vault answers again.
+    assert conversation_id not in vault._rooms
+    with vault.chat_room(conversation_id):
+        await vault.append_chat(conversation_id, "agent", "kept in the room")
+        assert vault._rooms[conversation_id].messages
+        await conversations.end(conversation_id, actor="test")  # destroys the keys
+        assert not vault._rooms[conversation_id].messages
+        assert await vault.chat_since(conversation_id, after=0, upto=4) == []

@@ -11,10 +11,11 @@ work (:class:`~idcontact.storage.db.Database`); the key store is reached outside
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +91,28 @@ def _chat_key_id(conversation_id: str) -> str:
     return f"chat:{conversation_id}"
 
 
+ROOM_KEEP = 32
+"""Messages a room keeps: a socket more than that behind reads the vault."""
+
+
+class _Room:
+    """A conversation with chat sockets open on this instance, and its newest messages posted
+    here: the other side's socket (the bus tells it only the number) and the echo to the
+    sender need no read of the database. Text lives here only while a socket is open."""
+
+    __slots__ = ("messages", "sockets")
+
+    def __init__(self) -> None:
+        self.sockets = 0
+        self.messages: dict[int, ChatMessage] = {}
+
+
 class Vault:
     def __init__(self, db: Database, keys: KeyStore, clock: Clock = time.time) -> None:
         self._db = db
         self._keys = keys
         self._clock = clock
+        self._rooms: dict[str, _Room] = {}
 
     @property
     def keys(self) -> KeyStore:
@@ -221,16 +239,47 @@ class Vault:
                 return ChatMessage(seq, sender, text, at)
 
             try:
-                return await self._db.run(work, write=True)
+                message = await self._db.run(work, write=True)
             except IntegrityError:
                 continue  # another instance took this number first: the next one
+            room = self._rooms.get(conversation_id)
+            if room is not None:
+                room.messages[message.seq] = message
+                if len(room.messages) > ROOM_KEEP:
+                    del room.messages[min(room.messages)]
+            return message
         raise VaultError()
 
+    @contextlib.contextmanager
+    def chat_room(self, conversation_id: str) -> Iterator[None]:
+        """While a chat socket of the conversation is open here: keep its newest messages
+        posted on this instance for :meth:`chat_since` (``upto``)."""
+        room = self._rooms.setdefault(conversation_id, _Room())
+        room.sockets += 1
+        try:
+            yield
+        finally:
+            room.sockets -= 1
+            if not room.sockets and self._rooms.get(conversation_id) is room:
+                del self._rooms[conversation_id]
+
     async def chat_since(
-        self, conversation_id: str, after: int = 0, *, senders: tuple[str, ...] = CHAT_SENDERS
+        self,
+        conversation_id: str,
+        after: int = 0,
+        *,
+        senders: tuple[str, ...] = CHAT_SENDERS,
+        upto: int | None = None,
     ) -> list[ChatMessage]:
         """The messages after number ``after``; none once the conversation's key is gone.
-        Only those of ``senders``: other entries (a callback number) are no chat."""
+        Only those of ``senders``: other entries (a callback number) are no chat. With
+        ``upto`` (the newest number the bus announced), from the conversation's room when it
+        holds every number up to it: they were posted on this instance."""
+        room = self._rooms.get(conversation_id)
+        if room is not None and upto is not None and upto > after:
+            kept = [room.messages.get(seq) for seq in range(after + 1, upto + 1)]
+            if all(m is not None for m in kept):
+                return [m for m in kept if m is not None and m.sender in senders]
         key = await self._keys.get(_chat_key_id(conversation_id))
         if key is None:
             return []
@@ -279,6 +328,10 @@ class Vault:
         and every chat message, of one conversation or of the sweeper's batch."""
         if not conversation_ids:
             return
+        for conversation_id in conversation_ids:
+            room = self._rooms.get(conversation_id)
+            if room is not None:
+                room.messages.clear()
         await self._keys.delete(*conversation_ids, *map(_chat_key_id, conversation_ids))
 
         def work(conn: Connection) -> None:

@@ -66,78 +66,85 @@ async def chat_socket(
         after = max(0, int(ws.query_params.get("after", "0")))
     except ValueError:
         after = 0
-    # What this socket posted itself, by number: its echo needs no read of the vault.
-    posted: dict[int, ChatMessage] = {}
-    async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
-        current = await conversations.get(conversation_id)
-        state: str = current.state
-        # Kept current by the conversation's own events (every change publishes its state and
-        # holder), so a message needs no read of the conversation.
-        seen = _Seen(state, current.agent_id)
-        await ws.send_json(_state_frame(state, current.identify_state))
-        if signalling is not None and state == "connected":
-            await ws.send_json(signalling.ice())
-        after = await _send_since(ws, conversations, conversation_id, after, posted)
-        if state not in OPEN:
-            await ws.close()
-            return
-        # One task reads the browser; this one waits on the bus alone. The reader wakes it
-        # when the browser leaves: no task per event, and nothing promoted to the collector's
-        # oldest generation per message (its full walks are what stalled the chat, see
-        # docs/operations.md).
-        reader = asyncio.create_task(
-            _read(
-                ws,
-                conversations,
-                bus,
-                conversation_id,
-                side,
-                activity,
-                agent_id,
-                signalling,
-                posted,
-                seen,
-            )
-        )
-        reader.add_done_callback(lambda _: sub.wake())
-        try:
-            while not reader.done():
-                try:
-                    event = await sub.next()
-                except ConnectionResetError:
-                    break  # fell behind: the browser reconnects and catches up
-                if event is None:
-                    continue
-                if agent_id is not None and event.data.get("holder", agent_id) != agent_id:
-                    with contextlib.suppress(RuntimeError):
-                        await ws.close(code=4404)
-                    break
-                if "chat" in event.data:
-                    after = await _send_since(ws, conversations, conversation_id, after, posted)
-                elif event.data.get("typing") and event.data["typing"] != side:
-                    await ws.send_json({"type": "typing", "from": event.data["typing"]})
-                elif "signal" in event.data:
-                    if event.data.get("from") != side:
-                        await ws.send_json({"type": "signal", "data": event.data["signal"]})
-                elif "state" in event.data:
-                    state = str(event.data["state"])
-                    seen.state = state
-                    holder = event.data.get("holder")
-                    seen.holder = str(holder) if holder is not None else None
-                    await ws.send_json(_state_frame(state, event.data.get("identify")))
-                    if signalling is not None and state == "connected":
-                        await ws.send_json(signalling.ice())
-                    if state not in OPEN:
-                        break
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await reader
-            # The browser may have gone already (it closed the socket): nothing to close then.
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+    # The room keeps what is posted here, for this socket and the other side's: a message
+    # announced on the bus then needs no read of the vault.
+    with conversations.vault.chat_room(conversation_id):
+        async with bus.subscribe(tenant, "conversation", conversation_id) as sub:
+            current = await conversations.get(conversation_id)
+            state: str = current.state
+            # Kept current by the conversation's own events (every change publishes its state and
+            # holder), so a message needs no read of the conversation.
+            seen = _Seen(state, current.agent_id)
+            await ws.send_json(_state_frame(state, current.identify_state))
+            if signalling is not None and state == "connected":
+                await ws.send_json(signalling.ice())
+            after = await _send_since(ws, conversations, conversation_id, after)
+            if state not in OPEN:
                 await ws.close()
+                return
+            # One task reads the browser; this one waits on the bus alone. The reader wakes it
+            # when the browser leaves: no task per event, and nothing promoted to the collector's
+            # oldest generation per message (its full walks are what stalled the chat, see
+            # docs/operations.md).
+            reader = asyncio.create_task(
+                _read(
+                    ws,
+                    conversations,
+                    bus,
+                    conversation_id,
+                    side,
+                    activity,
+                    agent_id,
+                    signalling,
+                    seen,
+                )
+            )
+            reader.add_done_callback(lambda _: sub.wake())
+            try:
+                while not reader.done():
+                    try:
+                        event = await sub.next()
+                    except ConnectionResetError:
+                        break  # fell behind: the browser reconnects and catches up
+                    if event is None:
+                        continue
+                    if agent_id is not None and event.data.get("holder", agent_id) != agent_id:
+                        with contextlib.suppress(RuntimeError):
+                            await ws.close(code=4404)
+                        break
+                    if "chat" in event.data:
+                        upto = event.data["chat"]
+                        after = await _send_since(
+                            ws,
+                            conversations,
+                            conversation_id,
+                            after,
+                            upto if isinstance(upto, int) else None,
+                        )
+                    elif event.data.get("typing") and event.data["typing"] != side:
+                        await ws.send_json({"type": "typing", "from": event.data["typing"]})
+                    elif "signal" in event.data:
+                        if event.data.get("from") != side:
+                            await ws.send_json({"type": "signal", "data": event.data["signal"]})
+                    elif "state" in event.data:
+                        state = str(event.data["state"])
+                        seen.state = state
+                        holder = event.data.get("holder")
+                        seen.holder = str(holder) if holder is not None else None
+                        await ws.send_json(_state_frame(state, event.data.get("identify")))
+                        if signalling is not None and state == "connected":
+                            await ws.send_json(signalling.ice())
+                        if state not in OPEN:
+                            break
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                    await reader
+                # The browser may have gone already (it closed the socket): nothing to close then.
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await ws.close()
 
 
 async def post_message(
@@ -163,22 +170,16 @@ async def _send_since(
     conversations: Conversations,
     conversation_id: str,
     after: int,
-    posted: dict[int, ChatMessage],
+    upto: int | None = None,
 ) -> int:
-    """Send the messages after number ``after``; returns the last number sent. The next one,
-    when this socket posted it, comes from ``posted`` (it is what the vault holds); anything
-    else from the vault."""
-    if after + 1 in posted:
-        messages = [posted.pop(after + 1)]
-    else:
-        messages = await conversations.vault.chat_since(conversation_id, after)
+    """Send the messages after number ``after`` (up to ``upto``, the number the bus announced,
+    when known: the room may hold them); returns the last number sent."""
+    messages = await conversations.vault.chat_since(conversation_id, after, upto=upto)
     for m in messages:
         await ws.send_json(
             {"type": "message", "seq": m.seq, "from": m.sender, "text": m.text, "at": m.at}
         )
         after = m.seq
-    for seq in [seq for seq in posted if seq <= after]:
-        del posted[seq]
     return after
 
 
@@ -200,7 +201,6 @@ async def _read(
     activity: Callable[[], Awaitable[None]] | None,
     agent_id: str | None,
     signalling: Signalling | None,
-    posted: dict[int, ChatMessage],
     seen: _Seen,
 ) -> None:
     """What the browser sends, until it leaves; a bad frame gets an error frame, not a drop.
@@ -246,8 +246,7 @@ async def _read(
             if seen.state not in CHATTING or (agent_id is not None and seen.holder != agent_id):
                 await ws.send_json({"type": "error", "error": "closed"})
                 continue
-            message = await post_message(conversations, bus, conversation_id, side, text)
-            posted[message.seq] = message
+            await post_message(conversations, bus, conversation_id, side, text)
             if activity is not None:
                 await activity()
         except IdContactError:
