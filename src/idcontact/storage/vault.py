@@ -276,7 +276,7 @@ class Vault:
         ``upto`` (the newest number the bus announced), from the conversation's room when it
         holds every number up to it: they were posted on this instance."""
         room = self._rooms.get(conversation_id)
-        if room is not None and upto is not None and upto > after:
+        if room is not None and upto is not None and 0 < upto - after <= ROOM_KEEP:
             kept = [room.messages.get(seq) for seq in range(after + 1, upto + 1)]
             if all(m is not None for m in kept):
                 return [m for m in kept if m is not None and m.sender in senders]
