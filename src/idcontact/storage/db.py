@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     create_engine as create_sync_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -84,6 +85,8 @@ conversations = Table(
     Column("callback_at", Float, nullable=True),
     # The attributes came with a session_url (protocol §4.5): the channel reports activity.
     Column("has_session", Integer, nullable=True),
+    # The number of the conversation's newest chat message (vault.py takes the next one here).
+    Column("chat_seq", Integer, nullable=False, server_default=text("0")),
     Index("ix_conversations_tenant_state", "tenant", "state"),
     Index("ix_conversations_link_hash", "link_hash", unique=True),
     Index("ix_conversations_call_ref_hash", "call_ref_hash", unique=True),

@@ -21,9 +21,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from idcontact.domain.lifecycle import FINAL
 from idcontact.errors import VaultError
 from idcontact.storage.audit import audit
 from idcontact.storage.db import Database, chat_messages, conversations, vault_entries
@@ -66,13 +66,11 @@ CHAT_SENDERS = ("resident", "agent")
 
 # Statements of every chat message, built once (building one per call cost SQLAlchemy more than
 # running it).
-_ACTIVE = (
+_NEXT = (
     update(conversations)
-    .where(conversations.c.id == bindparam("cid"))
-    .values(last_activity=bindparam("at"))
-)
-_LAST_SEQ = select(func.max(chat_messages.c.seq)).where(
-    chat_messages.c.conversation_id == bindparam("cid")
+    .where(conversations.c.id == bindparam("cid"), conversations.c.state.not_in(FINAL))
+    .values(last_activity=bindparam("at"), chat_seq=conversations.c.chat_seq + 1)
+    .returning(conversations.c.chat_seq)
 )
 _SINCE = (
     select(chat_messages)
@@ -96,14 +94,16 @@ ROOM_KEEP = 32
 
 
 class _Room:
-    """A conversation with chat sockets open on this instance, and its newest messages posted
-    here: the other side's socket (the bus tells it only the number) and the echo to the
-    sender need no read of the database. Text lives here only while a socket is open."""
+    """A conversation with chat sockets open on this instance: its chat key and its newest
+    messages posted here, so a message needs no read of the key store, and the other side's
+    socket (the bus tells it only the number) and the echo to the sender no read of the
+    database. Key and text live here only while a socket is open."""
 
-    __slots__ = ("messages", "sockets")
+    __slots__ = ("key", "messages", "sockets")
 
     def __init__(self) -> None:
         self.sockets = 0
+        self.key: bytes | None = None
         self.messages: dict[int, ChatMessage] = {}
 
 
@@ -206,49 +206,53 @@ class Vault:
     async def append_chat(self, conversation_id: str, sender: str, text: str) -> ChatMessage:
         """Store a message, encrypted (the conversation id and its number are bound to it), and
         return it with its number: 1, 2, … per conversation, in the order stored. A
-        ``VaultError`` once the conversation's chat is destroyed.
+        ``VaultError`` once the conversation's chat is destroyed or the conversation has ended.
 
-        The same transaction marks the conversation active (``last_activity``): a resident who
-        writes is not idle."""
-        key = await self._keys.get(_chat_key_id(conversation_id))
+        The same statement marks the conversation active (``last_activity``, a resident who
+        writes is not idle) and takes the number: it holds the conversation's row until the
+        message is stored, so writers on any instance take numbers in turn."""
+        room = self._rooms.get(conversation_id)
+        key = await self._chat_key(conversation_id, room)
         if key is None:
             raise VaultError()
-        for _ in range(5):
-            at = self._clock()
+        at = self._clock()
 
-            def work(conn: Connection, at: float = at) -> ChatMessage:
-                # One writer per conversation at a time (the update takes the PostgreSQL row
-                # lock; SQLite write transactions are serial already), so numbers are taken in
-                # turn.
-                conn.execute(_ACTIVE, {"cid": conversation_id, "at": at})
-                last = conn.execute(_LAST_SEQ, {"cid": conversation_id}).scalar()
-                seq = int(last or 0) + 1
-                nonce = os.urandom(12)
-                aad = f"{conversation_id}:{seq}:{sender}".encode()
-                conn.execute(
-                    insert(chat_messages),
-                    {
-                        "conversation_id": conversation_id,
-                        "seq": seq,
-                        "sender": sender,
-                        "nonce": nonce,
-                        "ciphertext": AESGCM(key).encrypt(nonce, text.encode(), aad),
-                        "created_at": at,
-                    },
-                )
-                return ChatMessage(seq, sender, text, at)
+        def work(conn: Connection) -> ChatMessage | None:
+            seq = conn.execute(_NEXT, {"cid": conversation_id, "at": at}).scalar()
+            if seq is None:
+                return None  # ended (its chat is being destroyed) or gone
+            nonce = os.urandom(12)
+            aad = f"{conversation_id}:{seq}:{sender}".encode()
+            conn.execute(
+                insert(chat_messages),
+                {
+                    "conversation_id": conversation_id,
+                    "seq": seq,
+                    "sender": sender,
+                    "nonce": nonce,
+                    "ciphertext": AESGCM(key).encrypt(nonce, text.encode(), aad),
+                    "created_at": at,
+                },
+            )
+            return ChatMessage(int(seq), sender, text, at)
 
-            try:
-                message = await self._db.run(work, write=True)
-            except IntegrityError:
-                continue  # another instance took this number first: the next one
-            room = self._rooms.get(conversation_id)
-            if room is not None:
-                room.messages[message.seq] = message
-                if len(room.messages) > ROOM_KEEP:
-                    del room.messages[min(room.messages)]
-            return message
-        raise VaultError()
+        message = await self._db.run(work, write=True)
+        if message is None:
+            raise VaultError()
+        if room is not None:
+            room.messages[message.seq] = message
+            if len(room.messages) > ROOM_KEEP:
+                del room.messages[min(room.messages)]
+        return message
+
+    async def _chat_key(self, conversation_id: str, room: _Room | None) -> bytes | None:
+        """The conversation's chat key: from its room when a socket here has read it already."""
+        if room is not None and room.key is not None:
+            return room.key
+        key = await self._keys.get(_chat_key_id(conversation_id))
+        if room is not None and self._rooms.get(conversation_id) is room:
+            room.key = key
+        return key
 
     @contextlib.contextmanager
     def chat_room(self, conversation_id: str) -> Iterator[None]:
@@ -280,7 +284,7 @@ class Vault:
             kept = [room.messages.get(seq) for seq in range(after + 1, upto + 1)]
             if all(m is not None for m in kept):
                 return [m for m in kept if m is not None and m.sender in senders]
-        key = await self._keys.get(_chat_key_id(conversation_id))
+        key = await self._chat_key(conversation_id, room)
         if key is None:
             return []
 
@@ -331,6 +335,7 @@ class Vault:
         for conversation_id in conversation_ids:
             room = self._rooms.get(conversation_id)
             if room is not None:
+                room.key = None
                 room.messages.clear()
         await self._keys.delete(*conversation_ids, *map(_chat_key_id, conversation_ids))
 
