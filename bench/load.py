@@ -62,6 +62,7 @@ from tests.flows._cluster import (  # noqa: E402
 from tests.flows._servers import free_ports  # noqa: E402
 
 from flows import (  # noqa: E402
+    EXPECTED_ON_LANDING,
     START_BODY,
     FlowError,
     create_database,
@@ -216,11 +217,8 @@ class PushProbe:
         # Logged in through nginx (the cookies are Secure: the public URL is https), then
         # straight to the second instance with those cookies.
         self.agent = logged_in_agent(cluster, cluster.public_url, "probe", verify=verify)
-        self.stream = Stream(
-            direct_client(self.console.url, self.agent.cookies), "/agent/default/events"
-        )
-        if not self.stream.saw("event: hello", 20):
-            raise SystemExit("load: the probe's console stream did not open")
+        self.stream = self._open()
+        self.reopened: dict[str, int] = {}
         self.samples: dict[str, list[float]] = {}
         self.missed: dict[str, int] = {}
         self.pushed: dict[str, list[float]] = {}
@@ -229,8 +227,21 @@ class PushProbe:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def probe(self, http: httpx.Client) -> float | None:
-        """One change at the first instance; ms until the console at the second heard of it."""
+    def _open(self) -> Stream:
+        stream = Stream(
+            direct_client(self.console.url, self.agent.cookies), "/agent/default/events"
+        )
+        if not stream.saw("event: hello", 20):
+            raise SystemExit("load: the probe's console stream did not open")
+        return stream
+
+    def probe(self, http: httpx.Client) -> float | str:
+        """One change at the first instance; ms until the console at the second heard of it,
+        or why it did not. A stream the server ended (a console that fell behind is told to
+        reconnect and reload) is opened again first, as the browser's EventSource does."""
+        if self.stream.ended.is_set():
+            self.reopened[self._phase] = self.reopened.get(self._phase, 0) + 1
+            self.stream = self._open()
         started = http.post("/start", json=START, headers={"Accept": "application/json"})
         started.raise_for_status()
         shared = http.post(
@@ -239,10 +250,14 @@ class PushProbe:
         landing = httpx.URL(shared.headers["location"]).raw_path.decode()
         conversation_id = landing.rsplit("/", 1)[1]
         t0 = time.perf_counter()
-        http.get(landing).raise_for_status()  # joins the queue: the event to every console
+        page = http.get(landing)  # joins the queue: the event to every console
+        page.raise_for_status()
         index = self.stream.find(conversation_id, 10)
         if index is None:
-            return None
+            if self.stream.ended.is_set():
+                return "console stream ended"
+            queued = EXPECTED_ON_LANDING in page.text
+            return f"not heard in 10 s ({'queued' if queued else 'landing: not in the queue'})"
         # The event's own "at" is when the first instance published the committed change:
         # from there to the console at the second is the push itself (one clock: one machine).
         at = json.loads(self.stream.lines[index].removeprefix("data: "))["at"]
@@ -273,12 +288,11 @@ class PushProbe:
             while (count is None or n < count) and not self._stop.is_set():
                 try:
                     ms = self.probe(http)
-                    why = "not heard within 10 s"
                 except httpx.HTTPError as exc:
-                    ms, why = None, f"{type(exc).__name__}: {exc}"[:120]
-                if ms is None:
+                    ms = f"{type(exc).__name__}: {exc}"[:120]
+                if isinstance(ms, str):
                     self.missed[self._phase] += 1
-                    self.why[self._phase][why] += 1
+                    self.why[self._phase][ms] += 1
                 else:
                     self.samples[self._phase].append(ms)
                 n += 1
@@ -292,6 +306,7 @@ class PushProbe:
                 "probes": len(ordered),
                 "missed": self.missed[phase],
                 "missed_why": dict(self.why[phase]),
+                "stream_reopened": self.reopened.get(phase, 0),
                 "p50_ms": percentile(ordered, 50),
                 "p99_ms": percentile(ordered, 99),
                 "max_ms": ordered[-1] if ordered else math.nan,

@@ -764,12 +764,13 @@ class Conversations:
             guard = [self._mine(conversation_id), conversations.c.state == row.state]
             if where is not None:
                 guard.append(where)
-            changed = conn.execute(
+            after = conn.execute(
                 update(conversations)
                 .where(*guard)
                 .values(state=target, last_activity=now, **(values or {}))
-            )
-            if changed.rowcount != 1:
+                .returning(*conversations.c)
+            ).first()
+            if after is None:
                 change(target, target)  # raced, or the extra condition does not hold
             if row.state == "connected" and row.connected_at is not None and row.queue:
                 self._record_handle_time(conn, row.queue, now - row.connected_at)
@@ -782,7 +783,6 @@ class Conversations:
                 detail,
                 tenant=self._tenant,
             )
-            after = conn.execute(select(conversations).where(self._mine(conversation_id))).one()
             return row.state, after
 
         previous, row = await self._db.run(work, write=True)

@@ -121,9 +121,13 @@ class QueueService:
 
     # -- residents -------------------------------------------------------------------------
 
-    async def enqueue(self, conversation_id: str, *, actor: str) -> Conversation:
-        """The resident is present: join the queue (idempotent once waiting or further)."""
-        current = await self._conversations.get(conversation_id)
+    async def enqueue(
+        self, conversation_id: str, *, actor: str, current: Conversation | None = None
+    ) -> Conversation:
+        """The resident is present: join the queue (idempotent once waiting or further).
+        ``current``: the conversation as the caller just read it (a read less)."""
+        if current is None or current.id != conversation_id:
+            current = await self._conversations.get(conversation_id)
         if current.state != "authenticated":
             return current
         try:

@@ -200,7 +200,9 @@ class DemoCommPlugin:
         asynchronous channel joins later)."""
         if conversation.state == "authenticated" and self._queues is not None:
             return await self._queues.enqueue(
-                conversation.id, actor=f"comm:{self._ctx.method.tag}:resident"
+                conversation.id,
+                actor=f"comm:{self._ctx.method.tag}:resident",
+                current=conversation,
             )
         return conversation
 
