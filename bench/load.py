@@ -219,6 +219,9 @@ class PushProbe:
         self.agent = logged_in_agent(cluster, cluster.public_url, "probe", verify=verify)
         self.stream = self._open()
         self.reopened: dict[str, int] = {}
+        # Probes not heard in time: (phase, conversation id, sent at); the report looks for
+        # them again at the end, to tell a late push from one that never came.
+        self.unheard: list[tuple[str, str, float]] = []
         self.samples: dict[str, list[float]] = {}
         self.missed: dict[str, int] = {}
         self.pushed: dict[str, list[float]] = {}
@@ -257,6 +260,7 @@ class PushProbe:
             if self.stream.ended.is_set():
                 return "console stream ended"
             queued = EXPECTED_ON_LANDING in page.text
+            self.unheard.append((self._phase, conversation_id, t0))
             return f"not heard in 10 s ({'queued' if queued else 'landing: not in the queue'})"
         # The event's own "at" is when the first instance published the committed change:
         # from there to the console at the second is the push itself (one clock: one machine).
@@ -298,6 +302,16 @@ class PushProbe:
                 n += 1
                 self._stop.wait(every)
 
+    def _later(self, phase: str) -> list[float | None]:
+        """For each probe of ``phase`` not heard in time: seconds until it was heard after all,
+        or ``None`` if it never was (by the end of the run, on the stream open then)."""
+        out: list[float | None] = []
+        for was, conversation_id, t0 in self.unheard:
+            if was == phase:
+                index = self.stream.find(conversation_id, 0)
+                out.append(None if index is None else self.stream.arrived[index] - t0)
+        return out
+
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"target_ms": PUSH_TARGET_MS}
         for phase, values in self.samples.items():
@@ -307,6 +321,7 @@ class PushProbe:
                 "missed": self.missed[phase],
                 "missed_why": dict(self.why[phase]),
                 "stream_reopened": self.reopened.get(phase, 0),
+                "unheard_later": self._later(phase),
                 "p50_ms": percentile(ordered, 50),
                 "p99_ms": percentile(ordered, 99),
                 "max_ms": ordered[-1] if ordered else math.nan,
