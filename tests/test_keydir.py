@@ -86,6 +86,23 @@ def test_rotate_activate_retire(tmp_path: Path) -> None:
     assert first["signing"] not in listed and f"{second['signing']}\tactive" in listed
 
 
+def test_a_kid_that_starts_with_a_dash_is_a_kid_not_an_option(tmp_path: Path) -> None:
+    """One thumbprint in 64 starts with "-"; an operator pastes it as it is."""
+    keys = tmp_path / "keys"
+    cli("keys", "rotate", "--dir", str(keys), "--use", "signing")
+    staged = new_kids(cli("keys", "rotate", "--dir", str(keys), "--use", "signing"))["signing"]
+    dashed = "-3" + staged[2:]
+    for suffix in (".key.pem", ".pub.pem"):
+        (keys / "signing" / f"{staged}{suffix}").rename(keys / "signing" / f"{dashed}{suffix}")
+    out = cli("keys", "activate", "--dir", str(keys), "--use", "signing", dashed)
+    assert out.strip() == f"signing: {dashed} active"
+    assert f"{dashed}\tactive" in cli("keys", "list", "--dir", str(keys))
+    refused = CliRunner().invoke(
+        main, ["keys", "retire", "--dir", str(keys), "--use", "signing", dashed]
+    )
+    assert refused.exit_code == 2 and "is active" in refused.output
+
+
 def test_a_readable_private_key_stops_the_start(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     kid = new_kids(cli("keys", "rotate", "--dir", str(keys), "--use", "signing"))["signing"]

@@ -339,9 +339,11 @@ def _key_step(directory: Path | None, config: Path | None, step: str, use: str, 
 
 
 kid_use_option = click.option("--use", type=click.Choice(["signing", "encryption"]), required=True)
+# A thumbprint is base64url and one in 64 starts with "-": read it as the KID, not an option.
+kid_command = {"context_settings": {"ignore_unknown_options": True}}
 
 
-@keys.command("activate")
+@keys.command("activate", **kid_command)
 @key_dir_option
 @key_config_option
 @kid_use_option
@@ -351,7 +353,7 @@ def keys_activate(directory: Path | None, config: Path | None, use: str, kid: st
     _key_step(directory, config, "activate", use, kid)
 
 
-@keys.command("retire")
+@keys.command("retire", **kid_command)
 @key_dir_option
 @key_config_option
 @kid_use_option
