@@ -4,7 +4,10 @@
    (so the sweepers purge throughout the run), and nginx with deploy/nginx/idcontact.conf and a
    self-signed certificate in front of them, all on 127.0.0.1 (tests/flows/_cluster.py,
    tests/deploy/_nginx.py).
-2. Measures the peak: ``--concurrency`` clients run flows back to back for ``--peak-seconds``.
+2. Measures the peak: ``--concurrency`` clients run flows back to back for ``--peak-seconds``
+   (default 180), and the peak is the rate of the last ``--peak-window`` (60) seconds: by then
+   the conversations of the first minute are past their retention and being purged, so the
+   peak includes the sweeper's work, as the sustained phase does.
 3. Runs flows at ``--fraction`` (default 80 %) of that peak, open loop (a flow starts every
    1/rate seconds whether or not earlier ones finished), for ``--minutes`` (default 10).
 4. Reports throughput, latency percentiles of whole flows, the error rate, each instance's
@@ -16,7 +19,7 @@
    sending that request to the conversation's id arriving on the console stream.
 
     .venv/bin/python bench/load.py --minutes 10
-    .venv/bin/python bench/load.py --minutes 1 --peak-seconds 10     # a quick look
+    .venv/bin/python bench/load.py --minutes 1 --peak-seconds 20 --peak-window 10  # a look
 
 PostgreSQL and Redis: ``$IDCONTACT_TEST_POSTGRES_URL`` (the run creates a database of its own
 there, ``idcontact_load_<pid>``, and drops it at the end) and
@@ -112,8 +115,13 @@ async def one_flow(client: httpx.AsyncClient, url: str) -> None:
 @dataclass
 class Run:
     latencies: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
+    finished: list[float] = field(default_factory=list)  # monotonic, one per latency
+    failures: list[tuple[float, str]] = field(default_factory=list)  # monotonic, kind
     started: int = 0
+
+    @property
+    def errors(self) -> Counter[str]:
+        return Counter(kind for _, kind in self.failures)
 
     async def flow(self, http: httpx.AsyncClient, url: str) -> None:
         """One flow, timed and counted."""
@@ -122,8 +130,18 @@ class Run:
         try:
             await one_flow(http, url)
             self.latencies.append(time.perf_counter() - t0)
+            self.finished.append(time.monotonic())
         except (FlowError, httpx.HTTPError) as exc:
-            self.errors[str(exc) or type(exc).__name__] += 1
+            self.failures.append((time.monotonic(), str(exc) or type(exc).__name__))
+
+    def between(self, start: float, end: float) -> Run:
+        """The flows that ended in [start, end): the measured window of a longer run."""
+        kept = [i for i, t in enumerate(self.finished) if start <= t < end]
+        return Run(
+            latencies=[self.latencies[i] for i in kept],
+            finished=[self.finished[i] for i in kept],
+            failures=[f for f in self.failures if start <= f[0] < end],
+        )
 
 
 async def closed_loop(url: str, verify: Any, concurrency: int, seconds: float) -> Run:
@@ -457,15 +475,34 @@ async def measure(
     probe = await asyncio.to_thread(PushProbe, cluster, verify)
     log(f"push probe, no load: {args.quiet_probes} changes at one instance, console at the other")
     await asyncio.to_thread(probe.run, "quiet", args.quiet_probes)
-    log(f"peak: {args.concurrency} clients for {args.peak_seconds:.0f} s")
+    log(
+        f"peak: {args.concurrency} clients for {args.peak_seconds:.0f} s, "
+        f"measured over the last {args.peak_window:.0f} s"
+    )
     await closed_loop(public, verify, args.concurrency, 5)  # warm-up
+    window = min(args.peak_window, args.peak_seconds)
+    window_start = time.monotonic() + args.peak_seconds - window
+    lags_before = len(lags)
+    stop = asyncio.Event()
+    sampling = asyncio.create_task(sampler(stop))
     peak = await closed_loop(public, verify, args.concurrency, args.peak_seconds)
-    report["peak"] = summary(peak, args.peak_seconds)
+    stop.set()
+    await sampling
+    report["peak"] = {
+        "seconds": args.peak_seconds,
+        "window_seconds": window,
+        **summary(peak.between(window_start, window_start + window), window),
+        "errors_whole_phase": sum(peak.errors.values()),
+        "flows_per_s_whole_phase": len(peak.latencies) / args.peak_seconds,
+        "max_purge_lag_s": max(lags[lags_before:], default=math.nan),
+    }
+    del lags[lags_before:]
     rate = args.fraction * report["peak"]["flows_per_s"]
     if rate <= 0:
         raise SystemExit(f"load: no flow succeeded at the peak: {report['peak']['error_kinds']}")
     log(f"peak {report['peak']['flows_per_s']:.1f} flows/s; sustaining {rate:.1f} flows/s")
     seconds = args.minutes * 60
+    memory.clear()  # growth is the sustained phase's
     stop = asyncio.Event()
     sampling = asyncio.create_task(sampler(stop))
     probe.run("sustained")
@@ -509,7 +546,14 @@ async def measure(
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="sustained phase (default 10)")
-    p.add_argument("--peak-seconds", type=float, default=30.0, help="peak measurement (30)")
+    p.add_argument("--peak-seconds", type=float, default=180.0, help="peak phase (180)")
+    p.add_argument(
+        "--peak-window",
+        type=float,
+        default=60.0,
+        help="the peak is the rate of the phase's last this many seconds (60); the default\n"
+        "phase is long enough that the first minute's conversations are purged in it",
+    )
     p.add_argument("--concurrency", type=int, default=32, help="clients for the peak (32)")
     p.add_argument("--fraction", type=float, default=0.8, help="of the peak to sustain (0.8)")
     p.add_argument("--pool", type=int, default=256, help="open-loop clients at most (256)")
