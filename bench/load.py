@@ -70,6 +70,7 @@ from flows import (  # noqa: E402
     FlowError,
     create_database,
     drop_database,
+    machine_info,
     percentile,
 )
 from idcontact.cli import DEMO_CONFIG  # noqa: E402
@@ -448,7 +449,10 @@ def _run(
 async def measure(
     args: argparse.Namespace, public: str, verify: Any, cluster: Cluster
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds")}
+    report: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),  # runs on other CPUs differ: compare like with like
+    }
     memory: list[dict[str, float]] = []
     lags: list[float] = []
 
