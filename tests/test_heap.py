@@ -30,10 +30,16 @@ def frozen(obj: object) -> bool:
     )
 
 
-def cycle() -> weakref.ref[Node]:
+def live_cycle() -> tuple[Node, Node, weakref.ref[Node]]:
+    """Two nodes that hold each other, and a weak reference that tells when they are gone."""
     a, b = Node(), Node()
     a.other, b.other = b, a
-    return weakref.ref(a)
+    return a, b, weakref.ref(a)
+
+
+def cycle() -> weakref.ref[Node]:
+    """A cycle that is dead on return: only a collection frees it."""
+    return live_cycle()[2]
 
 
 @pytest.fixture
@@ -73,9 +79,7 @@ def test_a_step_collects_a_dead_cycle_that_reached_the_oldest_generation(
     keeper = HeapKeeper(10, 3600, clock=lambda: now[0])
     gc.disable()
     try:
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        died = weakref.ref(a)
+        a, b, died = live_cycle()
         gc.collect(1)  # what Python does by itself while the request runs: into generation 2
         assert any(o is a for o in gc.get_objects(2))
         del a, b  # the request ends: a dead cycle, unfrozen, in the oldest generation
@@ -89,9 +93,7 @@ def test_a_cycle_that_dies_frozen_waits_for_the_full_walk(now: list[float]) -> N
     keeper = HeapKeeper(10, 3600, clock=lambda: now[0])
     gc.disable()
     try:
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        died = weakref.ref(a)
+        a, b, died = live_cycle()
         keeper.step()
         del a, b  # dies in a cycle, frozen
         now[0] += 3599
