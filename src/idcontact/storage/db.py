@@ -5,9 +5,13 @@ Timestamps are stored as epoch seconds (floats) so both dialects compare them th
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -324,20 +328,129 @@ def create_engine(url: str) -> AsyncEngine:
 T = TypeVar("T")
 
 
+@dataclass(slots=True)
+class _Job(Generic[T]):
+    work: Callable[[Connection], T]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the unit ran (or failed) all the same
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Writer:
+    """SQLite's one writer: a thread that runs write units back to back (group commit).
+
+    SQLite allows one writer at a time. Handing each unit to a pool thread left the lane idle
+    between units until the busy event loop noticed one had finished and sent the next; here
+    the thread takes the next unit itself. Units that queued up meanwhile share one
+    transaction, each in its own savepoint, so one that fails is rolled back alone and the
+    others commit. Every caller hears back only after the commit. The thread ends when idle
+    and starts again on demand, so a ``Database`` that is never disposed leaves nothing behind.
+    """
+
+    max_batch = 64
+    idle_seconds = 5.0
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine.execution_options(sqlite_immediate=True)
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(work, loop, future))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="idcontact-sqlite-writer", daemon=True
+                )
+                self._thread.start()
+        return await future
+
+    def stop(self) -> threading.Thread | None:
+        """Let the thread finish what was queued and end; returns it to join."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self._jobs.put(None)
+        return thread
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                first = self._jobs.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            batch: list[_Job[Any]] = []
+            stop = first is None
+            if first is not None:
+                batch.append(first)
+            while not stop and len(batch) < self.max_batch:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                else:
+                    batch.append(job)
+            if batch:
+                self._commit(batch)
+            if stop:
+                with self._lock:
+                    self._thread = None
+                return
+
+    def _commit(self, batch: list[_Job[Any]]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            with self._engine.begin() as conn:
+                if len(batch) == 1:
+                    outcomes.append((batch[0].work(conn), None))
+                else:
+                    for job in batch:
+                        try:
+                            with conn.begin_nested():
+                                outcomes.append((job.work(conn), None))
+                        except Exception as unit_failed:  # this unit only; the others go on
+                            outcomes.append((None, unit_failed))
+        except BaseException as failed:  # BEGIN or COMMIT failed (or the single unit did)
+            outcomes = [(None, failed)] * len(batch)
+        for job, (result, error) in zip(batch, outcomes, strict=True):
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+            except RuntimeError:  # the caller's event loop is closed: nobody is waiting
+                pass
+
+
 class Database:
     """Runs units of work, each in one transaction, on SQLite or PostgreSQL.
 
     A unit of work is a plain function of a SQLAlchemy ``Connection``: the same code for both.
     On PostgreSQL it runs on asyncpg through the async engine (``run_sync``). On SQLite it runs
-    on the standard driver in a worker thread, one thread hop per transaction (aiosqlite makes
-    one per cursor call, dozens per flow); writers take turns in one thread at a time, and
-    their transactions begin IMMEDIATE.
+    on the standard driver: reads in a worker thread (one thread hop per transaction;
+    aiosqlite makes one per cursor call, dozens per flow), writes in the one writer thread
+    (:class:`_Writer`), where their transactions begin IMMEDIATE.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
         self._sync: Engine | None = None
+        self._writer: _Writer | None = None
         if is_sqlite(url):
             self._sync = create_sync_engine(
                 "sqlite:///" + _sqlite_path(url),
@@ -346,7 +459,7 @@ class Database:
                 max_overflow=8,
             )
             _sqlite_setup(self._sync)
-            self._writers = anyio.CapacityLimiter(1)
+            self._writer = _Writer(self._sync)
 
     @property
     def dialect(self) -> str:
@@ -364,20 +477,21 @@ class Database:
         if self._sync is None:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(work)
-        if point and not write:
-            return self._run_sqlite(work, False)
-        return await anyio.to_thread.run_sync(
-            self._run_sqlite, work, write, limiter=self._writers if write else None
-        )
+        if write and self._writer is not None:
+            return await self._writer.run(work)
+        if point:
+            return self._read_sqlite(work)
+        return await anyio.to_thread.run_sync(self._read_sqlite, work)
 
-    def _run_sqlite(self, work: Callable[[Connection], T], write: bool) -> T:
+    def _read_sqlite(self, work: Callable[[Connection], T]) -> T:
         if self._sync is None:  # pragma: no cover - only called on SQLite
             raise RuntimeError("not a SQLite database")
-        engine = self._sync.execution_options(sqlite_immediate=True) if write else self._sync
-        with engine.begin() as conn:
+        with self._sync.begin() as conn:
             return work(conn)
 
     async def dispose(self) -> None:
+        if self._writer is not None and (thread := self._writer.stop()) is not None:
+            await anyio.to_thread.run_sync(thread.join)
         if self._sync is not None:
             self._sync.dispose()
         await self.engine.dispose()
