@@ -84,6 +84,7 @@ def serve(
     """Run the web service."""
     import uvicorn
 
+    from idcontact import workers as supervisor
     from idcontact.app import create_app
     from idcontact.logs import setup_logging
 
@@ -128,7 +129,9 @@ def serve(
     os.environ[_WORKER_ENV] = json.dumps(
         {"config": str(config or DEMO_CONFIG), "overrides": overrides, "roles": list(roles)}
     )
-    uvicorn.run("idcontact.cli:worker_app", factory=True, workers=workers, **options)
+    server = uvicorn.Config("idcontact.cli:worker_app", factory=True, workers=workers, **options)
+    # Room to drain, then the 5 s uvicorn gives requests in flight, then a margin.
+    sys.exit(supervisor.serve(server, workers, stop_seconds=settings.ops.drain_seconds + 10))
 
 
 _WORKER_ENV = "IDCONTACT_SERVE_WORKER"

@@ -596,7 +596,8 @@ class QueueService:
             ).all()
             return [(r.id, r.agent_id) for r in rows]
 
-        for conversation_id, agent_id in await self._db.run(work):
+        # A point read: offered rows are few (agents x chats each), found by (tenant, state).
+        for conversation_id, agent_id in await self._db.run(work, point=True):
             with contextlib.suppress(InvalidTransitionError, NotFoundError):
                 await self._return_offer(conversation_id, agent_id, actor="queue:timeout")
 
@@ -628,7 +629,8 @@ class QueueService:
                 a.state == "available" for a in self._agents(conn, queue.tag)
             )
 
-        if not await self._db.run(anyone):
+        # A point read (every tick asks): one waiting row, and the agents only if there is one.
+        if not await self._db.run(anyone, point=True):
             return None  # nothing to offer or nobody to take it: no write lock
         now = self._clock()
 

@@ -6,9 +6,12 @@ Timestamps are stored as epoch seconds (floats) so both dialects compare them th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -353,12 +356,18 @@ class _Writer:
     transaction, each in its own savepoint, so one that fails is rolled back alone and the
     others commit. Every caller hears back only after the commit. The thread ends when idle
     and starts again on demand, so a ``Database`` that is never disposed leaves nothing behind.
+
+    Writers of other processes on the same file (``--workers``, the CLI) take turns through
+    an exclusive ``flock`` on ``<data file>-writer.lock``, taken before BEGIN: the kernel
+    wakes the next one when the lock is free. Without it they met in SQLite's busy handler,
+    which sleeps 1, 2, 5 ... 100 ms between tries, and two workers did no more than one.
     """
 
     max_batch = 64
     idle_seconds = 5.0
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock_path: str | None) -> None:
+        self._lock_path = lock_path
         self._engine = engine.execution_options(sqlite_immediate=True)
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -385,6 +394,16 @@ class _Writer:
         return thread
 
     def _serve(self) -> None:
+        lock = None
+        if self._lock_path is not None:
+            lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._loop(lock)
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+    def _loop(self, lock: int | None) -> None:
         while True:
             try:
                 first = self._jobs.get(timeout=self.idle_seconds)
@@ -408,7 +427,8 @@ class _Writer:
                 else:
                     batch.append(job)
             if batch:
-                self._commit(batch)
+                with _exclusive(lock):
+                    self._commit(batch)
             if stop:
                 with self._lock:
                     self._thread = None
@@ -436,6 +456,18 @@ class _Writer:
                 pass
 
 
+@contextlib.contextmanager
+def _exclusive(lock: int | None) -> Iterator[None]:
+    if lock is None:  # an in-memory database: this process alone
+        yield
+        return
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Database:
     """Runs units of work, each in one transaction, on SQLite or PostgreSQL.
 
@@ -459,7 +491,8 @@ class Database:
                 max_overflow=8,
             )
             _sqlite_setup(self._sync)
-            self._writer = _Writer(self._sync)
+            path = _sqlite_path(url)
+            self._writer = _Writer(self._sync, f"{path}-writer.lock" if path else None)
 
     @property
     def dialect(self) -> str:
