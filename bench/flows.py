@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from rawhttp import RawClient
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -471,7 +472,9 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def one_flow(client: httpx.AsyncClient, core_url: str) -> tuple[float, float, float]:
+async def one_flow(
+    client: httpx.AsyncClient | RawClient, core_url: str
+) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     r = await client.post(
         f"{core_url}/start", json=START_BODY, headers={"Accept": "application/json"}
@@ -503,25 +506,33 @@ class Phase:
 
 
 class LoadGenerator:
-    """``size`` independent clients, each with its own connection pool, reused across phases.
+    """``size`` independent clients, each with its own connection(s), reused across phases.
 
-    One pool per client: httpcore scans its whole pool for every request, which costs
-    O(connections²) CPU with a single shared pool of 32. All clients share one SSL context
-    (building one per client loads the CA bundle each time); no TLS is used anyway.
+    ``raw`` (the default, `bench/rawhttp.py`): a keep-alive HTTP/1.1 connection per client
+    and origin, requests written and answers parsed (httptools) by hand, ~0.2 ms of CPU per
+    request. ``httpx``: one ``httpx.AsyncClient`` per client, ~0.8 ms per request, as the
+    runs before 2026-12-01 measured. One pool per httpx client: httpcore scans its whole pool
+    for every request, O(connections²) CPU with a single shared pool of 32; all share one SSL
+    context (building one per client loads the CA bundle each time); no TLS is used anyway.
     """
 
-    def __init__(self, core_url: str, size: int) -> None:
+    def __init__(self, core_url: str, size: int, kind: str = "raw") -> None:
         self.core_url = core_url
         self.size = size
+        self.kind = kind
         self._stack = contextlib.AsyncExitStack()
-        self.clients: list[httpx.AsyncClient] = []
+        self.clients: list[httpx.AsyncClient | RawClient] = []
 
     async def __aenter__(self) -> LoadGenerator:
         context = ssl.create_default_context()
         for _ in range(self.size):
-            client = httpx.AsyncClient(
-                verify=context, timeout=httpx.Timeout(60.0), follow_redirects=False
-            )
+            client: httpx.AsyncClient | RawClient
+            if self.kind == "raw":
+                client = RawClient(timeout=60.0)
+            else:
+                client = httpx.AsyncClient(
+                    verify=context, timeout=httpx.Timeout(60.0), follow_redirects=False
+                )
             self.clients.append(await self._stack.enter_async_context(client))
         return self
 
@@ -535,7 +546,7 @@ class LoadGenerator:
         t0 = time.perf_counter()
         t_end = t0 + duration
 
-        async def loop(client: httpx.AsyncClient) -> None:
+        async def loop(client: httpx.AsyncClient | RawClient) -> None:
             while time.perf_counter() < t_end:
                 begun = time.perf_counter()
                 try:
@@ -685,7 +696,7 @@ async def exercise(
 ) -> dict[str, Any]:
     """Warm up, probe with one client, then measure at full concurrency."""
     out: dict[str, Any] = {}
-    async with LoadGenerator(core_url, args.concurrency) as gen:
+    async with LoadGenerator(core_url, args.concurrency, args.client) as gen:
         log(f"  warm-up {args.warmup:g} s at {args.concurrency} clients ...")
         warm = await gen.run(args.warmup, args.concurrency)
         out["warmup"] = {
@@ -1247,6 +1258,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-write", action="store_true", help="print only; do not write bench/results/*.json"
     )
+    parser.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load generator's HTTP client: raw (lean, bench/rawhttp.py; default) or httpx "
+        "(as runs before 2026-12-01)",
+    )
     args = parser.parse_args(argv)
     args.duration = args.duration or (5.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 5.0)
@@ -1346,8 +1364,14 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "server_env": args.server_env,
             "profiled": args.profile,
-            "load_generator": "one httpx.AsyncClient per client, in the bench process"
+            "load_generator": (
+                "one raw keep-alive HTTP/1.1 connection per client and origin (bench/rawhttp.py)"
+                if args.client == "raw"
+                else "one httpx.AsyncClient per client"
+            )
+            + ", in the bench process"
             + (" on uvloop" if loop_factory() else ""),
+            "client": args.client,
         },
         "targets": {
             "flows_per_s": TARGET_FLOWS_PER_S,
@@ -1358,7 +1382,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [],
     }
     log(f"idcontact flow benchmark ({'quick' if args.quick else 'full'}), {stamp}")
-    report["parameters"]["loadgen_tweaks"] = make_loadgen_cheap()
+    if args.client == "httpx":
+        report["parameters"]["loadgen_tweaks"] = make_loadgen_cheap()
 
     if not args.no_crypto:
         seconds = 0.6 if args.quick else 3.0
