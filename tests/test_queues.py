@@ -191,3 +191,31 @@ async def test_agents_closing_at_once_both_count_in_the_handle_time(
         lambda conn: conn.execute(select(queue_stats.c.handled)).scalar_one()
     )
     assert handled == 4
+
+
+async def test_pokes_close_together_share_a_tick(make_app: AppFactory, tmp_path: Any) -> None:
+    inst: Instance = await make_app(demo_settings(tmp_path))
+    queues = QueueService(service(inst).conversations, LocalBus())
+    loop = asyncio.get_running_loop()
+    ticked: asyncio.Queue[float] = asyncio.Queue()
+
+    async def tick() -> int:
+        ticked.put_nowait(loop.time())
+        return 0
+
+    queues.tick = tick  # type: ignore[method-assign]
+    runner = asyncio.create_task(queues.run(interval=60.0, gap=0.5))
+    try:
+        poked = loop.time()
+        queues.poke()
+        first = await asyncio.wait_for(ticked.get(), 5)
+        for _ in range(5):  # a burst right after a tick
+            queues.poke()
+        second = await asyncio.wait_for(ticked.get(), 5)
+        assert first - poked < 0.5  # poked after a quiet moment: at once
+        assert second - first >= 0.5  # not sooner than the gap, and all five in one tick:
+        assert ticked.empty() and not queues._dirty.is_set()
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner

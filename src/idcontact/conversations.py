@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 _BY_ID = select(conversations).where(
     conversations.c.tenant == bindparam("tenant"), conversations.c.id == bindparam("key")
 )
+_INSERT = insert(conversations).returning(*conversations.c)
+"""A new conversation, given its values as parameters; returns it as stored."""
 _BY_SLOT = select(conversations).where(
     conversations.c.tenant == bindparam("tenant"), conversations.c.slot_hash == bindparam("key")
 )
@@ -265,9 +267,9 @@ class Conversations:
         if unidentified:
             row.values["state"] = change("created", "waiting")
             row.values["waiting_since"] = row.created_at
-        await self._db.run(row.insert, write=True)
+        stored = await self._db.run(row.insert, write=True)
         self._stepped(purpose.tag, comm_method, row.values["state"], None)
-        await self._changed(row.id)
+        await self.publish(_conversation(stored))
         return row.id, slot
 
     async def create_with_token(self, purpose: Purpose, comm_method: str, token: str) -> str:
@@ -977,8 +979,9 @@ def _mark_used(conn: Connection, received: ReceivedToken) -> None:
 class _NewRow:
     values: dict[str, Any]
 
-    def insert(self, conn: Connection) -> None:
-        conn.execute(insert(conversations).values(**self.values))
+    def insert(self, conn: Connection) -> Any:
+        """Insert the row and audit it; returns the row as stored (its defaults filled in)."""
+        row = conn.execute(_INSERT, self.values).one()
         audit(
             conn,
             self.created_at,
@@ -988,6 +991,7 @@ class _NewRow:
             {"purpose": self.values["purpose"], "comm": self.values["comm_method"]},
             tenant=str(self.values["tenant"]),
         )
+        return row
 
     @property
     def id(self) -> str:
