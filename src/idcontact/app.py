@@ -27,7 +27,7 @@ from joserfc.jwk import RSAKey
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.exceptions import ExceptionMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idcontact import __version__
 from idcontact.agents.directory import AgentDirectory
@@ -300,8 +300,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    internal = inproc(app)
     http = httpx.AsyncClient(
-        mounts={INPROC_BASE: httpx.ASGITransport(app=inproc(app), raise_app_exceptions=False)},
+        mounts={INPROC_BASE: httpx.ASGITransport(app=internal, raise_app_exceptions=False)},
         timeout=settings.plugin_timeout,
         follow_redirects=False,
     )
@@ -385,6 +386,7 @@ def create_app(
             once=DatabaseOneTime(db) if db is not None else None,
             closers=closers,
             local=local,
+            plugin_post=local_post(internal),
         )
 
     if db is not None and directory is not None:
@@ -548,6 +550,7 @@ def _mount_tenant(
     once: OneTime | None = None,
     closers: list[Callable[[], Awaitable[None]]] | None = None,
     local: LocalSlots | None = None,
+    plugin_post: LocalPost | None = None,
 ) -> dict[str, Check]:
     """Mount one tenant's plugins, core and pages under its prefix (none for the default);
     return the readiness checks of those with an outside backend."""
@@ -613,7 +616,7 @@ def _mount_tenant(
             probes.append((f"{where}{kind}.{method.tag}", plugin))
     app.include_router(theme_router(tenant, prefix))
     if "core" in roles:
-        core = Core(settings, tenant, keys, http, templates, served, clock)
+        core = Core(settings, tenant, keys, http, templates, served, clock, plugin_post)
         app.include_router(core.router())
         app.include_router(citizen_router(settings, tenant, core, templates, services.queues))
     return plugin_checks(probes)
@@ -646,6 +649,72 @@ def inproc(app: FastAPI) -> ASGIApp:
         await stack(scope, receive, send)
 
     return call
+
+
+LocalPost = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
+"""POST a JSON body to an in-process URL; returns the status and body of the answer."""
+
+
+def local_post(asgi: ASGIApp) -> LocalPost:
+    """The core's calls to in-process plugins, straight to :func:`inproc`'s stack.
+
+    The same request a network client would send (method, path, JSON body and headers)
+    through the same routes and error mapping, without httpx's request and response models,
+    cookie jar and redirect handling in between: those cost more than the plugin's own route
+    (~5 % of a flow's CPU for its two calls)."""
+
+    async def post(url: str, body: bytes) -> tuple[int, bytes]:
+        path = url.removeprefix(INPROC_BASE)
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", INPROC_BASE.removeprefix("http://").encode()),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": None,
+            "server": None,
+        }
+        answered = asyncio.Event()
+        status = 500
+        chunks: list[bytes] = []
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    answered.set()
+
+        try:
+            await asgi(scope, receive, send)
+        except Exception:  # not mapped to an answer: the plugin failed (a 502 for the caller)
+            log.exception("in-process plugin call failed")
+            return 500, b""
+        finally:
+            answered.set()
+        return status, b"".join(chunks)
+
+    return post
 
 
 def services_of(app: FastAPI) -> Services:

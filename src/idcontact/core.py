@@ -7,13 +7,14 @@ The core holds no attributes: it only forwards opaque tokens.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -154,8 +155,12 @@ class Core:
         templates: Jinja2Templates,
         served: set[tuple[Kind, str]],
         clock: Callable[[], float] = time.time,
+        local: Callable[[str, bytes], Awaitable[tuple[int, bytes]]] | None = None,
     ) -> None:
+        """``local``: how to POST to an in-process plugin (``app.local_post``); without it
+        those calls go through ``http`` as well."""
         self._settings = settings
+        self._local = local
         self._tenant = tenant
         self.prefix = tenant.prefix
         self._keys = keys
@@ -210,24 +215,28 @@ class Core:
     async def _call(
         self, url: str, body: Mapping[str, object], *, client_token: bool = False
     ) -> dict[str, Any]:
+        timeout = self._settings.plugin_timeout
         try:
-            response = await self._http.post(
-                url, json=dict(body), timeout=self._settings.plugin_timeout
-            )
-        except httpx.TimeoutException:
+            if self._local is not None and url.startswith(INPROC_BASE):
+                async with asyncio.timeout(timeout):
+                    status, content = await self._local(url, json.dumps(dict(body)).encode())
+            else:
+                response = await self._http.post(url, json=dict(body), timeout=timeout)
+                status, content = response.status_code, response.content
+        except (httpx.TimeoutException, TimeoutError):
             raise PluginTimeoutError() from None
         except httpx.HTTPError:
             raise PluginError("A plugin could not be reached") from None
-        if response.status_code != 200:
-            log.warning("plugin refused", extra={"plugin_status": response.status_code})
-            if client_token and response.status_code == 400:
+        if status != 200:
+            log.warning("plugin refused", extra={"plugin_status": status})
+            if client_token and status == 400:
                 # The caller's auth_result was refused: the caller's fault, not the plugin's.
                 raise TokenError("The comm method did not accept the auth_result")
-            if response.status_code == 503:  # e.g. too many phone codes live: try later
+            if status == 503:  # e.g. too many phone codes live: try later
                 raise ServiceBusyError()
-            raise PluginError(f"A plugin answered with status {response.status_code}")
+            raise PluginError(f"A plugin answered with status {status}")
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:
             raise PluginError("A plugin answered with invalid JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("client_url"), str):

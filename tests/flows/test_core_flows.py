@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -369,6 +370,39 @@ async def test_plugin_timeout_is_a_clear_502(make_app: AppFactory, tmp_path: Any
         assert response.json()["type"].endswith("/plugin-timeout")
     finally:
         server.close()
+
+
+async def test_an_in_process_plugin_that_hangs_or_fails_is_a_clear_502(
+    make_app: AppFactory, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The core posts to an in-process plugin without httpx (app.local_post): its timeout
+    and its failures still end as the same problem+json as a remote plugin's."""
+    inst: Instance = await make_app(demo_settings(tmp_path, plugin_timeout=0.5))
+    conversations = inst.services.conversations
+    assert conversations is not None
+    never = asyncio.Event()
+
+    async def hang(*args: Any, **kwargs: Any) -> Any:
+        await never.wait()
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the comm plugin broke")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conversations, "create", hang)
+        response = await inst.client.post("/start", json=START, headers=JSON)
+        assert response.status_code == 502
+        assert response.json()["type"].endswith("/plugin-timeout")
+
+        patch.setattr(conversations, "create", fail)
+        response = await inst.client.post("/start", json=START, headers=JSON)
+        assert response.status_code == 502
+        assert response.json()["type"].endswith("/plugin-error")
+        assert "broke" not in response.text
+        assert any(r.levelname == "ERROR" for r in caplog.records)  # the operator hears
+    # And once it works again, so does the start.
+    response = await inst.client.post("/start", json=START, headers=JSON)
+    assert response.status_code == 200
 
 
 SLOT_RE = re.compile(r"/comm/demo/attr/([A-Za-z0-9_-]+)")
