@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from idcontact.cli import DEMO_CONFIG
-from tests.flows._servers import free_port, start_server
+from tests.flows._servers import Server, free_port, start_server
 
 START = {"purpose": "report_move", "auth_method": "demo", "comm_method": "demo"}
 
@@ -33,9 +33,10 @@ def one_flow(base: str) -> str:
         return landing.text
 
 
-def test_two_workers_share_one_sqlite_database(tmp_path: Path) -> None:
+def two_workers(tmp_path: Path) -> Server:
+    """``serve --workers 2`` on the demo configuration and a fresh SQLite data directory."""
     port = free_port()
-    server = start_server(
+    return start_server(
         config=DEMO_CONFIG,
         data_dir=tmp_path / "data",
         log_path=tmp_path / "server.log",
@@ -43,6 +44,10 @@ def test_two_workers_share_one_sqlite_database(tmp_path: Path) -> None:
         env={"IDCONTACT_PUBLIC_URL": f"http://127.0.0.1:{port}"},
         workers=2,
     )
+
+
+def test_two_workers_share_one_sqlite_database(tmp_path: Path) -> None:
+    server = two_workers(tmp_path)
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             pages = list(pool.map(one_flow, [server.url] * 40))
@@ -106,15 +111,8 @@ def _until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> N
 
 
 def test_each_worker_listens_on_its_own_socket_and_gets_connections(tmp_path: Path) -> None:
-    port = free_port()
-    server = start_server(
-        config=DEMO_CONFIG,
-        data_dir=tmp_path / "data",
-        log_path=tmp_path / "server.log",
-        port=port,
-        env={"IDCONTACT_PUBLIC_URL": f"http://127.0.0.1:{port}"},
-        workers=2,
-    )
+    server = two_workers(tmp_path)
+    port = server.port
     try:
         _until(lambda: len(_workers(server.process.pid, port)) == 2, "both workers listen")
         workers = _workers(server.process.pid, port)
