@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from idcontact.storage.db import Database
 from tests.services import postgres_url
@@ -99,14 +100,18 @@ async def test_queued_writes_share_a_transaction_and_a_failing_one_is_rolled_bac
 
             return work
 
-        units = [asyncio.create_task(db.run(insert(n), write=True)) for n in (1, 2, 3)]
-        await _queued(db, 3)
+        # 2 fails after its insert; the second 1 is refused by the database itself.
+        numbers = (1, 2, 3, 1, 5)
+        units = [asyncio.create_task(db.run(insert(n), write=True)) for n in numbers]
+        await _queued(db, len(numbers))
         gate.release.set()
         await held
-        first, failed, third = await asyncio.gather(*units, return_exceptions=True)
-        assert isinstance(failed, ValueError)
-        assert first is third  # one transaction for the units that queued up
-        assert await db.run(_rows) == [1, 3]  # 2's insert went with its savepoint
+        first, failed, third, duplicate, fifth = await asyncio.gather(
+            *units, return_exceptions=True
+        )
+        assert isinstance(failed, ValueError) and isinstance(duplicate, IntegrityError)
+        assert first is third is fifth  # one transaction for the units that queued up
+        assert await db.run(_rows) == [1, 3, 5]  # 2's insert went with its savepoint
     finally:
         await db.dispose()
 
