@@ -65,6 +65,28 @@ log = logging.getLogger(__name__)
 _BY_ID = select(conversations).where(
     conversations.c.tenant == bindparam("tenant"), conversations.c.id == bindparam("key")
 )
+
+
+@functools.cache
+def _step(columns: tuple[str, ...]) -> Any:
+    """A lifecycle step's guarded ``UPDATE … RETURNING`` that also sets ``columns``: built
+    once per set of columns (building one per call cost more than running it)."""
+    return (
+        update(conversations)
+        .where(
+            conversations.c.tenant == bindparam("b_tenant"),
+            conversations.c.id == bindparam("b_cid"),
+            conversations.c.state == bindparam("b_before"),
+        )
+        .values(
+            state=bindparam("b_after"),
+            last_activity=bindparam("b_now"),
+            **{column: bindparam(f"set_{column}") for column in columns},
+        )
+        .returning(*conversations.c)
+    )
+
+
 _INSERT = insert(conversations).returning(*conversations.c)
 """A new conversation, given its values as parameters; returns it as stored."""
 _BY_SLOT = select(conversations).where(
@@ -759,19 +781,30 @@ class Conversations:
         now = self._clock()
 
         def work(conn: Connection) -> Any:
-            row = conn.execute(select(conversations).where(self._mine(conversation_id))).first()
+            row = conn.execute(_BY_ID, {"tenant": self._tenant, "key": conversation_id}).first()
             if row is None:
                 raise NotFoundError("No such conversation")
             change(row.state, target)
-            guard = [self._mine(conversation_id), conversations.c.state == row.state]
-            if where is not None:
-                guard.append(where)
-            after = conn.execute(
-                update(conversations)
-                .where(*guard)
-                .values(state=target, last_activity=now, **(values or {}))
-                .returning(*conversations.c)
-            ).first()
+            if where is None:
+                after = conn.execute(
+                    _step(tuple(values or ())),
+                    {
+                        "b_tenant": self._tenant,
+                        "b_cid": conversation_id,
+                        "b_before": row.state,
+                        "b_after": target,
+                        "b_now": now,
+                        **{f"set_{k}": v for k, v in (values or {}).items()},
+                    },
+                ).first()
+            else:
+                guard = [self._mine(conversation_id), conversations.c.state == row.state, where]
+                after = conn.execute(
+                    update(conversations)
+                    .where(*guard)
+                    .values(state=target, last_activity=now, **(values or {}))
+                    .returning(*conversations.c)
+                ).first()
             if after is None:
                 change(target, target)  # raced, or the extra condition does not hold
             if row.state == "connected" and row.connected_at is not None and row.queue:

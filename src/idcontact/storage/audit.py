@@ -36,6 +36,10 @@ def _chain(prev_hash: str | None, content: bytes) -> str:
     return hashlib.sha256((prev_hash or "").encode() + content).hexdigest()
 
 
+_APPEND = insert(audit_events)
+"""Built once: an event's values go in as parameters."""
+
+
 def audit(
     conn: Connection,
     at: float,
@@ -52,7 +56,7 @@ def audit(
     lock, so busy conversations never queue behind the audit log.
     """
     conn.execute(
-        insert(audit_events),
+        _APPEND,
         {
             "tenant": tenant,
             "at": at,
