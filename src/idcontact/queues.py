@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
 
 from idcontact.conversations import Conversation, Conversations, _conversation
 from idcontact.domain.lifecycle import InvalidTransitionError
@@ -45,6 +45,43 @@ TRANSFER_OFFERS = 4
 RACED = object()
 """A dispatcher's update found the conversation changed by another one."""
 """The states a console lists."""
+
+
+# Built once, run with parameters: the reads of every resident's place and every tick.
+_AHEAD = (
+    select(func.count())
+    .select_from(conversations)
+    .where(
+        conversations.c.tenant == bindparam("tenant"),
+        conversations.c.queue == bindparam("queue"),
+        conversations.c.state.in_(("waiting", "offered")),
+        or_(
+            conversations.c.waiting_since < bindparam("since"),
+            and_(
+                conversations.c.waiting_since == bindparam("since"),
+                conversations.c.id < bindparam("cid"),
+            ),
+        ),
+    )
+)
+"""How many are ahead of one resident in a queue's line."""
+_HANDLE = select(queue_stats.c.handle_seconds).where(
+    queue_stats.c.tenant == bindparam("tenant"), queue_stats.c.queue == bindparam("queue")
+)
+_MEMBERS = (
+    select(agents.c.id, agents.c.presence, agents.c.presence_since, agent_memberships.c.queues)
+    .join(agent_memberships, agent_memberships.c.agent_id == agents.c.id)
+    .where(agent_memberships.c.tenant == bindparam("tenant"), agents.c.disabled == 0)
+)
+_LOAD = (
+    select(conversations.c.agent_id, conversations.c.channel, conversations.c.state, func.count())
+    .where(
+        conversations.c.agent_id.in_(bindparam("ids", expanding=True)),
+        conversations.c.state.in_(("offered", "connected", "wrap_up")),
+    )
+    .group_by(conversations.c.agent_id, conversations.c.channel, conversations.c.state)
+)
+"""What each of these agents holds, by channel and state."""
 
 
 @dataclass(frozen=True)
@@ -217,20 +254,13 @@ class QueueService:
 
         def work(conn: Connection) -> tuple[int, float | None, list[Member]]:
             ahead = conn.execute(
-                select(func.count())
-                .select_from(conversations)
-                .where(
-                    conversations.c.tenant == self._tenant.slug,
-                    conversations.c.queue == queue.tag,
-                    conversations.c.state.in_(("waiting", "offered")),
-                    or_(
-                        conversations.c.waiting_since < since,
-                        and_(
-                            conversations.c.waiting_since == since,
-                            conversations.c.id < conversation.id,
-                        ),
-                    ),
-                )
+                _AHEAD,
+                {
+                    "tenant": self._tenant.slug,
+                    "queue": queue.tag,
+                    "since": since,
+                    "cid": conversation.id,
+                },
             ).scalar_one()
             return int(ahead), self._handle(conn, queue), self._agents(conn, queue.tag)
 
@@ -747,40 +777,16 @@ class QueueService:
         return {r.queue: r.handle_seconds for r in rows}
 
     def _handle(self, conn: Connection, queue: Queue) -> float | None:
-        return conn.execute(
-            select(queue_stats.c.handle_seconds).where(
-                queue_stats.c.tenant == self._tenant.slug, queue_stats.c.queue == queue.tag
-            )
-        ).scalar_one_or_none()
+        params = {"tenant": self._tenant.slug, "queue": queue.tag}
+        return conn.execute(_HANDLE, params).scalar_one_or_none()
 
     def _agents(self, conn: Connection, queue: str | None) -> list[Member]:
         """The tenant's agents (of ``queue`` when given) with their load across tenants."""
-        rows = conn.execute(
-            select(
-                agents.c.id,
-                agents.c.presence,
-                agents.c.presence_since,
-                agent_memberships.c.queues,
-            )
-            .join(agent_memberships, agent_memberships.c.agent_id == agents.c.id)
-            .where(agent_memberships.c.tenant == self._tenant.slug, agents.c.disabled == 0)
-        ).all()
+        rows = conn.execute(_MEMBERS, {"tenant": self._tenant.slug}).all()
         members = [r for r in rows if queue is None or serves(member_queues(r.queues), queue)]
         if not members:
             return []
-        load = conn.execute(
-            select(
-                conversations.c.agent_id,
-                conversations.c.channel,
-                conversations.c.state,
-                func.count(),
-            )
-            .where(
-                conversations.c.agent_id.in_([r.id for r in members]),
-                conversations.c.state.in_(("offered", "connected", "wrap_up")),
-            )
-            .group_by(conversations.c.agent_id, conversations.c.channel, conversations.c.state)
-        ).all()
+        load = conn.execute(_LOAD, {"ids": [r.id for r in members]}).all()
         counts: dict[str, dict[str, int]] = {}
         for agent_id, channel, conv_state, count in load:
             c = counts.setdefault(agent_id, {})
