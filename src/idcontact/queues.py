@@ -82,6 +82,20 @@ _LOAD = (
     .group_by(conversations.c.agent_id, conversations.c.channel, conversations.c.state)
 )
 """What each of these agents holds, by channel and state."""
+_EXPIRED = select(conversations.c.id, conversations.c.agent_id).where(
+    conversations.c.tenant == bindparam("tenant"),
+    conversations.c.state == "offered",
+    conversations.c.offer_expires <= bindparam("now"),
+)
+_ANYONE = (
+    select(conversations.c.id)
+    .where(
+        conversations.c.tenant == bindparam("tenant"),
+        conversations.c.queue == bindparam("queue"),
+        conversations.c.state == "waiting",
+    )
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -152,9 +166,9 @@ class QueueService:
         return self._queues.get(tag or "") or self._tenant.all_queues[0]
 
     def is_open(self, queue: Queue) -> bool:
-        return queue.hours().is_open(datetime.fromtimestamp(self._clock(), UTC)) or not (
-            queue.opening_hours
-        )
+        if not queue.opening_hours:  # always open: nothing to parse (asked on every page)
+            return True
+        return queue.hours().is_open(datetime.fromtimestamp(self._clock(), UTC))
 
     # -- residents -------------------------------------------------------------------------
 
@@ -627,13 +641,7 @@ class QueueService:
         now = self._clock()
 
         def work(conn: Connection) -> list[tuple[str, str]]:
-            rows = conn.execute(
-                select(conversations.c.id, conversations.c.agent_id).where(
-                    conversations.c.tenant == self._tenant.slug,
-                    conversations.c.state == "offered",
-                    conversations.c.offer_expires <= now,
-                )
-            ).all()
+            rows = conn.execute(_EXPIRED, {"tenant": self._tenant.slug, "now": now}).all()
             return [(r.id, r.agent_id) for r in rows]
 
         # A point read: offered rows are few (agents x chats each), found by (tenant, state).
@@ -656,13 +664,7 @@ class QueueService:
 
         def anyone(conn: Connection) -> bool:
             waiting = conn.execute(
-                select(conversations.c.id)
-                .where(
-                    conversations.c.tenant == self._tenant.slug,
-                    conversations.c.queue == queue.tag,
-                    conversations.c.state == "waiting",
-                )
-                .limit(1)
+                _ANYONE, {"tenant": self._tenant.slug, "queue": queue.tag}
             ).first()
             # The agents' load is read only when someone waits (every tick asks this).
             return waiting is not None and any(

@@ -31,9 +31,15 @@ class Sealer:
     def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
         self._secret = secret
         self._clock = clock
+        self._keys: dict[str, AESGCM] = {}
 
     def _key(self, purpose: str) -> AESGCM:
-        return AESGCM(hmac.new(self._secret, b"seal:" + purpose.encode(), hashlib.sha256).digest())
+        """The key of one purpose, derived once (purposes are a few fixed names)."""
+        key = self._keys.get(purpose)
+        if key is None:
+            derived = hmac.new(self._secret, b"seal:" + purpose.encode(), hashlib.sha256)
+            key = self._keys[purpose] = AESGCM(derived.digest())
+        return key
 
     def seal(self, purpose: str, data: Mapping[str, object], max_age: int) -> str:
         nonce = os.urandom(12)
