@@ -100,6 +100,7 @@ SCENARIOS = (
     # serve --workers 2: one process per core.
     Scenario(6, "embedded2-ec-sqlite", "EC", "sqlite", "embedded", workers=2),
     Scenario(7, "embedded2-ec-postgres", "EC", "postgres", "embedded", workers=2),
+    Scenario(8, "embedded2-rsa-sqlite", "RSA", "sqlite", "embedded", workers=2),
 )
 
 
