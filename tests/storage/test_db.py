@@ -152,3 +152,28 @@ async def test_the_writer_thread_ends_when_idle_or_disposed_and_comes_back(
     finally:
         await db.dispose()
     assert not again.is_alive()  # disposed: joined
+
+
+async def test_a_write_after_a_stop_is_not_stranded(tmp_path: Path) -> None:
+    """A stop that races a new write (dispose, then use again) leaves no unit without a
+    thread: the writer ends only when its line is empty."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data.db'}")
+    writer = db._writer
+    assert writer is not None
+    try:
+        await db.run(_table, write=True)
+        gate = _Gate()
+        held = await _when_writer_holds(db, gate)
+        writer.stop()  # the stop is in line before the next write
+        later = asyncio.create_task(
+            db.run(lambda c: c.execute(text("INSERT INTO t (n) VALUES (8)")), write=True)
+        )
+        await _queued(db, 2)
+        gate.release.set()
+        await held
+        await asyncio.wait_for(later, 10)
+        await db.dispose()
+        await db.run(lambda c: c.execute(text("INSERT INTO t (n) VALUES (9)")), write=True)
+        assert await db.run(_rows) == [8, 9]  # and after dispose, a new thread served
+    finally:
+        await db.dispose()

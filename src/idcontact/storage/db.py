@@ -405,35 +405,35 @@ class _Writer:
                 os.close(lock)
 
     def _loop(self, lock: int | None) -> None:
+        stopping = False
         while True:
-            try:
-                first = self._jobs.get(timeout=self.idle_seconds)
-            except queue.Empty:
-                with self._lock:
-                    if self._jobs.empty():
-                        self._thread = None
-                        return
-                continue
-            batch: list[_Job[Any]] = []
-            stop = first is None
-            if first is not None:
-                batch.append(first)
-            while not stop and len(batch) < self.max_batch:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                else:
-                    batch.append(job)
+            batch, stopping = self._take(stopping)
             if batch:
                 with _exclusive(lock):
                     self._commit(batch)
-            if stop:
-                with self._lock:
+                continue
+            with self._lock:  # idle, or told to stop: end, unless a unit came meanwhile
+                if self._jobs.empty():
                     self._thread = None
-                return
+                    return
+
+    def _take(self, stopping: bool) -> tuple[list[_Job[Any]], bool]:
+        """The units in line now, after waiting up to ``idle_seconds`` for the first (not at
+        all once told to stop); and whether it was told to stop."""
+        batch: list[_Job[Any]] = []
+        try:
+            job = self._jobs.get(timeout=0 if stopping else self.idle_seconds)
+            while True:
+                if job is None:
+                    stopping = True
+                else:
+                    batch.append(job)
+                if len(batch) == self.max_batch:
+                    break
+                job = self._jobs.get_nowait()
+        except queue.Empty:
+            pass
+        return batch, stopping
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
