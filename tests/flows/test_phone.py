@@ -33,7 +33,7 @@ from tests.flows.test_core_flows import issue
 from tests.live import Receiver, receiving
 from tests.plugins import test_yivi as yivi
 from tests.telephony.pbx import Pbx, observe, pbx
-from tests.telephony.peers import Baresip, SippCall, ports, sipp_call, start_baresip
+from tests.telephony.peers import Baresip, SippCall, ports, run_baresip, sipp_call
 
 pytestmark = [pytest.mark.anyio, pytest.mark.telephony]
 
@@ -133,20 +133,11 @@ async def desk_phones(tmp_path: Path, asterisk: Pbx) -> AsyncIterator[dict[str, 
     phones: dict[str, Baresip] = {}
     try:
         for n in (1, 2):
-            sip_port, ctrl_port, rtp_low = ports(3)
             account = (
                 f"<sip:agent{n}@{asterisk.sip}>;auth_pass=agent{n}-test-secret;regint=60;"
                 "answermode=auto;audio_codecs=PCMU"
             )
-            phone = start_baresip(
-                tmp_path / f"agent{n}",
-                account,
-                sip_port=sip_port,
-                ctrl_port=ctrl_port,
-                rtp_ports=(rtp_low, rtp_low + 20),
-            )
-            phones[f"agent{n}"] = phone
-            await phone.connect()
+            phones[f"agent{n}"] = await run_baresip(tmp_path / f"agent{n}", account)
 
             async def online(n: int = n) -> bool:
                 endpoint = await asterisk.get(f"/endpoints/PJSIP/agent{n}")
@@ -273,16 +264,10 @@ async def test_two_concurrent_calls_each_reach_their_agent_with_only_their_own_d
     second, second_code, _ = await phone_conversation(instance, SECOND_NAME, SECOND_BSN)
     callers = [await call(asterisk, tmp_path, first_code, mode="rfc4733", name="first")]
     # The second caller is a phone we can hang up on cue: baresip, digits by RFC 4733.
-    sip_port, ctrl_port, rtp_low = ports(3)
-    resident = start_baresip(
-        tmp_path / "resident",
-        f"<sip:{CALLER}@127.0.0.1>;regint=0;audio_codecs=PCMU",
-        sip_port=sip_port,
-        ctrl_port=ctrl_port,
-        rtp_ports=(rtp_low, rtp_low + 20),
+    resident = await run_baresip(
+        tmp_path / "resident", f"<sip:{CALLER}@127.0.0.1>;regint=0;audio_codecs=PCMU"
     )
     try:
-        await resident.connect()
         await resident.command("dial", f"sip:{DIALLED}@{asterisk.sip}")
         await resident.wait_for("CALL_ESTABLISHED")
         await resident.dial_digits(second_code)

@@ -383,6 +383,33 @@ class Baresip:
         self.log.close()
 
 
+async def run_baresip(workdir: Path, account: str, attempts: int = 3) -> Baresip:
+    """:func:`start_baresip` on free ports, connected to its control interface.
+
+    Free ports are found by binding and letting go, so another process can take one before
+    baresip binds it (in CI an outgoing connection took a SIP port once: "Address already in
+    use", and baresip exited). Then it starts again on new ports.
+    """
+    for attempt in range(1, attempts + 1):
+        sip_port, ctrl_port, rtp_low = ports(3)
+        phone = start_baresip(
+            workdir,
+            account,
+            sip_port=sip_port,
+            ctrl_port=ctrl_port,
+            rtp_ports=(rtp_low, rtp_low + 20),
+        )
+        try:
+            await phone.connect()
+            return phone
+        except OSError:
+            exited = phone.process.poll() is not None
+            await phone.stop()
+            if not exited or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_baresip(
     workdir: Path, account: str, *, sip_port: int, ctrl_port: int, rtp_ports: tuple[int, int]
 ) -> Baresip:
