@@ -8,12 +8,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, insert, select
 
 from idcontact.agents.directory import Membership
 from idcontact.events import LocalBus
-from idcontact.queues import QueueService
-from idcontact.storage.db import agents, audit_events, queue_stats
+from idcontact.queues import AHEAD_LIMIT, QueueService
+from idcontact.storage.db import agents, audit_events, conversations, queue_stats
 from tests.conftest import CANARY_BSN, AppFactory, Instance, _reset_postgres, demo_settings
 from tests.flows.test_console import waiting_conversation
 from tests.services import postgres_url
@@ -73,6 +73,46 @@ async def test_places_and_expected_waits(make_app: AppFactory, tmp_path: Any) ->
     assert place.long_wait  # 720 s > 300 s
     estimate = await service(inst).estimate("general")
     assert estimate.available_agents == 1 and estimate.handle_seconds == 240
+
+
+async def test_a_place_past_the_limit_is_told_as_more_than(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """The count of those ahead stops at AHEAD_LIMIT (its cost grows with the line); past it a
+    resident hears "more than 500", the same from place() and from places()."""
+    inst: Instance = await make_app(demo_settings(tmp_path))
+    last = await waiting_conversation(inst)
+    assert inst.services.db is not None
+
+    def fill_line(conn: Connection) -> None:
+        row = conn.execute(select(conversations).where(conversations.c.id == last)).one()
+        ahead = []
+        for i in range(AHEAD_LIMIT + 1):  # all of them before the last
+            values = dict(row._mapping)
+            values.update(
+                id=f"ahead{i:04d}", slot_hash=None, waiting_since=row.waiting_since - 1000 + i
+            )
+            ahead.append(values)
+        conn.execute(insert(conversations), ahead)
+
+    await inst.services.db.run(fill_line, write=True)
+    conversation = await inst.services.conversations.get(last)  # type: ignore[union-attr]
+    place = await service(inst).place(conversation)
+    assert place is not None and place.beyond and place.position == AHEAD_LIMIT + 1
+    places = await service(inst).places()
+    assert places[last].beyond and places[last].position == AHEAD_LIMIT + 1
+    # Within the limit the place is exact, and the same both ways.
+    near = await inst.services.conversations.get("ahead0009")  # type: ignore[union-attr]
+    near_place = await service(inst).place(near)
+    assert near_place is not None and (near_place.position, near_place.beyond) == (10, False)
+    assert (places["ahead0009"].position, places["ahead0009"].beyond) == (10, False)
+    # The last one inside the limit: exactly 500 ahead would already be "more than" 499.
+    edge = await inst.services.conversations.get(f"ahead{AHEAD_LIMIT - 1:04d}")  # type: ignore[union-attr]
+    edge_place = await service(inst).place(edge)
+    assert edge_place is not None and (edge_place.position, edge_place.beyond) == (
+        AHEAD_LIMIT,
+        False,
+    )
 
 
 async def test_places_go_only_to_residents_still_waiting(

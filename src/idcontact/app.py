@@ -173,6 +173,8 @@ def create_app(
     quiet_libraries()
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
     templates.env.globals["version"] = __version__  # cache-busts static files per release
+    # Templates ship inside the package: no stat() of the file on every render.
+    templates.env.auto_reload = False
     keyrings = {t.slug: load_keyring(settings, t) for t in settings.all_tenants}
     sealer = Sealer(keyrings[DEFAULT_TENANT].internal_secret, clock=clock)
 

@@ -23,8 +23,6 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     Connection,
-    Select,
-    Update,
     and_,
     bindparam,
     delete,
@@ -50,7 +48,14 @@ from idcontact.events import Bus, Event
 from idcontact.logs import bind_conversation
 from idcontact.settings import Purpose, Tenant
 from idcontact.storage.audit import audit, pseudonym
-from idcontact.storage.db import Database, conversations, queue_stats, used_tokens
+from idcontact.storage.db import (
+    Database,
+    Prebuilt,
+    conversations,
+    one_of,
+    queue_stats,
+    used_tokens,
+)
 from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
 
@@ -62,16 +67,18 @@ log = logging.getLogger(__name__)
 
 # Statements of every identification, built once. Building one per call (each value coerced, the
 # cache key computed from scratch) cost SQLAlchemy several times what running it costs.
-_BY_ID = select(conversations).where(
-    conversations.c.tenant == bindparam("tenant"), conversations.c.id == bindparam("key")
+_BY_ID = Prebuilt(
+    select(conversations).where(
+        conversations.c.tenant == bindparam("tenant"), conversations.c.id == bindparam("key")
+    )
 )
 
 
 @functools.cache
-def _step(columns: tuple[str, ...]) -> Any:
+def _step(columns: tuple[str, ...]) -> Prebuilt:
     """A lifecycle step's guarded ``UPDATE … RETURNING`` that also sets ``columns``: built
     once per set of columns (building one per call cost more than running it)."""
-    return (
+    return Prebuilt(
         update(conversations)
         .where(
             conversations.c.tenant == bindparam("b_tenant"),
@@ -87,23 +94,26 @@ def _step(columns: tuple[str, ...]) -> Any:
     )
 
 
-_INSERT = insert(conversations).returning(*conversations.c)
+_INSERT = Prebuilt(insert(conversations).returning(*conversations.c))
 """A new conversation, given its values as parameters; returns it as stored."""
-_BY_SLOT = select(conversations).where(
-    conversations.c.tenant == bindparam("tenant"), conversations.c.slot_hash == bindparam("key")
+_BY_SLOT = Prebuilt(
+    select(conversations).where(
+        conversations.c.tenant == bindparam("tenant"),
+        conversations.c.slot_hash == bindparam("key"),
+    )
 )
 
 
 @functools.cache
-def _accepting(state: State) -> Update:
+def _accepting(state: State) -> Prebuilt:
     """Claim a conversation's one delivery: to ``state``, from a state that may change to it,
     returning the row (what the event says, without another read)."""
-    return (
+    return Prebuilt(
         update(conversations)
         .where(
             conversations.c.id == bindparam("cid"),
             conversations.c.delivered_at.is_(None),
-            conversations.c.state.in_(sources(state)),
+            one_of(conversations.c.state, sources(state)),
         )
         .values(
             state=state,
@@ -308,10 +318,10 @@ class Conversations:
         )
         return row.id
 
-    async def _find(self, by: Select[Any], key: str) -> Any:
+    async def _find(self, by: Prebuilt, key: str) -> Any:
         """This tenant's conversation ``by`` id or slot (``_BY_ID``, ``_BY_SLOT``)."""
         params = {"tenant": self._tenant, "key": key}
-        return await self._db.run(lambda conn: conn.execute(by, params).first(), point=True)
+        return await self._db.run(lambda conn: by.run(conn, params).first(), point=True)
 
     async def get(self, conversation_id: str) -> Conversation:
         bind_conversation(conversation_id)
@@ -405,14 +415,18 @@ class Conversations:
             if before is not None:
                 before(conn)
             _mark_used(conn, received)
-            claimed = conn.execute(
-                _accepting(state),
-                {
-                    "cid": conversation_id,
-                    "now": now,
-                    "has_session": 1 if payload and payload.get("session_url") else None,
-                },
-            ).first()
+            claimed = (
+                _accepting(state)
+                .run(
+                    conn,
+                    {
+                        "cid": conversation_id,
+                        "now": now,
+                        "has_session": 1 if payload and payload.get("session_url") else None,
+                    },
+                )
+                .first()
+            )
             if claimed is None:
                 raise SlotUsedError()
             if sealed is not None:
@@ -781,22 +795,26 @@ class Conversations:
         now = self._clock()
 
         def work(conn: Connection) -> Any:
-            row = conn.execute(_BY_ID, {"tenant": self._tenant, "key": conversation_id}).first()
+            row = _BY_ID.run(conn, {"tenant": self._tenant, "key": conversation_id}).first()
             if row is None:
                 raise NotFoundError("No such conversation")
             change(row.state, target)
             if where is None:
-                after = conn.execute(
-                    _step(tuple(values or ())),
-                    {
-                        "b_tenant": self._tenant,
-                        "b_cid": conversation_id,
-                        "b_before": row.state,
-                        "b_after": target,
-                        "b_now": now,
-                        **{f"set_{k}": v for k, v in (values or {}).items()},
-                    },
-                ).first()
+                after = (
+                    _step(tuple(values or ()))
+                    .run(
+                        conn,
+                        {
+                            "b_tenant": self._tenant,
+                            "b_cid": conversation_id,
+                            "b_before": row.state,
+                            "b_after": target,
+                            "b_now": now,
+                            **{f"set_{k}": v for k, v in (values or {}).items()},
+                        },
+                    )
+                    .first()
+                )
             else:
                 guard = [self._mine(conversation_id), conversations.c.state == row.state, where]
                 after = conn.execute(
@@ -1014,7 +1032,7 @@ class _NewRow:
 
     def insert(self, conn: Connection) -> Any:
         """Insert the row and audit it; returns the row as stored (its defaults filled in)."""
-        row = conn.execute(_INSERT, self.values).one()
+        row = _INSERT.run(conn, self.values).one()
         audit(
             conn,
             self.created_at,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
 
@@ -35,7 +35,14 @@ from idcontact.errors import BadRequestError, NotFoundError
 from idcontact.events import Bus, Event
 from idcontact.settings import Queue, Tenant
 from idcontact.storage.audit import audit
-from idcontact.storage.db import agent_memberships, agents, conversations, queue_stats
+from idcontact.storage.db import (
+    Prebuilt,
+    agent_memberships,
+    agents,
+    conversations,
+    one_of,
+    queue_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +54,37 @@ RACED = object()
 """The states a console lists."""
 
 
+AHEAD_LIMIT = 500
+"""A resident's place is counted up to this many ahead. The count costs time per row ahead,
+on every waiting page; past a few hundred, "more than 500 ahead of you" tells as much."""
+
 # Built once, run with parameters: the reads of every resident's place and every tick.
-_AHEAD = (
-    select(func.count())
-    .select_from(conversations)
-    .where(
-        conversations.c.tenant == bindparam("tenant"),
-        conversations.c.queue == bindparam("queue"),
-        conversations.c.state.in_(("waiting", "offered")),
-        or_(
-            conversations.c.waiting_since < bindparam("since"),
-            and_(
-                conversations.c.waiting_since == bindparam("since"),
-                conversations.c.id < bindparam("cid"),
+_AHEAD = Prebuilt(
+    select(func.count()).select_from(
+        select(conversations.c.id)
+        .where(
+            conversations.c.tenant == bindparam("tenant"),
+            conversations.c.queue == bindparam("queue"),
+            one_of(conversations.c.state, ("waiting", "offered")),
+            or_(
+                conversations.c.waiting_since < bindparam("since"),
+                and_(
+                    conversations.c.waiting_since == bindparam("since"),
+                    conversations.c.id < bindparam("cid"),
+                ),
             ),
-        ),
+        )
+        .limit(AHEAD_LIMIT)
+        .subquery()
     )
 )
 """How many are ahead of one resident in a queue's line."""
-_HANDLE = select(queue_stats.c.handle_seconds).where(
-    queue_stats.c.tenant == bindparam("tenant"), queue_stats.c.queue == bindparam("queue")
+_HANDLE = Prebuilt(
+    select(queue_stats.c.handle_seconds).where(
+        queue_stats.c.tenant == bindparam("tenant"), queue_stats.c.queue == bindparam("queue")
+    )
 )
-_MEMBERS = (
+_MEMBERS = Prebuilt(
     select(agents.c.id, agents.c.presence, agents.c.presence_since, agent_memberships.c.queues)
     .join(agent_memberships, agent_memberships.c.agent_id == agents.c.id)
     .where(agent_memberships.c.tenant == bindparam("tenant"), agents.c.disabled == 0)
@@ -82,12 +98,14 @@ _LOAD = (
     .group_by(conversations.c.agent_id, conversations.c.channel, conversations.c.state)
 )
 """What each of these agents holds, by channel and state."""
-_EXPIRED = select(conversations.c.id, conversations.c.agent_id).where(
-    conversations.c.tenant == bindparam("tenant"),
-    conversations.c.state == "offered",
-    conversations.c.offer_expires <= bindparam("now"),
+_EXPIRED = Prebuilt(
+    select(conversations.c.id, conversations.c.agent_id).where(
+        conversations.c.tenant == bindparam("tenant"),
+        conversations.c.state == "offered",
+        conversations.c.offer_expires <= bindparam("now"),
+    )
 )
-_ANYONE = (
+_ANYONE = Prebuilt(
     select(conversations.c.id)
     .where(
         conversations.c.tenant == bindparam("tenant"),
@@ -123,6 +141,9 @@ class Place:
     is_open: bool
     offered: bool = False
     """Offered to an agent: still in line until accepted, but no longer waiting."""
+    beyond: bool = False
+    """More than :data:`AHEAD_LIMIT` are ahead: ``position`` (and the expected wait) is the
+    least it can be."""
 
 
 def member_queues(raw: str) -> tuple[str, ...]:
@@ -267,8 +288,8 @@ class QueueService:
         since = conversation.waiting_since
 
         def work(conn: Connection) -> tuple[int, float | None, list[Member]]:
-            ahead = conn.execute(
-                _AHEAD,
+            ahead = _AHEAD.run(
+                conn,
                 {
                     "tenant": self._tenant.slug,
                     "queue": queue.tag,
@@ -288,6 +309,7 @@ class QueueService:
             announce_long_wait(expected, queue.long_wait_seconds),
             self.is_open(queue),
             offered=conversation.state == "offered",
+            beyond=ahead >= AHEAD_LIMIT,
         )
 
     async def places(self) -> dict[str, Place]:
@@ -321,13 +343,18 @@ class QueueService:
             line.sort(key=lambda r: (r.waiting_since or 0.0, r.id))
             available = sum(1 for a in pool if serves(a.queues, tag) and _staffed(a))
             for index, row in enumerate(line, start=1):
-                expected = expected_wait(index, handles.get(tag, queue.handle_seconds), available)
+                beyond = index > AHEAD_LIMIT  # as place() tells it
+                position = AHEAD_LIMIT + 1 if beyond else index
+                expected = expected_wait(
+                    position, handles.get(tag, queue.handle_seconds), available
+                )
                 result[row.id] = Place(
-                    index,
+                    position,
                     expected,
                     announce_long_wait(expected, queue.long_wait_seconds),
                     is_open,
                     offered=row.state == "offered",
+                    beyond=beyond,
                 )
         return result
 
@@ -641,7 +668,7 @@ class QueueService:
         now = self._clock()
 
         def work(conn: Connection) -> list[tuple[str, str]]:
-            rows = conn.execute(_EXPIRED, {"tenant": self._tenant.slug, "now": now}).all()
+            rows = _EXPIRED.run(conn, {"tenant": self._tenant.slug, "now": now}).all()
             return [(r.id, r.agent_id) for r in rows]
 
         # A point read: offered rows are few (agents x chats each), found by (tenant, state).
@@ -663,9 +690,7 @@ class QueueService:
         try again; ``None``: nothing (more) to offer."""
 
         def anyone(conn: Connection) -> bool:
-            waiting = conn.execute(
-                _ANYONE, {"tenant": self._tenant.slug, "queue": queue.tag}
-            ).first()
+            waiting = _ANYONE.run(conn, {"tenant": self._tenant.slug, "queue": queue.tag}).first()
             # The agents' load is read only when someone waits (every tick asks this).
             return waiting is not None and any(
                 a.state == "available" for a in self._agents(conn, queue.tag)
@@ -760,6 +785,7 @@ class QueueService:
                         {
                             "state": "waiting",
                             "position": place.position,
+                            "beyond": place.beyond,
                             "expected_seconds": place.expected_seconds,
                             "long_wait": place.long_wait,
                             "open": place.is_open,
@@ -780,11 +806,11 @@ class QueueService:
 
     def _handle(self, conn: Connection, queue: Queue) -> float | None:
         params = {"tenant": self._tenant.slug, "queue": queue.tag}
-        return conn.execute(_HANDLE, params).scalar_one_or_none()
+        return cast(float | None, _HANDLE.run(conn, params).scalar_one_or_none())
 
     def _agents(self, conn: Connection, queue: str | None) -> list[Member]:
         """The tenant's agents (of ``queue`` when given) with their load across tenants."""
-        rows = conn.execute(_MEMBERS, {"tenant": self._tenant.slug}).all()
+        rows = _MEMBERS.run(conn, {"tenant": self._tenant.slug}).all()
         members = [r for r in rows if queue is None or serves(member_queues(r.queues), queue)]
         if not members:
             return []

@@ -141,7 +141,10 @@ async def test_waiting_room_without_an_agent_says_so_and_offers_other_ways(
 
 
 TEXTS = {
-    **{k: demo.TEXT["nl"][k] for k in ("in_line", "position", "wait", "wait_one", "wait_unknown")},
+    **{
+        k: demo.TEXT["nl"][k]
+        for k in ("in_line", "position", "position_beyond", "wait", "wait_one", "wait_unknown")
+    },
     "long": demo.TEXT["nl"]["long"].format(m="5 minuten"),
     "closed": demo.TEXT["nl"]["closed_until"].format(when="maandag 08:30"),
 }
@@ -168,9 +171,15 @@ TEXTS = {
             "U bent nummer 1 in de rij. We zijn nu gesloten. "
             "We zijn weer open vanaf maandag 08:30.",
         ),
+        (
+            Place(501, 120_240.0, True, True, beyond=True),
+            "Er staan meer dan 500 mensen voor u in de rij. Verwachte wachttijd: ongeveer "
+            "2004 minuten. U moet waarschijnlijk langer dan 5 minuten wachten. U kunt ook "
+            "bellen, of later terugkomen.",
+        ),
         (None, "U staat in de rij."),
     ],
-    ids=["minutes-rounded-up", "one-minute", "long-wait", "closed", "no-place"],
+    ids=["minutes-rounded-up", "one-minute", "long-wait", "closed", "beyond-limit", "no-place"],
 )
 def test_waiting_line_in_words(place: Place | None, expected: str) -> None:
     assert demo.waiting_text(TEXTS, place) == expected
@@ -292,6 +301,7 @@ async def test_stream_tells_place_then_changes_then_ends(tmp_path: Path) -> None
                 assert await a.event() == {
                     "state": "waiting",
                     "position": 1,
+                    "beyond": False,
                     "expected_seconds": None,
                     "long_wait": True,
                     "open": True,

@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 
-from idcontact.storage.db import Database
+from idcontact.storage.db import Database, Prebuilt, one_of
+from tests.conftest import CANARY_NAME as CANARY
 from tests.services import postgres_url
 
 pytestmark = pytest.mark.anyio
@@ -175,5 +190,132 @@ async def test_a_write_after_a_stop_is_not_stranded(tmp_path: Path) -> None:
         await db.dispose()
         await db.run(lambda c: c.execute(text("INSERT INTO t (n) VALUES (9)")), write=True)
         assert await db.run(_rows) == [8, 9]  # and after dispose, a new thread served
+    finally:
+        await db.dispose()
+
+
+# -- Prebuilt statements: on SQLite's driver, through SQLAlchemy on PostgreSQL ----------------
+
+_scratch = MetaData()
+_items = Table(
+    "prebuilt_items",
+    _scratch,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("at", Float, nullable=True),
+    Column("blob", LargeBinary, nullable=True),
+)
+_ADD = Prebuilt(insert(_items).returning(_items.c.id, _items.c.at))
+_GET = Prebuilt(select(_items).where(_items.c.id == bindparam("id")))
+_OF_KIND = Prebuilt(
+    select(_items.c.id).where(one_of(_items.c.kind, ("a", "b"))).order_by(_items.c.id)
+)
+_SET_AT = Prebuilt(update(_items).where(_items.c.kind == bindparam("k")).values(at=bindparam("at")))
+_IN = Prebuilt(select(_items.c.id).where(_items.c.id.in_(bindparam("ids", expanding=True))))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def scratch_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data.db'}"
+    if request.param == "postgres":
+        url = postgres_url()
+    db = Database(url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_scratch.drop_all)
+        await conn.run_sync(_scratch.create_all)
+    try:
+        yield db
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_scratch.drop_all)
+        await db.dispose()
+
+
+async def test_prebuilt_statements_give_the_same_answers_on_both_databases(
+    scratch_db: Database,
+) -> None:
+    db = scratch_db
+
+    def fill(conn: Connection) -> list[Any]:
+        return [
+            _ADD.run(conn, {"id": "one", "kind": "a", "at": 1.5, "blob": b"\x00\xff"}).one(),
+            _ADD.run(conn, {"id": "two", "kind": "b"}).one(),  # other columns: another form
+            _ADD.run(conn, {"id": "three", "kind": "c", "at": 3.0}).one(),
+        ]
+
+    added = await db.run(fill, write=True)
+    assert [(r.id, r.at) for r in added] == [("one", 1.5), ("two", None), ("three", 3.0)]
+
+    def read(conn: Connection) -> tuple[Any, ...]:
+        row = _GET.run(conn, {"id": "one"}).first()
+        return (
+            (row.id, row.kind, row.at, bytes(row.blob)),
+            _GET.run(conn, {"id": "none"}).first(),
+            _GET.run(conn, {"id": "two"}).scalar_one(),
+            [r.id for r in _OF_KIND.run(conn)],
+            sorted(r.id for r in _IN.run(conn, {"ids": ["one", "three", "x"]})),
+        )
+
+    assert await db.run(read) == (
+        ("one", "a", 1.5, b"\x00\xff"),
+        None,
+        "two",
+        ["one", "two"],  # the fixed values of one_of() are part of the statement
+        ["one", "three"],  # a list parameter: through SQLAlchemy on both
+    )
+    assert await db.run(read, point=True) == await db.run(read)
+    updated = await db.run(lambda c: _SET_AT.run(c, {"k": "a", "at": 9.0}).rowcount, write=True)
+    assert updated == 1
+    with pytest.raises(NoResultFound):
+        await db.run(lambda c: _GET.run(c, {"id": "none"}).one())
+    with pytest.raises(MultipleResultsFound):
+        await db.run(lambda c: _OF_KIND.run(c).one())
+
+
+async def test_a_prebuilt_insert_that_breaks_a_constraint_is_an_integrity_error_without_values(
+    scratch_db: Database,
+) -> None:
+    db = scratch_db
+    await db.run(lambda c: _ADD.run(c, {"id": "k1", "kind": "a"}), write=True)
+    with pytest.raises(IntegrityError) as refused:
+        await db.run(lambda c: _ADD.run(c, {"id": "k1", "kind": CANARY}), write=True)
+    assert CANARY not in str(refused.value)
+    assert await db.run(lambda c: [r.id for r in _OF_KIND.run(c)]) == ["k1"]
+
+
+async def test_a_sqlite_unit_on_the_driver_and_through_sqlalchemy_is_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """A unit's transaction is begun on the driver; a statement built per call (through
+    SQLAlchemy) joins it, and a failure rolls both back, on the writer and on a read."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data.db'}")
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_scratch.create_all)
+
+        def both_then_fail(conn: Connection) -> None:
+            _ADD.run(conn, {"id": "raw", "kind": "a"})
+            conn.execute(insert(_items).values(id="sa", kind="b"))
+            raise ValueError("after both")
+
+        with pytest.raises(ValueError):
+            await db.run(both_then_fail, write=True)
+
+        def both(conn: Connection) -> None:
+            conn.execute(insert(_items).values(id="sa", kind="b"))
+            _ADD.run(conn, {"id": "raw", "kind": "a"})
+
+        await db.run(both, write=True)
+
+        def read_then_fail(conn: Connection) -> None:
+            assert _GET.run(conn, {"id": "raw"}).first() is not None
+            raise ValueError("read fails")
+
+        with pytest.raises(ValueError):  # its connection is closed, not handed out again
+            await db.run(read_then_fail, point=True)
+        assert await db.run(lambda c: [r.id for r in _OF_KIND.run(c)], point=True) == [
+            "raw",
+            "sa",
+        ]
     finally:
         await db.dispose()

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 
-from idcontact.storage.db import audit_events
+from idcontact.storage.db import Prebuilt, audit_events
 
 
 def _content(
@@ -36,7 +36,7 @@ def _chain(prev_hash: str | None, content: bytes) -> str:
     return hashlib.sha256((prev_hash or "").encode() + content).hexdigest()
 
 
-_APPEND = insert(audit_events)
+_APPEND = Prebuilt(insert(audit_events))
 """Built once: an event's values go in as parameters."""
 
 
@@ -55,8 +55,8 @@ def audit(
     ``detail`` holds names, numbers and pseudonyms, never attribute values. Appending takes no
     lock, so busy conversations never queue behind the audit log.
     """
-    conn.execute(
-        _APPEND,
+    _APPEND.run(
+        conn,
         {
             "tenant": tenant,
             "at": at,

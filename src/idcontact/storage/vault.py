@@ -26,7 +26,13 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from idcontact.domain.lifecycle import FINAL
 from idcontact.errors import VaultError
 from idcontact.storage.audit import audit
-from idcontact.storage.db import Database, chat_messages, conversations, vault_entries
+from idcontact.storage.db import (
+    Database,
+    Prebuilt,
+    chat_messages,
+    conversations,
+    vault_entries,
+)
 from idcontact.storage.keystore import KeyStore
 
 Clock = Callable[[], float]
@@ -66,6 +72,7 @@ CHAT_SENDERS = ("resident", "agent")
 
 # Statements of every chat message, built once (building one per call cost SQLAlchemy more than
 # running it).
+_INSERT = Prebuilt(insert(vault_entries))
 _NEXT = (
     update(conversations)
     .where(conversations.c.id == bindparam("cid"), conversations.c.state.not_in(FINAL))
@@ -150,8 +157,8 @@ class Vault:
         self.insert(conn, sealed)
 
     def insert(self, conn: Connection, sealed: Sealed) -> None:
-        conn.execute(
-            insert(vault_entries),
+        _INSERT.run(
+            conn,
             {
                 "conversation_id": sealed.conversation_id,
                 "nonce": sealed.nonce,

@@ -47,7 +47,7 @@ for open responses, so no stream may hold it up for long."""
 RETRY_MS = 3000
 LIVE: frozenset[State] = frozenset({"created", "authenticated", "waiting", "offered", "connected"})
 """The states in which the resident's page can still change; in any other the stream ends."""
-STREAMED = ("state", "position", "expected_seconds", "long_wait", "open")
+STREAMED = ("state", "position", "beyond", "expected_seconds", "long_wait", "open")
 """The only fields a resident's stream carries: never attributes."""
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
@@ -64,6 +64,7 @@ TEXT: dict[str, dict[str, str]] = {
         "authenticated": "Uw gegevens zijn aangekomen.",
         "in_line": "U staat in de rij.",
         "position": "U bent nummer {n} in de rij.",
+        "position_beyond": "Er staan meer dan {n} mensen voor u in de rij.",
         "wait": "Verwachte wachttijd: ongeveer {n} minuten.",
         "wait_one": "Verwachte wachttijd: ongeveer 1 minuut.",
         "wait_unknown": "Verwachte wachttijd: onbekend, want er is nu geen medewerker vrij.",
@@ -104,6 +105,7 @@ TEXT: dict[str, dict[str, str]] = {
         "authenticated": "Your data has arrived.",
         "in_line": "You are in the queue.",
         "position": "You are number {n} in the queue.",
+        "position_beyond": "More than {n} people are ahead of you in the queue.",
         "wait": "Expected wait: about {n} minutes.",
         "wait_one": "Expected wait: about 1 minute.",
         "wait_unknown": "Expected wait: unknown, because no agent is free right now.",
@@ -153,7 +155,11 @@ def waiting_text(texts: dict[str, str], place: Place | None) -> str:
     ``waiting.js`` builds the same line from the same texts."""
     if place is None:
         return texts["in_line"]
-    parts = [texts["position"].format(n=place.position)]
+    parts = [
+        texts["position_beyond"].format(n=place.position - 1)
+        if place.beyond
+        else texts["position"].format(n=place.position)
+    ]
     if not place.is_open:
         parts.append(texts["closed"])
     elif place.expected_seconds is None:
@@ -236,6 +242,7 @@ class DemoCommPlugin:
         return {
             "in_line": t["in_line"],
             "position": t["position"],
+            "position_beyond": t["position_beyond"],
             "wait": t["wait"],
             "wait_one": t["wait_one"],
             "wait_unknown": t["wait_unknown"],
@@ -283,6 +290,7 @@ class DemoCommPlugin:
         if place is not None:
             data.update(
                 position=place.position,
+                beyond=place.beyond,
                 expected_seconds=place.expected_seconds,
                 long_wait=place.long_wait,
                 open=place.is_open,

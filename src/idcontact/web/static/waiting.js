@@ -28,7 +28,11 @@
     if (typeof data.position !== "number") {
       return text("in-line");
     }
-    var parts = [fill(text("position"), data.position)];
+    var parts = [
+      data.beyond === true
+        ? fill(text("position-beyond"), data.position - 1)
+        : fill(text("position"), data.position),
+    ];
     if (data.open === false) {
       parts.push(text("closed"));
     } else if (typeof data.expected_seconds !== "number") {
