@@ -92,3 +92,18 @@ def test_text_format_carries_the_same_ids_and_no_exception_messages() -> None:
     assert "failed" in line and "Canary-In-Exception" not in line
     entry = json.loads(JsonFormatter().format(record))
     assert entry["exc_type"] == "ValueError" and "Canary-In-Exception" not in json.dumps(entry)
+
+
+def test_each_request_has_its_own_correlation_id_in_the_header_and_its_log_lines(
+    json_log: io.StringIO, tmp_path: Path
+) -> None:
+    with TestClient(create_app(demo_settings(tmp_path)), base_url=PUBLIC) as client:
+        ids = [client.get("/session_options").headers["x-request-id"] for _ in range(50)]
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == 50
+    access = [
+        json.loads(line)
+        for line in json_log.getvalue().splitlines()
+        if '"idcontact.access"' in line
+    ]
+    assert [e["cid"] for e in access if e.get("route") == "/session_options"] == ids

@@ -47,6 +47,7 @@ from idcontact.settings import (
 )
 from idcontact.tokens import sign_jwt, verify_jwt
 from idcontact.web.pages import LANGUAGES, TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ class Core:
     # -- routes ---------------------------------------------------------------------------
 
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self.prefix, tags=["core"])
+        router = Router(prefix=self.prefix, tags=["core"])
 
         @router.get("/session_options", response_model=dict[str, SessionOptions])
         async def all_session_options() -> dict[str, SessionOptions]:

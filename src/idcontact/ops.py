@@ -34,6 +34,7 @@ from idcontact.errors import IdContactError, SlotUsedError, TokenError
 from idcontact.heap import HeapKeeper
 from idcontact.settings import Ops
 from idcontact.web.problem import problem
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ def ops_router(
     drain: Drain,
     scrape: Scrape | None,
 ) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = Router(include_in_schema=False)
 
     @router.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -299,7 +299,9 @@ class QueueService:
             ).scalar_one()
             return int(ahead), self._handle(conn, queue), self._agents(conn, queue.tag)
 
-        ahead, handle, pool = await self._db.run(work)
+        # A point read: the count stops at AHEAD_LIMIT index entries (tens of µs), less than
+        # the hop to a worker thread and back; every waiting page and refresh asks it.
+        ahead, handle, pool = await self._db.run(work, point=True)
         expected = expected_wait(
             ahead + 1, handle or queue.handle_seconds, sum(1 for a in pool if _staffed(a))
         )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from idcontact.storage.keystore import RedisKeyStore
+from idcontact.storage.keystore import RedisKeyStore, SqliteKeyStore
 from tests.conftest import CANARY_NAME, AppFactory, Instance, demo_settings
 from tests.flows.test_core_flows import JSON, issue
 from tests.services import redis_url
@@ -153,3 +155,27 @@ async def test_reading_is_audited_without_values(make_app: AppFactory) -> None:
         ).all()
     assert ("agent:7", "attributes.view") in [(r.actor, r.action) for r in rows]
     assert all(CANARY_NAME not in r.detail for r in rows)
+
+
+async def test_sqlite_key_store_waits_for_a_busy_file_instead_of_failing(tmp_path: Path) -> None:
+    """A key is stored and read on the event loop's own connection when the file is free; when
+    another writer holds it (another process), the statement waits in the worker thread."""
+    store = SqliteKeyStore(tmp_path / "keys.db")
+    other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
+    try:
+        await store.put("free", b"k" * 32, 60)
+        assert await store.get("free") == b"k" * 32
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as a writer of another process
+        other.execute("INSERT INTO data_keys VALUES ('other', x'00', 0)")
+        pending = asyncio.create_task(store.put("busy", b"b" * 32, 60))
+        done, _ = await asyncio.wait({pending}, timeout=0.2)
+        assert not done  # waiting for the lock, not failed
+        assert await store.get("free") == b"k" * 32  # a reader never waits on a writer
+        other.execute("COMMIT")
+        await asyncio.wait_for(pending, 10)
+        assert await store.get("busy") == b"b" * 32
+        with pytest.raises(sqlite3.IntegrityError):  # a real error is not taken for "busy"
+            await store.put("busy", b"x" * 32, 60)
+    finally:
+        other.close()
+        await store.close()

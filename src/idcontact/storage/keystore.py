@@ -67,6 +67,13 @@ class SqliteKeyStore:
         # A thread lock, taken in the worker thread: a cancelled caller stops waiting, but its
         # statement still runs, and close() must not pull the connection from under it.
         self._guard = threading.Lock()
+        # The event loop's own connection, for a key read or a new key: a statement on a hot
+        # page takes microseconds, less than the hop to a worker thread (every flow stores a
+        # key, every chat message reads one). It never waits: busy (a writer of another
+        # process, or the worker's connection), the statement goes to the worker instead.
+        self._inline = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._inline.execute("PRAGMA busy_timeout=0")
+        self._inline.execute("PRAGMA secure_delete=ON")
 
     @property
     def path(self) -> Path:
@@ -89,24 +96,28 @@ class SqliteKeyStore:
         # Move the zeroed pages into the main file and cut the WAL to nothing.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    async def _here_or_there(
+        self, sql: str, params: tuple[object, ...]
+    ) -> list[tuple[object, ...]]:
+        """On the loop's connection if the file is free this instant, else in the worker."""
+        try:
+            return self._inline.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as busy:
+            if busy.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+        return await self._run(sql, params)
+
     async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
-        await self._run(
+        await self._here_or_there(
             "INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (?, ?, ?)",
             (conversation_id, key, time.time() + ttl_seconds),
         )
 
     async def get(self, conversation_id: str) -> bytes | None:
-        sql = "SELECT key FROM data_keys WHERE conversation_id = ? AND expires_at > ?"
-        params = (conversation_id, time.time())
-        # A primary-key read of a hot page takes microseconds, less than the hop to a worker
-        # thread (every chat message reads its key): inline when the connection is free.
-        if self._guard.acquire(blocking=False):
-            try:
-                rows = self._exec(sql, params)
-            finally:
-                self._guard.release()
-        else:
-            rows = await self._run(sql, params)
+        rows = await self._here_or_there(
+            "SELECT key FROM data_keys WHERE conversation_id = ? AND expires_at > ?",
+            (conversation_id, time.time()),
+        )
         return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     async def delete(self, *conversation_ids: str) -> None:
@@ -129,6 +140,7 @@ class SqliteKeyStore:
         return cur.rowcount
 
     async def close(self) -> None:
+        self._inline.close()
         await self._call(self._conn.close)
 
 

@@ -52,6 +52,7 @@ from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.storage.audit import audit, events, write_csv
 from idcontact.web.chat import chat_socket, post_message
 from idcontact.web.middleware import CSP
+from idcontact.web.routing import Router
 from idcontact.web.video import Signalling, panel as video_panel, signalling_for
 
 SESSION_COOKIE = "idc_agent"
@@ -151,7 +152,7 @@ def agent_router(
     supervisors' statistics; ``sso``: the identity providers of the tenants whose agents log
     in through one; ``registrations``: the Klantinteracties connectors of the tenants that
     have one; ``texts``: the SMS gateways of the tenants that have one."""
-    router = APIRouter(prefix="/agent", include_in_schema=False)
+    router = Router(prefix="/agent", include_in_schema=False)
 
     def slug_texts(slug: str) -> bool:
         return slug in (texts or {})

@@ -21,6 +21,7 @@ from idcontact.errors import NotFoundError
 from idcontact.queues import Estimate, QueueService
 from idcontact.settings import Purpose, Settings, Tenant
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def duration(minutes: int, lang: str) -> str:
 
 def theme_router(tenant: Tenant, prefix: str) -> APIRouter:
     """``<prefix>/theme.css`` on every role, so plugin pages wear the tenant's design too."""
-    router = APIRouter(prefix=prefix, include_in_schema=False)
+    router = Router(prefix=prefix, include_in_schema=False)
 
     @router.get("/theme.css", response_class=Response)
     async def theme() -> Response:
@@ -267,7 +268,7 @@ def citizen_router(
     ``queues``: the tenant's queue model, for the expected waits on the topic page; ``None``
     where this instance does not serve the comm role (split roles: the core has no database).
     """
-    router = APIRouter(prefix=core.prefix, include_in_schema=False)
+    router = Router(prefix=core.prefix, include_in_schema=False)
 
     async def waits(purposes: list[Purpose], lang: str) -> dict[str, str]:
         """Each purpose's expected wait, by purpose tag; one estimate per queue."""

@@ -29,6 +29,7 @@ from idcontact.irma.schemes import Schemes
 from idcontact.irma.wallet import Issuer, PrivateKey, Wallet
 from idcontact.settings import Settings, Tenant
 from idcontact.web.pages import language, render
+from idcontact.web.routing import Router
 
 COOKIE = "idc_demo_wallet"
 MAX_WALLETS = 1000
@@ -87,7 +88,7 @@ def demo_wallet_router(
 ) -> APIRouter:
     """``http`` reaches this instance (the app protocol, as a phone would speak it);
     ``scheme_dir`` holds the demo issuer's private key."""
-    router = APIRouter(prefix="/demo-wallet", include_in_schema=False)
+    router = Router(prefix="/demo-wallet", include_in_schema=False)
     wallets: OrderedDict[str, DemoWallet] = OrderedDict()
     session_base = f"{settings.public_url}/yivi/irma/session/"
 

@@ -34,6 +34,7 @@ from idcontact.irma.sessions import (
     session_url,
 )
 from idcontact.tokens import sign_jwt
+from idcontact.web.routing import Router
 
 PROTOCOL = "2.8"
 MAX_BODY = 1 << 20
@@ -121,7 +122,7 @@ def irma_router(
 ) -> APIRouter:
     """``dev_mode`` is what the app is told (false in production: the app then insists on
     HTTPS); ``jwt_key`` signs ``result-jwt`` (RS256) and is served at ``/publickey``."""
-    router = APIRouter(prefix=prefix, include_in_schema=False, route_class=GoErrors)
+    router = Router(prefix=prefix, include_in_schema=False, route_class=GoErrors)
     public_pem = None
     if jwt_key is not None:
         private = jwt_key.raw_value

@@ -28,6 +28,7 @@ from idcontact.plugins.auth.common import (
 from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class DemoAuthPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self._ctx.mount_path, tags=["auth plugin: demo"])
+        router = Router(prefix=self._ctx.mount_path, tags=["auth plugin: demo"])
         ctx = self._ctx
 
         @router.post("/start_authentication", response_model=ClientUrl)

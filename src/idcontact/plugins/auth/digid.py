@@ -64,6 +64,7 @@ from idcontact.settings import Assurance
 from idcontact.storage.once import MemoryOneTime, OneTime
 from idcontact.tokens import AuthResult
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ class DigidAuthPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self._ctx.mount_path, tags=["auth plugin: digid"])
+        router = Router(prefix=self._ctx.mount_path, tags=["auth plugin: digid"])
         ctx = self._ctx
 
         @router.post("/start_authentication", response_model=ClientUrl)

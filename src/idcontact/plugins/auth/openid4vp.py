@@ -81,6 +81,7 @@ from idcontact.plugins.base import Kind, PluginContext
 from idcontact.settings import Settings, Tenant
 from idcontact.tokens import AuthResult
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +485,7 @@ class OpenID4VPAuthPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self._ctx.mount_path, tags=["auth plugin: openid4vp"])
+        router = Router(prefix=self._ctx.mount_path, tags=["auth plugin: openid4vp"])
         ctx = self._ctx
 
         @router.post("/start_authentication", response_model=ClientUrl)

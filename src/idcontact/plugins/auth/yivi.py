@@ -57,6 +57,7 @@ from idcontact.plugins.base import Kind, PluginContext
 from idcontact.tokens import AuthResult
 from idcontact.web.demo_wallet import demo_wallet_link
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class YiviAuthPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self._ctx.mount_path, tags=["auth plugin: yivi"])
+        router = Router(prefix=self._ctx.mount_path, tags=["auth plugin: yivi"])
         ctx = self._ctx
 
         @router.post("/start_authentication", response_model=ClientUrl)

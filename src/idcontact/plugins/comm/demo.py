@@ -37,6 +37,7 @@ from idcontact.queues import Place, QueueService
 from idcontact.settings import PHONE_PATTERN, Purpose
 from idcontact.web.citizen import opening_time, wait_minutes
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 MAX_TOKEN = 60_000
 HEARTBEAT_SECONDS = 15.0
@@ -328,7 +329,7 @@ class DemoCommPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self._ctx.mount_path, tags=["comm plugin: demo"])
+        router = Router(prefix=self._ctx.mount_path, tags=["comm plugin: demo"])
         ctx, conversations = self._ctx, self._conversations
         tag = ctx.method.tag
 

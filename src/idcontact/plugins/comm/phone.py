@@ -42,6 +42,7 @@ from idcontact.plugins.comm.common import add_attr_route, purpose_of
 from idcontact.plugins.comm.identify import identify_context, start_identification
 from idcontact.settings import CommMethod, Purpose
 from idcontact.web.pages import TOKEN_PAGE_HEADERS, language, render
+from idcontact.web.routing import Router
 
 MAX_TOKEN = 60_000
 IDENTIFY_SEAL = "phone-identify"
@@ -156,7 +157,7 @@ class PhoneCommPlugin:
 
     @property
     def router(self) -> APIRouter:
-        router = APIRouter(prefix=self._ctx.mount_path, tags=["comm plugin: phone"])
+        router = Router(prefix=self._ctx.mount_path, tags=["comm plugin: phone"])
         ctx, conversations, links = self._ctx, self._conversations, self._links
         tag = ctx.method.tag
         number = ctx.tenant.phone_line
