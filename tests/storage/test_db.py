@@ -270,6 +270,8 @@ async def test_prebuilt_statements_give_the_same_answers_on_both_databases(
         await db.run(lambda c: _GET.run(c, {"id": "none"}).one())
     with pytest.raises(MultipleResultsFound):
         await db.run(lambda c: _OF_KIND.run(c).one())
+    with pytest.raises(ValueError):  # written into the SQL: plain words only
+        one_of(_items.c.kind, ("a", "b') OR ('1'='1"))
 
 
 async def test_a_prebuilt_insert_that_breaks_a_constraint_is_an_integrity_error_without_values(
@@ -283,39 +285,49 @@ async def test_a_prebuilt_insert_that_breaks_a_constraint_is_an_integrity_error_
     assert await db.run(lambda c: [r.id for r in _OF_KIND.run(c)]) == ["k1"]
 
 
-async def test_a_sqlite_unit_on_the_driver_and_through_sqlalchemy_is_one_transaction(
-    tmp_path: Path,
+async def test_a_unit_on_the_driver_and_through_sqlalchemy_is_one_transaction(
+    scratch_db: Database,
 ) -> None:
-    """A unit's transaction is begun on the driver; a statement built per call (through
-    SQLAlchemy) joins it, and a failure rolls both back, on the writer and on a read."""
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data.db'}")
-    try:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(_scratch.create_all)
+    """Prebuilt statements and statements built per call (through SQLAlchemy) share the
+    unit's transaction, whichever comes first: a failure rolls both back, on a write and on
+    a read."""
+    db = scratch_db
 
-        def both_then_fail(conn: Connection) -> None:
-            _ADD.run(conn, {"id": "raw", "kind": "a"})
-            conn.execute(insert(_items).values(id="sa", kind="b"))
-            raise ValueError("after both")
+    def both_then_fail(conn: Connection) -> None:
+        _ADD.run(conn, {"id": "raw", "kind": "a"})
+        conn.execute(insert(_items).values(id="sa", kind="b"))
+        raise ValueError("after both")
 
-        with pytest.raises(ValueError):
-            await db.run(both_then_fail, write=True)
+    with pytest.raises(ValueError):
+        await db.run(both_then_fail, write=True)
+    assert await db.run(lambda c: _OF_KIND.run(c).all()) == []
 
-        def both(conn: Connection) -> None:
-            conn.execute(insert(_items).values(id="sa", kind="b"))
-            _ADD.run(conn, {"id": "raw", "kind": "a"})
+    def sa_first_then_fail(conn: Connection) -> None:
+        conn.execute(insert(_items).values(id="sa", kind="b"))
+        _ADD.run(conn, {"id": "raw", "kind": "a"})
+        raise ValueError("after both")
 
-        await db.run(both, write=True)
+    with pytest.raises(ValueError):
+        await db.run(sa_first_then_fail, write=True)
+    assert await db.run(lambda c: _OF_KIND.run(c).all()) == []
 
-        def read_then_fail(conn: Connection) -> None:
-            assert _GET.run(conn, {"id": "raw"}).first() is not None
-            raise ValueError("read fails")
+    def both(conn: Connection) -> None:
+        _ADD.run(conn, {"id": "raw", "kind": "a"})
+        conn.execute(insert(_items).values(id="sa", kind="b"))
 
-        with pytest.raises(ValueError):  # its connection is closed, not handed out again
-            await db.run(read_then_fail, point=True)
-        assert await db.run(lambda c: [r.id for r in _OF_KIND.run(c)], point=True) == [
-            "raw",
-            "sa",
-        ]
-    finally:
-        await db.dispose()
+    await db.run(both, write=True)
+
+    def read_then_fail(conn: Connection) -> None:
+        assert _GET.run(conn, {"id": "raw"}).first() is not None
+        raise ValueError("read fails")
+
+    with pytest.raises(ValueError):  # its connection is not handed out again broken
+        await db.run(read_then_fail, point=True)
+    assert await db.run(lambda c: [r.id for r in _OF_KIND.run(c)], point=True) == [
+        "raw",
+        "sa",
+    ]
+    # Both statements really ran on the driver: compiled for this database, not skipped.
+    assert _ADD._forms[(db.dialect, "id", "kind")] is not None
+    assert _GET._forms[(db.dialect, "id")] is not None
+    assert _IN._forms[(db.dialect, "ids")] is None  # a list parameter: through SQLAlchemy

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import queue
+import re
 import sqlite3
 import threading
 from collections import namedtuple
@@ -36,7 +37,7 @@ from sqlalchemy import (
     Text,
     create_engine as create_sync_engine,
     event,
-    or_,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Connection, Dialect
@@ -420,13 +421,14 @@ class _Form:
 
 
 class Prebuilt:
-    """A statement built once and, on SQLite, run on the driver's cursor.
+    """A statement built once and run on the driver's cursor.
 
     Through SQLAlchemy even a cached statement costs ~35 µs a run (cache key, execution
-    context, result metadata) against ~5 on the driver; a flow runs a dozen. Rows come back
-    as named tuples (``row.id``). On PostgreSQL (asyncpg under SQLAlchemy's greenlet) the
-    statement runs through SQLAlchemy as before. Statements with a list parameter
-    (``in_``) also do: their SQL depends on the list's length.
+    context, result metadata) against ~5 on the driver; a flow runs a dozen. It is compiled
+    once per database and set of parameter names; rows come back as named tuples
+    (``row.id``). On PostgreSQL the cursor is SQLAlchemy's asyncpg adapter, under its greenlet
+    and in the unit's transaction, as SQLAlchemy's own statements are. A statement with a list
+    parameter (``in_``: its SQL depends on the list's length) runs through SQLAlchemy.
     """
 
     __slots__ = ("_forms", "stmt")
@@ -437,24 +439,32 @@ class Prebuilt:
 
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Rows:
         params = params or {}
-        if conn.dialect.name == "sqlite":
-            names = tuple(params)
-            form = self._forms.get(names, _UNSET)
-            if form is _UNSET:
-                form = self._forms[names] = _compile_form(self.stmt, conn.dialect, names)
-            if form is not None:
-                return _run_form(_driver(conn), cast(_Form, form), params)
+        key = (conn.dialect.name, *params)
+        form = self._forms.get(key, _UNSET)
+        if form is _UNSET:
+            form = self._forms[key] = _compile_form(self.stmt, conn.dialect, key[1:])
+        if form is not None:
+            return _run_form(conn, cast(_Form, form), params)
         result = conn.execute(self.stmt, params)
         return Rows(list(result) if result.returns_rows else [], result.rowcount)
 
 
 _UNSET: Any = object()
+_WORD = re.compile(r"[a-z_]+")
+_NATIVE = (String, Integer, Float, LargeBinary)
+"""Column types both drivers return as Python wants them (str, int, float, bytes): their rows
+need no result processing."""
 
 
-def one_of(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
-    """``column IN values`` for fixed values, as ``=`` … ``OR``: an ``in_`` is a list
-    parameter, which a :class:`Prebuilt` statement cannot run on the driver."""
-    return or_(*(column == value for value in values))
+def one_of(column: ColumnElement[Any], values: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN (values)`` with the values written into the SQL: an ``in_`` of values is a
+    list parameter, which a :class:`Prebuilt` statement cannot run on the driver. (As
+    ``= … OR`` PostgreSQL read the whole range through a bitmap, where ``IN`` walks the index
+    and stops at a ``LIMIT``.) For fixed names (states) only: each must be a plain word."""
+    names = list(values)
+    if not all(_WORD.fullmatch(name) for name in names):
+        raise ValueError("one_of takes plain words only")
+    return column.in_([literal_column(f"'{name}'") for name in names])
 
 
 def _compile_form(stmt: Executable, dialect: Dialect, names: tuple[str, ...]) -> _Form | None:
@@ -469,9 +479,7 @@ def _compile_form(stmt: Executable, dialect: Dialect, names: tuple[str, ...]) ->
         if process is not None:
             binds[key] = process
     columns = cast(Any, stmt).exported_columns  # selected or returned; none otherwise
-    if any(
-        dialect.type_descriptor(c.type).result_processor(dialect, None) is not None for c in columns
-    ):
+    if not all(isinstance(c.type, _NATIVE) for c in columns):
         return None
     row: Callable[..., Any] | None = (
         namedtuple("Row", list(columns.keys()), rename=True) if len(columns) else None
@@ -485,7 +493,7 @@ def _compile_form(stmt: Executable, dialect: Dialect, names: tuple[str, ...]) ->
     return _Form(compiled.string, tuple(compiled.positiontup or ()), fixed, binds, row)
 
 
-def _run_form(driver: sqlite3.Connection, form: _Form, params: Mapping[str, Any]) -> Rows:
+def _run_form(conn: Connection, form: _Form, params: Mapping[str, Any]) -> Rows:
     values = {**form.fixed, **params} if form.fixed else params
     args = [values[name] for name in form.order]  # KeyError: a parameter is missing
     if form.binds:
@@ -493,13 +501,14 @@ def _run_form(driver: sqlite3.Connection, form: _Form, params: Mapping[str, Any]
             form.binds[name](arg) if name in form.binds else arg
             for name, arg in zip(form.order, args, strict=True)
         ]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor = driver.execute(form.sql, args)
-    except sqlite3.Error as failed:  # as through SQLAlchemy (IntegrityError ...), no values
-        raise DBAPIError.instance(
-            form.sql, None, failed, sqlite3.Error, hide_parameters=True
-        ) from failed
-    try:
+        try:
+            cursor.execute(form.sql, tuple(args))
+        except conn.dialect.loaded_dbapi.Error as failed:  # as SQLAlchemy's, without values
+            raise DBAPIError.instance(
+                form.sql, None, failed, conn.dialect.loaded_dbapi.Error, hide_parameters=True
+            ) from failed
         if form.row is None:
             return Rows([], cursor.rowcount)
         make = form.row
