@@ -411,7 +411,7 @@ class Rows:
 
 @dataclass(frozen=True, slots=True)
 class _Form:
-    """A statement compiled for SQLite with one set of parameter names."""
+    """A statement compiled for one database and one set of parameter names."""
 
     sql: str
     order: tuple[str, ...]
