@@ -144,10 +144,10 @@ def scenario(digits: str, mode: Mode, caller: str, *, hold_ms: int, workdir: Pat
         packets = rfc4733_packets(digits) if mode == "rfc4733" else inband_packets(digits)
         pcap = workdir / f"{mode}-{secrets.token_hex(4)}.pcap"
         write_pcap(pcap, packets)
-        steps.append(
-            f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>'
-            f'<pause milliseconds="{packets[-1][0] + 100 if packets else 0}"/>'
-        )
+        # No pause for the playback: the PBX may hang up as soon as the last digit is in
+        # (a fast agent did, within the pause's last 100 ms), and a BYE that arrives during
+        # a pause is "unexpected" to sipp. The recording plays on while it waits for the BYE.
+        steps.append(f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
     else:
         for d in digits:
             steps.append(
