@@ -14,9 +14,11 @@ One flow is what a resident does, end to end:
    names the data the agent will see and never shows it.
 
 Each scenario runs a real uvicorn server (``idcontact serve``) as a subprocess on 127.0.0.1 with
-a fresh data directory; the load generator (httpx) runs in this process, on the same machine, so
-it competes with the server for the CPUs. Besides the HTTP scenarios the benchmark measures the
-*crypto floor*: the per-flow cost of the token and vault cryptography alone, in-process.
+a fresh data directory; the load generator (bench/rawhttp.py) runs in this process, on the same
+machine, so it competes with the server for the CPUs. The clients run flows back to back (the
+peak), then paced to the target rate together (latency counted from when each flow was due).
+Besides the HTTP scenarios the benchmark measures the *crypto floor*: the per-flow cost of the
+token and vault cryptography alone, in-process.
 
     .venv/bin/python bench/flows.py            # full run (20 s per scenario)
     .venv/bin/python bench/flows.py --quick    # 5 s per scenario
@@ -540,16 +542,35 @@ class LoadGenerator:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def run(self, duration: float, concurrency: int, max_errors: int = 500) -> Phase:
-        """``concurrency`` clients each run flows back to back until ``duration`` has passed."""
+    async def run(
+        self,
+        duration: float,
+        concurrency: int,
+        max_errors: int = 500,
+        rate: float | None = None,
+    ) -> Phase:
+        """``concurrency`` clients each run flows until ``duration`` has passed: back to back
+        (closed loop), or, given a ``rate`` (flows/s of all clients together), each on its own
+        schedule of one flow every ``concurrency / rate`` seconds, the clients staggered.
+
+        Paced, a flow's latency counts from when it was due, not from when it began: a client
+        still busy with its previous flow starts late, and that lateness is waiting the system
+        caused (no "coordinated omission").
+        """
         records: list[FlowRecord] = []
         errors: Counter[str] = Counter()
         t0 = time.perf_counter()
         t_end = t0 + duration
+        every = concurrency / rate if rate else 0.0
 
-        async def loop(client: httpx.AsyncClient | RawClient) -> None:
-            while time.perf_counter() < t_end:
-                begun = time.perf_counter()
+        async def loop(client: httpx.AsyncClient | RawClient, due: float) -> None:
+            while (now := time.perf_counter()) < t_end and (not rate or due < t_end):
+                if rate:
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    begun, due = due, due + every
+                else:
+                    begun = now
                 try:
                     steps = await one_flow(client, self.core_url)
                 except Exception as exc:
@@ -560,7 +581,12 @@ class LoadGenerator:
                     continue
                 records.append(FlowRecord(begun, time.perf_counter(), steps))
 
-        await asyncio.gather(*(loop(c) for c in self.clients[:concurrency]))
+        await asyncio.gather(
+            *(
+                loop(c, t0 + i / rate if rate else t0)
+                for i, c in enumerate(self.clients[:concurrency])
+            )
+        )
         return Phase(records, errors, t0, t_end)
 
 
@@ -604,11 +630,12 @@ class Sample:
         )
 
 
-def summarize(phase: Phase, before: Sample, after: Sample) -> dict[str, Any]:
-    """Throughput, latency and CPU of one phase; flows still running at its end do not count
-    towards throughput (their latency does)."""
+def summarize(phase: Phase, before: Sample, after: Sample, paced: bool = False) -> dict[str, Any]:
+    """Throughput, latency and CPU of one phase. Back to back, flows still running at its end
+    do not count towards throughput (their latency does); paced, every flow that was due in
+    the window and done counts (one due just before the end would otherwise be lost)."""
     window = phase.t_end - phase.t0
-    flows = sum(1 for r in phase.records if r.ended <= phase.t_end)
+    flows = len(phase.records) if paced else sum(1 for r in phase.records if r.ended <= phase.t_end)
     latencies = sorted(r.ended - r.started for r in phase.records)
     step_names = ("start", "confirm", "landing")
     steps = {n: sorted(r.steps[i] for r in phase.records) for i, n in enumerate(step_names)}
@@ -678,15 +705,16 @@ async def measured(
     *,
     duration: float,
     concurrency: int,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """One measurement window with CPU accounting (sampled when the window closes)."""
     before = Sample.take(servers, await db_pids())
-    task = asyncio.ensure_future(gen.run(duration, concurrency))
+    task = asyncio.ensure_future(gen.run(duration, concurrency, rate=rate))
     await asyncio.wait({task}, timeout=duration)
     pids = await db_pids()
     after = Sample.take(servers, pids)
     phase = await task
-    return summarize(phase, before, after)
+    return summarize(phase, before, after, paced=rate is not None)
 
 
 async def exercise(
@@ -694,8 +722,10 @@ async def exercise(
     servers: list[Server],
     db_pids: Callable[[], Awaitable[list[int]]],
     args: argparse.Namespace,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Warm up, probe with one client, then measure at full concurrency."""
+    """Warm up, probe with one client, measure at full concurrency back to back, then (given
+    a ``rate``) with the same clients paced to that rate together."""
     out: dict[str, Any] = {}
     async with LoadGenerator(core_url, args.concurrency, args.client) as gen:
         log(f"  warm-up {args.warmup:g} s at {args.concurrency} clients ...")
@@ -716,6 +746,20 @@ async def exercise(
                 gen, servers, db_pids, duration=args.duration, concurrency=args.concurrency
             )
         )
+        if rate and args.paced > 0:
+            log(
+                f"  paced: {args.concurrency} clients, {rate:g} flows/s together, "
+                f"{args.paced:g} s ..."
+            )
+            out["paced"] = await measured(
+                gen,
+                servers,
+                db_pids,
+                duration=args.paced,
+                concurrency=args.concurrency,
+                rate=rate,
+            )
+            out["paced"]["offered_per_s"] = rate
     return out
 
 
@@ -852,7 +896,15 @@ def run_scenario(
                 db_pids = functools.partial(postgres_backend_pids, postgres.admin_url, db_name)
             try:
                 result.update(
-                    runner.run(exercise(deployment.core_url, deployment.servers, db_pids, args))
+                    runner.run(
+                        exercise(
+                            deployment.core_url,
+                            deployment.servers,
+                            db_pids,
+                            args,
+                            args.rate or TARGET_FLOWS_PER_S[scenario.keys],
+                        )
+                    )
                 )
                 result["limit"] = bottleneck(result)
                 alive = [s.name for s in deployment.servers if s.proc.poll() is None]
@@ -1156,6 +1208,33 @@ def render_tables(report: dict[str, Any]) -> str:
             else:
                 lines.append(f"{r['number']:<2} {'-':>16} {'-':>7} {'-':>11}  {steps}")
 
+    paced = [r for r in ran if "paced" in r]
+    if paced:
+        lines += [
+            "",
+            f"paced: the same {params['concurrency']} clients, each starting a flow on its own "
+            "schedule, offering the target rate together;",
+            "latency counts from when a flow was due (a late start is waiting the system caused):",
+        ]
+        head = (
+            f"{'#':<2} {'offered':>8} {'flows/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+            f"{'errors':>6} {'server cores':>12} {'all targets':>11}"
+        )
+        lines += [head, "-" * len(head)]
+        for r in paced:
+            q = r["paced"]
+            lat = q["latency_ms"]
+            met = (
+                q["flows_per_s"] >= TARGET_FLOWS_PER_S[r["keys"]]
+                and lat["p99"] <= TARGET_P99_MS
+                and q["errors"] == 0
+            )
+            lines.append(
+                f"{r['number']:<2} {q['offered_per_s']:>8g} {q['flows_per_s']:>8.1f} "
+                f"{lat['p50']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} {q['errors']:>6} "
+                f"{_f(q['cpu']['server_cores'], '.2f'):>12} {_mark(met):>11}"
+            )
+
     floor = report.get("crypto_floor")
     if floor:
         lines += [
@@ -1189,7 +1268,8 @@ def render_tables(report: dict[str, Any]) -> str:
     lines.append(
         f"note: with {concurrency} closed-loop clients, mean latency = {concurrency} / "
         f"throughput (Little's law): p99 <= {TARGET_P99_MS:.0f} ms needs more than "
-        f"{concurrency / (TARGET_P99_MS / 1000):.0f} flows/s"
+        f"{concurrency / (TARGET_P99_MS / 1000):.0f} flows/s back to back; the paced run "
+        "measures it at the target rate"
     )
     gen = [r["cpu"]["loadgen_ms_per_flow"] for r in ran if r["cpu"]["loadgen_ms_per_flow"] > 0]
     if gen:
@@ -1240,6 +1320,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=[s.id for s in SCENARIOS] + [str(s.number) for s in SCENARIOS],
         help="run only this scenario (repeatable; number or id)",
     )
+    parser.add_argument(
+        "--paced",
+        type=float,
+        help="seconds of the paced run per scenario: the same clients, each on a schedule, "
+        "offering --rate flows/s together (0 = skip; default: --duration)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="flows/s the paced run offers (default: the scenario's throughput target, "
+        f"{TARGET_FLOWS_PER_S['EC']:g} with EC keys, {TARGET_FLOWS_PER_S['RSA']:g} with RSA)",
+    )
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL scenarios")
     parser.add_argument("--no-crypto", action="store_true", help="skip the crypto floor")
     parser.add_argument(
@@ -1270,6 +1362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.duration = args.duration or (5.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 5.0)
     args.serial = args.serial if args.serial is not None else (1.5 if args.quick else 3.0)
+    args.paced = args.paced if args.paced is not None else args.duration
     args.server_env = server_env(parser, args.server_env)
     return args
 
@@ -1357,6 +1450,8 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "one_client_probe_s": args.serial,
+            "paced_s": args.paced,
+            "paced_rate": args.rate or "the scenario's target",
             "purpose": PURPOSE,
             "flow": [
                 "POST /start (JSON, Accept: application/json)",

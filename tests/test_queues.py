@@ -174,6 +174,12 @@ async def test_handle_time_moves_with_finished_conversations(
     await service(inst).close(conversation_id, agent_id)
     estimate = await service(inst).estimate("general")
     assert estimate.handle_seconds == pytest.approx(300 + 0.1 * (100 - 300))
+    # A waiting resident's expected wait uses the learned handle time too (read with the place).
+    now[0] += 3600  # past any wrap-up: the agent is free again
+    waiting = await inst.services.conversations.get(await waiting_conversation(inst))  # type: ignore[union-attr]
+    place = await service(inst).place(waiting)
+    assert place is not None and place.position == 1
+    assert place.expected_seconds == pytest.approx(estimate.handle_seconds)
 
 
 async def one_chat_each_on_postgres(make_app: AppFactory, tmp_path: Any) -> Instance:

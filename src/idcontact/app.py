@@ -138,7 +138,7 @@ class Services:
         return self.tenants[DEFAULT_TENANT].conversations
 
 
-def keystore_for(settings: Settings, engine: AsyncEngine) -> KeyStore:
+def keystore_for(settings: Settings, db: Database) -> KeyStore:
     kind = settings.resolved_keystore
     if kind == "redis":
         if not settings.redis_url:
@@ -147,7 +147,7 @@ def keystore_for(settings: Settings, engine: AsyncEngine) -> KeyStore:
     if kind == "postgres":
         if is_sqlite(settings.resolved_database_url):
             raise ConfigError("keystore: 'postgres' needs a PostgreSQL database_url")
-        return PostgresKeyStore(engine)
+        return PostgresKeyStore(db)
     url = settings.resolved_database_url
     db_path = url.split("///", 1)[1] if "///" in url else ""
     if not db_path or db_path == ":memory:":
@@ -190,7 +190,7 @@ def create_app(
     )
     if "comm" in roles:
         db = Database(settings.resolved_database_url)
-        keystore = keystore_for(settings, db.engine)
+        keystore = keystore_for(settings, db)
         vault = Vault(db, keystore, clock)
     directory = (
         AgentDirectory(

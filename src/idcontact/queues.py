@@ -59,31 +59,37 @@ AHEAD_LIMIT = 500
 on every waiting page; past a few hundred, "more than 500 ahead of you" tells as much."""
 
 # Built once, run with parameters: the reads of every resident's place and every tick.
-_AHEAD = Prebuilt(
-    select(func.count()).select_from(
-        select(conversations.c.id)
-        .where(
-            conversations.c.tenant == bindparam("tenant"),
-            conversations.c.queue == bindparam("queue"),
-            one_of(conversations.c.state, ("waiting", "offered")),
-            or_(
-                conversations.c.waiting_since < bindparam("since"),
-                and_(
-                    conversations.c.waiting_since == bindparam("since"),
-                    conversations.c.id < bindparam("cid"),
+_HANDLE_OF = select(queue_stats.c.handle_seconds).where(
+    queue_stats.c.tenant == bindparam("tenant"), queue_stats.c.queue == bindparam("queue")
+)
+_HANDLE = Prebuilt(_HANDLE_OF)
+_PLACE = Prebuilt(
+    select(
+        select(func.count())
+        .select_from(
+            select(conversations.c.id)
+            .where(
+                conversations.c.tenant == bindparam("tenant"),
+                conversations.c.queue == bindparam("queue"),
+                one_of(conversations.c.state, ("waiting", "offered")),
+                or_(
+                    conversations.c.waiting_since < bindparam("since"),
+                    and_(
+                        conversations.c.waiting_since == bindparam("since"),
+                        conversations.c.id < bindparam("cid"),
+                    ),
                 ),
-            ),
+            )
+            .limit(AHEAD_LIMIT)
+            .subquery()
         )
-        .limit(AHEAD_LIMIT)
-        .subquery()
+        .scalar_subquery()
+        .label("ahead"),
+        _HANDLE_OF.scalar_subquery().label("handle"),
     )
 )
-"""How many are ahead of one resident in a queue's line."""
-_HANDLE = Prebuilt(
-    select(queue_stats.c.handle_seconds).where(
-        queue_stats.c.tenant == bindparam("tenant"), queue_stats.c.queue == bindparam("queue")
-    )
-)
+"""How many are ahead of one resident in a queue's line, and the queue's handle time: one
+statement, one round trip, for every waiting page."""
 _MEMBERS = Prebuilt(
     select(agents.c.id, agents.c.presence, agents.c.presence_since, agent_memberships.c.queues)
     .join(agent_memberships, agent_memberships.c.agent_id == agents.c.id)
@@ -288,7 +294,7 @@ class QueueService:
         since = conversation.waiting_since
 
         def work(conn: Connection) -> tuple[int, float | None, list[Member]]:
-            ahead = _AHEAD.run(
+            row = _PLACE.run(
                 conn,
                 {
                     "tenant": self._tenant.slug,
@@ -296,8 +302,8 @@ class QueueService:
                     "since": since,
                     "cid": conversation.id,
                 },
-            ).scalar_one()
-            return int(ahead), self._handle(conn, queue), self._agents(conn, queue.tag)
+            ).one()
+            return int(row.ahead), row.handle, self._agents(conn, queue.tag)
 
         # A point read: the count stops at AHEAD_LIMIT index entries (tens of µs), less than
         # the hop to a worker thread and back; every waiting page and refresh asks it.

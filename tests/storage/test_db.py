@@ -24,9 +24,16 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 
-from idcontact.storage.db import Database, Prebuilt, one_of
+from idcontact.storage.db import (
+    _POSTGRES_OVERFLOW,
+    _POSTGRES_POOL,
+    _POSTGRES_UNITS,
+    Database,
+    Prebuilt,
+    one_of,
+)
 from tests.conftest import CANARY_NAME as CANARY
 from tests.services import postgres_url
 
@@ -60,16 +67,75 @@ def _in_one_transaction(conn: Connection) -> bool:
 
 
 @pytest.mark.postgres
-async def test_postgres_runs_point_reads_without_a_transaction() -> None:
-    """READ COMMITTED gives each statement its own snapshot anyway; BEGIN and COMMIT were two
-    of a point read's three round trips. Other units keep their transaction."""
+async def test_postgres_runs_point_units_without_a_transaction() -> None:
+    """READ COMMITTED gives each statement its own snapshot anyway, and a single write is
+    atomic by itself; BEGIN and COMMIT were two of a point unit's three round trips. Other
+    units keep their transaction."""
     db = Database(postgres_url())
     try:
         assert await db.run(lambda c: c.execute(text("SELECT 41 + 1")).scalar(), point=True) == 42
         assert not await db.run(_in_one_transaction, point=True)
         assert await db.run(_in_one_transaction)
         assert await db.run(_in_one_transaction, write=True)
-        assert await db.run(_in_one_transaction, write=True, point=True)  # writes never
+        assert not await db.run(_in_one_transaction, write=True, point=True)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_units_take_turns_within_the_pool() -> None:
+    """Units keep their connections for the next one; more units at once than allowed take
+    turns, and kept connections plus running units never exceed the pool (where a unit
+    waiting for a connection would never hear of one put back)."""
+    db = Database(postgres_url())
+    running = most = 0
+
+    def slow(conn: Connection) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        conn.execute(text("SELECT pg_sleep(0.02)"))
+        running -= 1
+        return 1
+
+    limit = _POSTGRES_POOL + _POSTGRES_OVERFLOW
+    try:
+        for point in (True, False, True, False):  # kept connections of one kind, then the other
+            done = await asyncio.gather(*(db.run(slow, point=point) for _ in range(60)))
+            assert sum(done) == 60
+            assert most <= _POSTGRES_UNITS
+            assert db.engine.pool.checkedout() <= limit  # type: ignore[attr-defined]
+        failing = db.run(lambda c: c.execute(text("SELECT 1/0")).scalar())
+        with pytest.raises(DBAPIError):
+            await failing
+        assert await db.run(lambda c: c.execute(text("SELECT 2")).scalar()) == 2
+    finally:
+        await db.dispose()
+    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+_KILL_THE_OTHERS = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+@pytest.mark.postgres
+async def test_postgres_drops_kept_connections_when_the_server_lost_them() -> None:
+    """After the server ended the connections (a restart), one unit fails (cleanly) and the
+    next ones work: not one failure per kept connection. None stays checked out of the pool."""
+    db = Database(postgres_url())
+    one = text("SELECT 1")
+    try:
+        await asyncio.gather(*(db.run(lambda c: c.execute(one).scalar()) for _ in range(8)))
+        await db.run(lambda c: c.execute(_KILL_THE_OTHERS).all(), point=True)
+        with pytest.raises(DBAPIError) as failed:
+            await db.run(lambda c: c.execute(one).scalar())
+        assert failed.value.connection_invalidated
+        for point in (False, True, False, True):
+            assert await db.run(lambda c: c.execute(one).scalar(), point=point) == 1
+        kept = sum(map(len, db._held_pg.values()))
+        assert db.engine.pool.checkedout() == kept  # type: ignore[attr-defined]
     finally:
         await db.dispose()
 

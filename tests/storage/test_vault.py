@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.exc import IntegrityError
 
-from idcontact.storage.keystore import RedisKeyStore, SqliteKeyStore
+from idcontact.storage.keystore import PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from tests.conftest import CANARY_NAME, AppFactory, Instance, demo_settings
 from tests.flows.test_core_flows import JSON, issue
 from tests.services import redis_url
@@ -86,6 +88,27 @@ async def test_postgres_keys_live_in_an_unlogged_table(make_app: AppFactory) -> 
             )
         ).scalar_one()
     assert left == 0
+
+
+@pytest.mark.postgres
+async def test_postgres_key_store_puts_gets_expires_and_deletes(make_app: AppFactory) -> None:
+    instance: Instance = await make_app(database="postgres")
+    store = instance.services.keystore
+    assert isinstance(store, PostgresKeyStore)
+    live, stale, other = (secrets.token_hex(16) for _ in range(3))
+    await store.put(live, b"k" * 32, 60)
+    await store.put(other, b"o" * 32, 60)
+    await store.put(stale, b"s" * 32, -1)  # already past its time
+    assert await store.get(live) == b"k" * 32
+    assert await store.get(stale) is None  # expired keys are never handed out
+    assert await store.get(secrets.token_hex(16)) is None
+    assert await store.purge_expired() >= 1
+    await store.delete(live, secrets.token_hex(16))
+    assert await store.get(live) is None
+    assert await store.get(other) == b"o" * 32  # only the named ones went
+    with pytest.raises(IntegrityError):  # a key is never replaced
+        await store.put(other, b"x" * 32, 60)
+    assert await store.get(other) == b"o" * 32
 
 
 @pytest.mark.redis

@@ -47,6 +47,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.expression import Executable
+from sqlalchemy.util import greenlet_spawn
 
 metadata = MetaData()
 
@@ -355,6 +356,14 @@ def _unit(conn: Connection, work: Callable[[Connection], T], begin: str) -> T:
     return result
 
 
+_POSTGRES_POOL = 20
+_POSTGRES_OVERFLOW = 20
+_POSTGRES_UNITS = 24
+"""PostgreSQL units at once per process. Each holds a connection, and so do idle ones kept for
+the next unit (:class:`Database`): both together stay within the pool, so nothing waits in it."""
+_POSTGRES_IDLE = _POSTGRES_POOL + _POSTGRES_OVERFLOW - _POSTGRES_UNITS
+
+
 def create_engine(url: str) -> AsyncEngine:
     """Create the async engine (migrations, tools); SQLite gets the same pragmas as below."""
     if is_sqlite(url):
@@ -367,7 +376,11 @@ def create_engine(url: str) -> AsyncEngine:
     # hide_parameters: a database error's text names the statement, never the values
     # (attribute ciphertexts, hashes) that a log line or traceback could otherwise carry.
     return create_async_engine(
-        url, pool_size=20, max_overflow=20, pool_recycle=1800, hide_parameters=True
+        url,
+        pool_size=_POSTGRES_POOL,
+        max_overflow=_POSTGRES_OVERFLOW,
+        pool_recycle=1800,
+        hide_parameters=True,
     )
 
 
@@ -674,7 +687,7 @@ class Database:
     """Runs units of work, each in one transaction, on SQLite or PostgreSQL.
 
     A unit of work is a plain function of a SQLAlchemy ``Connection``: the same code for both.
-    On PostgreSQL it runs on asyncpg through the async engine (``run_sync``). On SQLite it runs
+    On PostgreSQL it runs on asyncpg, in one greenlet on a kept connection. On SQLite it runs
     on the standard driver: reads in a worker thread (one thread hop per transaction;
     aiosqlite makes one per cursor call, dozens per flow), writes in the one writer thread
     (:class:`_Writer`), where their transactions begin IMMEDIATE.
@@ -687,9 +700,14 @@ class Database:
         self._sync: Engine | None = None
         self._writer: _Writer | None = None
         self._readers: anyio.CapacityLimiter | None = None
-        # Open connections for reads, taken and put back per unit (list.pop and append
-        # are atomic): a pool checkout, with its reset on return, cost more than the read.
+        # Open connections, taken and put back per unit (list.pop and append are atomic): a
+        # pool checkout, with its reset on return, cost more than a small unit's statements.
+        # SQLite: for reads. PostgreSQL: by whether they run in transactions (False) or not.
         self._held: list[Connection] = []
+        self._held_pg: dict[bool, list[Connection]] = {False: [], True: []}
+        # Held PostgreSQL connections stay checked out of the pool, so units take turns here
+        # and never wait inside it (where a connection put back to ``_held_pg`` wakes nobody).
+        self._pg_turns = asyncio.Semaphore(_POSTGRES_UNITS)
         if is_sqlite(url):
             self._sync = create_sync_engine(
                 "sqlite:///" + _sqlite_path(url),
@@ -713,18 +731,26 @@ class Database:
     ) -> T:
         """Run ``work`` in one transaction and return its result; roll back on error.
 
-        ``point``: a read of a few rows by key. On SQLite it runs right here instead of in a
-        worker thread: it takes less time than the hop there and back (two thread wake-ups),
-        and a WAL reader never waits for a writer. On PostgreSQL it runs without a
-        transaction: under READ COMMITTED each statement reads its own snapshot either way,
-        and ``BEGIN`` and ``COMMIT`` were two of its three round trips (~200 µs of CPU).
+        ``point``: a few rows by key, in statements that need no transaction around them: a
+        read, or a single write (which is atomic by itself). A read runs right here on SQLite
+        instead of in a worker thread: it takes less time than the hop there and back (two
+        thread wake-ups), and a WAL reader never waits for a writer. On PostgreSQL it runs
+        without ``BEGIN`` and ``COMMIT``, two of a single statement's three round trips
+        (~200 µs of CPU); under READ COMMITTED each statement reads its own snapshot either way.
+
+        On PostgreSQL the whole unit, ``BEGIN`` to ``COMMIT``, runs in one greenlet on a held
+        connection: through ``AsyncConnection`` (pool checkout, begin, run, commit, reset and
+        check-in, each a greenlet of its own) a small unit took twice the CPU.
         """
         if self._sync is None:
-            if point and not write:
-                async with self._autocommit.connect() as conn:
-                    return await conn.run_sync(work)
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(work)
+            async with self._pg_turns:
+                held = self._held_pg[point]
+                done: tuple[T, Connection | None] = await greenlet_spawn(
+                    self._postgres_unit, work, point, held.pop() if held else None
+                )
+                if done[1] is not None:
+                    held.append(done[1])
+                return done[0]
         if write and self._writer is not None:
             return await self._writer.run(work)
         if point:
@@ -732,6 +758,35 @@ class Database:
         if self._readers is None:
             self._readers = anyio.CapacityLimiter(_READERS)
         return await anyio.to_thread.run_sync(self._read_sqlite, work, limiter=self._readers)
+
+    def _postgres_unit(
+        self, work: Callable[[Connection], T], point: bool, conn: Connection | None
+    ) -> tuple[T, Connection | None]:
+        """Run ``work`` on ``conn`` (or a new connection); return the result and the connection
+        to keep for the next unit, or ``None`` when enough are kept (it went back to the pool)."""
+        if conn is None:
+            conn = (self._autocommit if point else self.engine).sync_engine.connect()
+        try:
+            if point:
+                result = work(conn)
+                if conn.in_transaction():  # SQLAlchemy's own, begun by a statement of its own
+                    conn.commit()
+            else:
+                with conn.begin():
+                    result = work(conn)
+        except BaseException as failed:
+            if isinstance(failed, DBAPIError) and failed.connection_invalidated:
+                # The server went away: the kept connections are dead too. The pool renews
+                # its own, but kept ones never pass through it, and each would fail a unit.
+                for held in self._held_pg.values():
+                    while held:
+                        held.pop().invalidate()
+            conn.close()  # back to the pool, which drops it if it broke; a new one is cheap
+            raise
+        if sum(map(len, self._held_pg.values())) < _POSTGRES_IDLE:
+            return result, conn
+        conn.close()
+        return result, None
 
     def _read_sqlite(self, work: Callable[[Connection], T]) -> T:
         if self._sync is None:  # pragma: no cover - only called on SQLite
@@ -753,6 +808,9 @@ class Database:
             await anyio.to_thread.run_sync(thread.join)
         while self._held:
             self._held.pop().close()
+        for held in self._held_pg.values():
+            while held:
+                await greenlet_spawn(held.pop().close)
         if self._sync is not None:
             self._sync.dispose()
         await self.engine.dispose()

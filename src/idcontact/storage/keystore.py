@@ -22,13 +22,38 @@ from typing import Protocol, TypeVar
 import anyio
 import anyio.to_thread
 from redis.asyncio import Redis
-from sqlalchemy import column, delete, table, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import (
+    Connection,
+    Float,
+    LargeBinary,
+    String,
+    bindparam,
+    column,
+    delete,
+    insert,
+    select,
+    table,
+)
+
+from idcontact.storage.db import Database, Prebuilt
 
 T = TypeVar("T")
 
-_DATA_KEYS = table("data_keys", column("conversation_id"))
-"""The PostgreSQL key store's table (migration 0001), for statements with a list of ids."""
+_DATA_KEYS = table(
+    "data_keys",
+    column("conversation_id", String),
+    column("key", LargeBinary),
+    column("expires_at", Float),
+)
+"""The PostgreSQL key store's table (migration 0001; UNLOGGED, so not in SQLAlchemy's
+metadata, which would make it a logged one)."""
+_PUT = Prebuilt(insert(_DATA_KEYS))
+_GET = Prebuilt(
+    select(_DATA_KEYS.c.key).where(
+        _DATA_KEYS.c.conversation_id == bindparam("c"), _DATA_KEYS.c.expires_at > bindparam("n")
+    )
+)
+_PURGE = Prebuilt(delete(_DATA_KEYS).where(_DATA_KEYS.c.expires_at <= bindparam("n")))
 
 
 class KeyStore(Protocol):
@@ -145,46 +170,48 @@ class SqliteKeyStore:
 
 
 class PostgresKeyStore:
-    """Data keys in the UNLOGGED table ``data_keys`` created by migration 0001."""
+    """Data keys in the UNLOGGED table ``data_keys`` created by migration 0001.
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    Each call is one statement, so each runs without a transaction around it (``point``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (:c, :k, :e)"
-                ),
-                {"c": conversation_id, "k": key, "e": time.time() + ttl_seconds},
-            )
+        values: dict[str, object] = {
+            "conversation_id": conversation_id,
+            "key": key,
+            "expires_at": time.time() + ttl_seconds,
+        }
+
+        def work(conn: Connection) -> None:
+            _PUT.run(conn, values)
+
+        await self._db.run(work, write=True, point=True)
 
     async def get(self, conversation_id: str) -> bytes | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT key FROM data_keys WHERE conversation_id = :c AND expires_at > :n"
-                    ),
-                    {"c": conversation_id, "n": time.time()},
-                )
-            ).first()
-        return bytes(row[0]) if row else None
+        def work(conn: Connection) -> bytes | None:
+            found = _GET.run(conn, {"c": conversation_id, "n": time.time()}).scalar()
+            return bytes(found) if found is not None else None
+
+        return await self._db.run(work, point=True)
 
     async def delete(self, *conversation_ids: str) -> None:
         if not conversation_ids:
             return
-        async with self._engine.begin() as conn:
-            await conn.execute(
+
+        def work(conn: Connection) -> None:
+            conn.execute(
                 delete(_DATA_KEYS).where(_DATA_KEYS.c.conversation_id.in_(conversation_ids))
             )
 
+        await self._db.run(work, write=True, point=True)
+
     async def purge_expired(self) -> int:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                text("DELETE FROM data_keys WHERE expires_at <= :n"), {"n": time.time()}
-            )
-        return int(result.rowcount)
+        def work(conn: Connection) -> int:
+            return _PURGE.run(conn, {"n": time.time()}).rowcount
+
+        return int(await self._db.run(work, write=True, point=True))
 
     async def close(self) -> None:
         return None
