@@ -11,11 +11,13 @@ import pytest
 from sqlalchemy import Connection, insert, select
 
 from idcontact.agents.directory import Membership
+from idcontact.domain.lifecycle import InvalidTransitionError
 from idcontact.events import LocalBus
 from idcontact.queues import AHEAD_LIMIT, QueueService
 from idcontact.storage.db import agents, audit_events, conversations, queue_stats
 from tests.conftest import CANARY_BSN, AppFactory, Instance, _reset_postgres, demo_settings
 from tests.flows.test_console import waiting_conversation
+from tests.flows.test_core_flows import JSON, issue
 from tests.services import postgres_url
 
 pytestmark = pytest.mark.anyio
@@ -265,3 +267,38 @@ async def test_pokes_close_together_share_a_tick(make_app: AppFactory, tmp_path:
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
+
+
+async def test_joining_with_a_stale_read_changes_nothing(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """The resident's page joins the queue guarded by the state it just read, without reading it
+    again: if another request moved it first, the step is a race (409), never a second join."""
+    inst: Instance = await make_app(demo_settings(tmp_path))
+    conversations_ = inst.services.conversations
+    assert conversations_ is not None
+    token = issue(inst, {"fullname": "Demi", "bsn": CANARY_BSN})
+    body = {"purpose": "report_move", "auth_result": token, "comm_method": "demo"}
+    started = await inst.client.post("/start", json=body, headers=JSON)
+    conversation_id = str(started.json()["client_url"].rsplit("/", 1)[1])
+    stale = await conversations_.get(conversation_id)
+    assert stale.state == "authenticated"
+    joined = await service(inst).enqueue(conversation_id, actor="test")  # another request first
+    assert joined.state == "waiting" and joined.waiting_since is not None
+
+    with pytest.raises(InvalidTransitionError):
+        await conversations_.transition(conversation_id, "waiting", actor="test", current=stale)
+    again = await service(inst).enqueue(conversation_id, actor="test", current=stale)
+    assert again.state == "waiting" and again.waiting_since == joined.waiting_since
+
+    def joins(conn: Connection) -> int:
+        query = select(audit_events.c.id).where(
+            audit_events.c.conversation_id == conversation_id,
+            audit_events.c.action == "conversation.waiting",
+        )
+        return len(conn.execute(query).all())
+
+    assert await inst.services.db.run(joins) == 1  # type: ignore[union-attr]
+    with pytest.raises(ValueError):  # someone else's read never guards this one
+        other = await conversations_.get(await waiting_conversation(inst))
+        await conversations_.transition(conversation_id, "waiting", actor="test", current=other)

@@ -788,14 +788,24 @@ class Conversations:
         values: dict[str, Any] | None = None,
         where: Any = None,
         detail: dict[str, object] | None = None,
+        current: Conversation | None = None,
     ) -> Conversation:
         """One guarded step of the lifecycle, audited and published; 409 when it cannot happen
-        now (someone else changed the conversation first), and then nothing changes."""
+        now (someone else changed the conversation first), and then nothing changes.
+
+        ``current``: the conversation as the caller just read it. The step is then guarded by
+        its state without reading it again in the transaction (one round trip less on a
+        resident's every page); if it changed meanwhile, that is the 409 of a race.
+        """
         bind_conversation(conversation_id)
         now = self._clock()
+        if current is not None and current.id != conversation_id:
+            raise ValueError("current is another conversation")
 
         def work(conn: Connection) -> Any:
-            row = _BY_ID.run(conn, {"tenant": self._tenant, "key": conversation_id}).first()
+            row: Any = current
+            if row is None:
+                row = _BY_ID.run(conn, {"tenant": self._tenant, "key": conversation_id}).first()
             if row is None:
                 raise NotFoundError("No such conversation")
             change(row.state, target)

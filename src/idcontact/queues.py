@@ -214,6 +214,7 @@ class QueueService:
                 "waiting",
                 actor=actor,
                 values={"waiting_since": self._clock()},
+                current=current,
             )
         except InvalidTransitionError:  # joined meanwhile, through another request
             return await self._conversations.get(conversation_id)

@@ -114,6 +114,32 @@ async def test_postgres_units_take_turns_within_the_pool() -> None:
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.postgres
+async def test_postgres_cancelled_unit_leaves_nothing_behind() -> None:
+    """A request cancelled while its unit waits on the server (the client went away): the unit
+    rolls back, its connection is not kept, and the next units run at once."""
+    db = Database(postgres_url())
+    try:
+        for point in (False, True):
+            began = asyncio.Event()
+
+            def sleeper(conn: Connection, began: asyncio.Event = began) -> None:
+                began.set()
+                conn.execute(text("SELECT pg_sleep(5)"))
+
+            unit = asyncio.ensure_future(db.run(sleeper, point=point))
+            await began.wait()
+            unit.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await unit
+            one = await asyncio.wait_for(db.run(lambda c: c.execute(text("SELECT 1")).scalar()), 2)
+            assert one == 1
+            kept = sum(map(len, db._held_pg.values()))
+            assert db.engine.pool.checkedout() == kept  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+
+
 _KILL_THE_OTHERS = text(
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
