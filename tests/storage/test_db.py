@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 
+from idcontact.storage import db as db_module
 from idcontact.storage.db import (
     _POSTGRES_OVERFLOW,
     _POSTGRES_POOL,
@@ -112,6 +113,28 @@ async def test_postgres_units_take_turns_within_the_pool() -> None:
     finally:
         await db.dispose()
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+_PID = text("SELECT pg_backend_pid()")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("recycle", [None, 0.0])
+async def test_postgres_units_keep_their_connection_until_it_is_old(
+    recycle: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next unit runs on the connection the last one kept; past the recycle age (30 min;
+    here 0 s) it gets a new one, so a connection dropped while idle is not used."""
+    if recycle is not None:
+        monkeypatch.setattr(db_module, "_POSTGRES_RECYCLE", recycle)
+    db = Database(postgres_url())
+    try:
+        for point in (False, True):
+            first = await db.run(lambda c: c.execute(_PID).scalar(), point=point)
+            second = await db.run(lambda c: c.execute(_PID).scalar(), point=point)
+            assert (first == second) is (recycle is None)
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.postgres

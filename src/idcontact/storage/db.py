@@ -13,6 +13,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -362,6 +363,9 @@ _POSTGRES_UNITS = 24
 """PostgreSQL units at once per process. Each holds a connection, and so do idle ones kept for
 the next unit (:class:`Database`): both together stay within the pool, so nothing waits in it."""
 _POSTGRES_IDLE = _POSTGRES_POOL + _POSTGRES_OVERFLOW - _POSTGRES_UNITS
+_POSTGRES_RECYCLE = 1800.0
+"""Seconds a connection serves before it is replaced (the pool's, and the kept ones' too), so
+one that a firewall or proxy dropped while idle is not used after a quiet night."""
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -379,7 +383,7 @@ def create_engine(url: str) -> AsyncEngine:
         url,
         pool_size=_POSTGRES_POOL,
         max_overflow=_POSTGRES_OVERFLOW,
-        pool_recycle=1800,
+        pool_recycle=int(_POSTGRES_RECYCLE),
         hide_parameters=True,
     )
 
@@ -704,7 +708,7 @@ class Database:
         # pool checkout, with its reset on return, cost more than a small unit's statements.
         # SQLite: for reads. PostgreSQL: by whether they run in transactions (False) or not.
         self._held: list[Connection] = []
-        self._held_pg: dict[bool, list[Connection]] = {False: [], True: []}
+        self._held_pg: dict[bool, list[tuple[Connection, float]]] = {False: [], True: []}
         # Held PostgreSQL connections stay checked out of the pool, so units take turns here
         # and never wait inside it (where a connection put back to ``_held_pg`` wakes nobody).
         self._pg_turns = asyncio.Semaphore(_POSTGRES_UNITS)
@@ -745,7 +749,7 @@ class Database:
         if self._sync is None:
             async with self._pg_turns:
                 held = self._held_pg[point]
-                done: tuple[T, Connection | None] = await greenlet_spawn(
+                done: tuple[T, tuple[Connection, float] | None] = await greenlet_spawn(
                     self._postgres_unit, work, point, held.pop() if held else None
                 )
                 if done[1] is not None:
@@ -760,10 +764,15 @@ class Database:
         return await anyio.to_thread.run_sync(self._read_sqlite, work, limiter=self._readers)
 
     def _postgres_unit(
-        self, work: Callable[[Connection], T], point: bool, conn: Connection | None
-    ) -> tuple[T, Connection | None]:
-        """Run ``work`` on ``conn`` (or a new connection); return the result and the connection
-        to keep for the next unit, or ``None`` when enough are kept (it went back to the pool)."""
+        self, work: Callable[[Connection], T], point: bool, kept: tuple[Connection, float] | None
+    ) -> tuple[T, tuple[Connection, float] | None]:
+        """Run ``work`` on a kept connection (or a new one); return the result and the
+        connection to keep for the next unit, with when it was first taken, or ``None`` when
+        enough are kept (it went back to the pool)."""
+        conn, since = kept if kept is not None else (None, time.monotonic())
+        if conn is not None and time.monotonic() - since > _POSTGRES_RECYCLE:
+            conn.close()  # the pool recycles it (it is as old)
+            conn, since = None, time.monotonic()
         if conn is None:
             conn = (self._autocommit if point else self.engine).sync_engine.connect()
         try:
@@ -780,11 +789,11 @@ class Database:
                 # its own, but kept ones never pass through it, and each would fail a unit.
                 for held in self._held_pg.values():
                     while held:
-                        held.pop().invalidate()
+                        held.pop()[0].invalidate()
             conn.close()  # back to the pool, which drops it if it broke; a new one is cheap
             raise
         if sum(map(len, self._held_pg.values())) < _POSTGRES_IDLE:
-            return result, conn
+            return result, (conn, since)
         conn.close()
         return result, None
 
@@ -810,7 +819,7 @@ class Database:
             self._held.pop().close()
         for held in self._held_pg.values():
             while held:
-                await greenlet_spawn(held.pop().close)
+                await greenlet_spawn(held.pop()[0].close)
         if self._sync is not None:
             self._sync.dispose()
         await self.engine.dispose()
