@@ -47,14 +47,17 @@ from idcontact.errors import NotFoundError, SlotUsedError, TokenReplayError
 from idcontact.events import Bus, Event
 from idcontact.logs import bind_conversation
 from idcontact.settings import Purpose, Tenant
-from idcontact.storage.audit import audit, pseudonym
+from idcontact.storage.audit import append, audit, event_row, pseudonym
 from idcontact.storage.db import (
     Database,
+    Fused,
     Prebuilt,
+    audit_events,
     conversations,
     one_of,
     queue_stats,
     used_tokens,
+    vault_entries,
 )
 from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
@@ -75,10 +78,11 @@ _BY_ID = Prebuilt(
 
 
 @functools.cache
-def _step(columns: tuple[str, ...]) -> Prebuilt:
-    """A lifecycle step's guarded ``UPDATE … RETURNING`` that also sets ``columns``: built
-    once per set of columns (building one per call cost more than running it)."""
-    return Prebuilt(
+def _step(columns: tuple[str, ...]) -> Fused:
+    """A lifecycle step's guarded ``UPDATE … RETURNING`` that also sets ``columns``, with its
+    audit event: built once per set of columns (building one per call cost more than running
+    it)."""
+    return Fused(
         update(conversations)
         .where(
             conversations.c.tenant == bindparam("b_tenant"),
@@ -90,12 +94,22 @@ def _step(columns: tuple[str, ...]) -> Prebuilt:
             last_activity=bindparam("b_now"),
             **{column: bindparam(f"set_{column}") for column in columns},
         )
-        .returning(*conversations.c)
+        .returning(*conversations.c),
+        audit_events,
     )
 
 
-_INSERT = Prebuilt(insert(conversations).returning(*conversations.c))
-"""A new conversation, given its values as parameters; returns it as stored."""
+@functools.cache
+def _creating(columns: tuple[str, ...]) -> Fused:
+    """A new conversation, given these columns, with its audit event; returns it as stored."""
+    return Fused(
+        insert(conversations)
+        .values({column: bindparam(column) for column in columns})
+        .returning(*conversations.c),
+        audit_events,
+    )
+
+
 _BY_SLOT = Prebuilt(
     select(conversations).where(
         conversations.c.tenant == bindparam("tenant"),
@@ -105,10 +119,11 @@ _BY_SLOT = Prebuilt(
 
 
 @functools.cache
-def _accepting(state: State) -> Prebuilt:
+def _accepting(state: State, sealed: bool) -> Fused:
     """Claim a conversation's one delivery: to ``state``, from a state that may change to it,
-    returning the row (what the event says, without another read)."""
-    return Prebuilt(
+    returning the row (what the event says, without another read); with the vault entry when
+    ``sealed``, and the audit event."""
+    return Fused(
         update(conversations)
         .where(
             conversations.c.id == bindparam("cid"),
@@ -121,7 +136,8 @@ def _accepting(state: State) -> Prebuilt:
             last_activity=bindparam("now"),
             has_session=bindparam("has_session"),
         )
-        .returning(*conversations.c)
+        .returning(*conversations.c),
+        *((vault_entries, audit_events) if sealed else (audit_events,)),
     )
 
 
@@ -299,7 +315,7 @@ class Conversations:
         if unidentified:
             row.values["state"] = change("created", "waiting")
             row.values["waiting_since"] = row.created_at
-        stored = await self._db.run(row.insert, write=True)
+        stored = await self._db.run(row.insert, write=True, point=True)
         self._stepped(purpose.tag, comm_method, row.values["state"], None)
         await self.publish(_conversation(stored))
         return row.id, slot
@@ -411,28 +427,8 @@ class Conversations:
                 conversation_id, payload, self.key_seconds(purge_at - now)
             )
 
-        def work(conn: Connection) -> Any:
-            if before is not None:
-                before(conn)
-            _mark_used(conn, received)
-            claimed = (
-                _accepting(state)
-                .run(
-                    conn,
-                    {
-                        "cid": conversation_id,
-                        "now": now,
-                        "has_session": 1 if payload and payload.get("session_url") else None,
-                    },
-                )
-                .first()
-            )
-            if claimed is None:
-                raise SlotUsedError()
-            if sealed is not None:
-                self._vault.insert(conn, sealed)
-            audit(
-                conn,
+        rows = [
+            event_row(
                 now,
                 "system",
                 f"conversation.{state}",
@@ -440,10 +436,36 @@ class Conversations:
                 {"attribute_names": sorted(purpose.attributes), **subject},
                 tenant=self._tenant,
             )
+        ]
+        if sealed is not None:
+            rows.insert(0, self._vault.row(sealed))
+
+        def work(conn: Connection) -> Any:
+            if before is not None:
+                before(conn)
+            _mark_used(conn, received)
+            claimed = (
+                _accepting(state, sealed is not None)
+                .run(
+                    conn,
+                    {
+                        "cid": conversation_id,
+                        "now": now,
+                        "has_session": 1 if payload and payload.get("session_url") else None,
+                    },
+                    *rows,
+                )
+                .first()
+            )
+            if claimed is None:
+                raise SlotUsedError()
             return claimed
 
         try:
-            row = await self._db.run(work, write=True)
+            # The claim, the vault entry and the audit event are one statement: alone (no
+            # row to create first, no token to mark used) it needs no transaction around it.
+            alone = before is None and received.replay_key is None
+            row = await self._db.run(work, write=True, point=alone)
         except BaseException:
             if sealed is not None:
                 await self._vault.forget(conversation_id)
@@ -802,6 +824,10 @@ class Conversations:
         if current is not None and current.id != conversation_id:
             raise ValueError("current is another conversation")
 
+        logged = event_row(
+            now, actor, f"conversation.{target}", conversation_id, detail, tenant=self._tenant
+        )
+
         def work(conn: Connection) -> Any:
             row: Any = current
             if row is None:
@@ -822,6 +848,7 @@ class Conversations:
                             "b_now": now,
                             **{f"set_{k}": v for k, v in (values or {}).items()},
                         },
+                        logged,
                     )
                     .first()
                 )
@@ -833,22 +860,18 @@ class Conversations:
                     .values(state=target, last_activity=now, **(values or {}))
                     .returning(*conversations.c)
                 ).first()
+                if after is not None:
+                    append(conn, logged)
             if after is None:
                 change(target, target)  # raced, or the extra condition does not hold
             if row.state == "connected" and row.connected_at is not None and row.queue:
                 self._record_handle_time(conn, row.queue, now - row.connected_at)
-            audit(
-                conn,
-                now,
-                actor,
-                f"conversation.{target}",
-                conversation_id,
-                detail,
-                tenant=self._tenant,
-            )
             return row.state, after
 
-        previous, row = await self._db.run(work, write=True)
+        # Guarded by a state just read, the step and its audit event are one statement: no
+        # transaction is needed around it (unless a handle time is recorded too).
+        alone = current is not None and where is None and current.state != "connected"
+        previous, row = await self._db.run(work, write=True, point=alone)
         conversation = _conversation(row)
         self._stepped(conversation.purpose, conversation.comm_method, target, previous)
         await self.publish(conversation)
@@ -1041,10 +1064,9 @@ class _NewRow:
     values: dict[str, Any]
 
     def insert(self, conn: Connection) -> Any:
-        """Insert the row and audit it; returns the row as stored (its defaults filled in)."""
-        row = _INSERT.run(conn, self.values).one()
-        audit(
-            conn,
+        """Insert the row and audit it, in one statement on PostgreSQL (no transaction needed);
+        returns the row as stored (its defaults filled in)."""
+        logged = event_row(
             self.created_at,
             "system",
             "conversation.created",
@@ -1052,7 +1074,7 @@ class _NewRow:
             {"purpose": self.values["purpose"], "comm": self.values["comm_method"]},
             tenant=str(self.values["tenant"]),
         )
-        return row
+        return _creating(tuple(self.values)).run(conn, self.values, logged).one()
 
     @property
     def id(self) -> str:

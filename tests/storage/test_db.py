@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    func,
     insert,
     select,
     text,
@@ -32,6 +33,7 @@ from idcontact.storage.db import (
     _POSTGRES_POOL,
     _POSTGRES_UNITS,
     Database,
+    Fused,
     Prebuilt,
     one_of,
 )
@@ -340,6 +342,21 @@ _OF_KIND = Prebuilt(
 )
 _SET_AT = Prebuilt(update(_items).where(_items.c.kind == bindparam("k")).values(at=bindparam("at")))
 _IN = Prebuilt(select(_items.c.id).where(_items.c.id.in_(bindparam("ids", expanding=True))))
+_notes = Table(
+    "scratch_notes",
+    _scratch,
+    Column("id", String(32), primary_key=True),
+    Column("item", String(32), nullable=False),
+)
+_MOVE = Fused(
+    update(_items)
+    .where(_items.c.id == bindparam("key"), _items.c.kind == bindparam("was"))
+    .values(kind=bindparam("now"))
+    .returning(_items.c.id, _items.c.kind),
+    _notes,
+    _notes,
+)
+"""A guarded change and two notes about it, inserted only when the guard held."""
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -459,3 +476,56 @@ async def test_a_unit_on_the_driver_and_through_sqlalchemy_is_one_transaction(
     assert _ADD._forms[(db.dialect, "id", "kind")] is not None
     assert _GET._forms[(db.dialect, "id")] is not None
     assert _IN._forms[(db.dialect, "ids")] is None  # a list parameter: through SQLAlchemy
+
+
+async def test_a_fused_change_inserts_its_rows_only_when_it_returned_one(
+    scratch_db: Database,
+) -> None:
+    db = scratch_db
+    await db.run(lambda c: _ADD.run(c, {"id": "i1", "kind": "a"}), write=True)
+
+    def move(was: str, note: str) -> Callable[[Connection], list[Any]]:
+        def work(conn: Connection) -> list[Any]:
+            rows = _MOVE.run(
+                conn,
+                {"key": "i1", "was": was, "now": "b"},
+                {"id": f"{note}-1", "item": "i1"},
+                {"id": f"{note}-2", "item": "i1"},
+            )
+            return [tuple(r) for r in rows]
+
+        return work
+
+    def notes(conn: Connection) -> list[str]:
+        return list(conn.execute(select(_notes.c.id).order_by(_notes.c.id)).scalars())
+
+    assert await db.run(move("a", "n"), write=True, point=True) == [("i1", "b")]
+    assert await db.run(notes) == ["n-1", "n-2"]
+    assert await db.run(move("a", "m"), write=True, point=True) == []  # the guard fails
+    assert await db.run(notes) == ["n-1", "n-2"]
+    with pytest.raises(ValueError, match="2 rows"):
+        await db.run(lambda c: _MOVE.run(c, {"key": "i1", "was": "b", "now": "c"}), write=True)
+
+
+async def test_a_fused_change_is_atomic_even_without_a_transaction(
+    scratch_db: Database,
+) -> None:
+    """A note that cannot be inserted undoes the change too. On PostgreSQL a point unit has
+    no transaction: only because change and notes are one statement does the change go."""
+    db = scratch_db
+    await db.run(lambda c: _ADD.run(c, {"id": "i1", "kind": "a"}), write=True)
+    await db.run(lambda c: c.execute(insert(_notes).values(id="taken", item="x")), write=True)
+
+    def clash(conn: Connection) -> None:
+        _MOVE.run(
+            conn,
+            {"key": "i1", "was": "a", "now": "b"},
+            {"id": "fresh", "item": "i1"},
+            {"id": "taken", "item": CANARY},
+        )
+
+    with pytest.raises(IntegrityError) as refused:
+        await db.run(clash, write=True, point=True)
+    assert CANARY not in str(refused.value)
+    assert await db.run(lambda c: _GET.run(c, {"id": "i1"}).one().kind) == "a"
+    assert await db.run(lambda c: c.execute(select(func.count()).select_from(_notes)).scalar()) == 1

@@ -55,17 +55,32 @@ def audit(
     ``detail`` holds names, numbers and pseudonyms, never attribute values. Appending takes no
     lock, so busy conversations never queue behind the audit log.
     """
-    _APPEND.run(
-        conn,
-        {
-            "tenant": tenant,
-            "at": at,
-            "actor": actor,
-            "action": action,
-            "conversation_id": conversation_id,
-            "detail": json.dumps(dict(detail or {}), separators=(",", ":"), sort_keys=True),
-        },
-    )
+    append(conn, event_row(at, actor, action, conversation_id, detail, tenant=tenant))
+
+
+def append(conn: Connection, row: Mapping[str, object]) -> None:
+    """Append an event's row (:func:`event_row`), in the caller's transaction."""
+    _APPEND.run(conn, row)
+
+
+def event_row(
+    at: float,
+    actor: str,
+    action: str,
+    conversation_id: str | None,
+    detail: Mapping[str, object] | None = None,
+    *,
+    tenant: str,
+) -> dict[str, object]:
+    """An event's row, for :func:`audit` or to insert with the change it records (``Fused``)."""
+    return {
+        "tenant": tenant,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "conversation_id": conversation_id,
+        "detail": json.dumps(dict(detail or {}), separators=(",", ":"), sort_keys=True),
+    }
 
 
 def seal(conn: Connection, tenant: str, limit: int = 5000) -> int:

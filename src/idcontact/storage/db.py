@@ -36,9 +36,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine as create_sync_engine,
     event,
+    exists,
+    insert,
     literal_column,
+    select,
     text,
 )
 from sqlalchemy.engine import Connection, Dialect
@@ -464,6 +468,55 @@ class Prebuilt:
             return _run_form(conn, cast(_Form, form), params)
         result = conn.execute(self.stmt, params)
         return Rows(list(result) if result.returns_rows else [], result.rowcount)
+
+
+class Fused:
+    """A statement that returns rows, and inserts that follow it only when it returned any.
+
+    On PostgreSQL they run as one statement (each insert a CTE conditional on the first's rows):
+    one round trip, atomic by itself, so a unit of it alone needs no ``BEGIN`` and ``COMMIT``
+    (``Database.run(..., point=True)``): a lifecycle step with its audit event took four round
+    trips. Elsewhere they run one after another, in the unit's transaction. Either way, when
+    the first returns no row (a guard did not hold), nothing is inserted.
+    """
+
+    __slots__ = ("_first", "_fused", "_inserts", "_stmt", "_tables")
+
+    def __init__(self, first: Executable, *then: Table) -> None:
+        self._stmt = first
+        self._first = Prebuilt(first)
+        self._tables = then
+        self._inserts = tuple(Prebuilt(insert(table)) for table in then)
+        self._fused: dict[tuple[tuple[str, ...], ...], Prebuilt] = {}
+
+    def run(self, conn: Connection, params: Mapping[str, Any], *rows: Mapping[str, Any]) -> Rows:
+        """Run the first statement with ``params``; then insert ``rows``, one per table."""
+        if len(rows) != len(self._tables):
+            raise ValueError(f"expected {len(self._tables)} rows to insert, got {len(rows)}")
+        if conn.dialect.name != "postgresql":
+            got = self._first.run(conn, params)
+            if got.first() is not None:
+                for statement, row in zip(self._inserts, rows, strict=True):
+                    statement.run(conn, row)
+            return got
+        key = (tuple(params), *(tuple(row) for row in rows))
+        fused = self._fused.get(key)
+        if fused is None:
+            fused = self._fused[key] = Prebuilt(self._build(key[1:]))
+        merged = dict(params)
+        for i, row in enumerate(rows):
+            merged.update({f"then{i}_{name}": value for name, value in row.items()})
+        return fused.run(conn, merged)
+
+    def _build(self, names: tuple[tuple[str, ...], ...]) -> Executable:
+        first = cast(Any, self._stmt).cte("first")
+        stmt = select(first)
+        for i, (table, columns) in enumerate(zip(self._tables, names, strict=True)):
+            values = select(
+                *(bindparam(f"then{i}_{c}", type_=table.c[c].type) for c in columns)
+            ).where(exists().select_from(first))
+            stmt = stmt.add_cte(insert(table).from_select(list(columns), values).cte(f"then{i}"))
+        return stmt
 
 
 _UNSET: Any = object()

@@ -157,15 +157,16 @@ class Vault:
         self.insert(conn, sealed)
 
     def insert(self, conn: Connection, sealed: Sealed) -> None:
-        _INSERT.run(
-            conn,
-            {
-                "conversation_id": sealed.conversation_id,
-                "nonce": sealed.nonce,
-                "ciphertext": sealed.ciphertext,
-                "created_at": self._clock(),
-            },
-        )
+        _INSERT.run(conn, self.row(sealed))
+
+    def row(self, sealed: Sealed) -> dict[str, object]:
+        """The vault entry's row, for :meth:`insert` or to insert with a change (``Fused``)."""
+        return {
+            "conversation_id": sealed.conversation_id,
+            "nonce": sealed.nonce,
+            "ciphertext": sealed.ciphertext,
+            "created_at": self._clock(),
+        }
 
     async def forget(self, conversation_id: str) -> None:
         await self._keys.delete(conversation_id)
