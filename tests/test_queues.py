@@ -13,7 +13,7 @@ from sqlalchemy import Connection, insert, select
 from idcontact.agents.directory import Membership
 from idcontact.domain.lifecycle import InvalidTransitionError
 from idcontact.events import LocalBus
-from idcontact.queues import AHEAD_LIMIT, QueueService
+from idcontact.queues import AHEAD_LIMIT, Place, QueueService
 from idcontact.storage.db import agents, audit_events, conversations, queue_stats
 from tests.conftest import CANARY_BSN, AppFactory, Instance, _reset_postgres, demo_settings
 from tests.flows.test_console import waiting_conversation
@@ -48,11 +48,18 @@ async def states(instance: Instance, ids: list[str]) -> list[str]:
     return [(await conversations.get(i)).state for i in ids]
 
 
-async def test_places_and_expected_waits(make_app: AppFactory, tmp_path: Any) -> None:
+async def test_places_and_expected_waits(
+    make_app: AppFactory, tmp_path: Any, database: str
+) -> None:
+    overrides: dict[str, Any] = {}
+    if database == "postgres":
+        overrides["database_url"] = postgres_url()
+        await _reset_postgres(overrides["database_url"])
     inst: Instance = await make_app(
         demo_settings(
             tmp_path,
             queues=[{"tag": "general", "handle_seconds": 240, "long_wait_seconds": 300}],
+            **overrides,
         )
     )
     first = await waiting_conversation(inst)
@@ -61,11 +68,13 @@ async def test_places_and_expected_waits(make_app: AppFactory, tmp_path: Any) ->
     assert places[first].position == 1 and places[second].position == 2
     assert places[first].expected_seconds is None  # nobody staffed: unknown, and said so
     assert places[first].long_wait
+    assert await place_of(inst, first) == places[first]  # one resident's page: the same
 
     await available_agent(inst, "anna", ("other",))  # not a member of this queue
     assert (await service(inst).places())[first].expected_seconds is None
+    assert (await place_of(inst, first)).expected_seconds is None
 
-    await available_agent(inst, "bert")  # takes both (chats), so count a third resident
+    bert = await available_agent(inst, "bert")  # takes both (chats), so count a third resident
     third = await waiting_conversation(inst, "111222333")
     await service(inst).tick()
     place = (await service(inst).places())[third]
@@ -73,8 +82,22 @@ async def test_places_and_expected_waits(make_app: AppFactory, tmp_path: Any) ->
     assert place.position == 3
     assert place.expected_seconds == pytest.approx(3 * 240 / 1)
     assert place.long_wait  # 720 s > 300 s
+    assert await place_of(inst, third) == place
     estimate = await service(inst).estimate("general")
     assert estimate.available_agents == 1 and estimate.handle_seconds == 240
+
+    await service(inst).set_presence(bert, "paused")  # nobody left to count on
+    assert (await place_of(inst, third)).expected_seconds is None
+    assert (await service(inst).places())[third].expected_seconds is None
+
+
+async def place_of(instance: Instance, conversation_id: str) -> Place:
+    """What one resident's waiting page is told (one statement, apart from ``places()``)."""
+    assert instance.services.conversations is not None
+    conversation = await instance.services.conversations.get(conversation_id)
+    place = await service(instance).place(conversation)
+    assert place is not None
+    return place
 
 
 async def test_a_place_past_the_limit_is_told_as_more_than(

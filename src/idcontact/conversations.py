@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     Connection,
+    TableClause,
     and_,
     bindparam,
     delete,
@@ -57,7 +58,6 @@ from idcontact.storage.db import (
     one_of,
     queue_stats,
     used_tokens,
-    vault_entries,
 )
 from idcontact.storage.vault import Sealed, Vault
 from idcontact.tokens import ReceivedToken, TokenReader
@@ -119,10 +119,10 @@ _BY_SLOT = Prebuilt(
 
 
 @functools.cache
-def _accepting(state: State, sealed: bool) -> Fused:
+def _accepting(state: State, stored: tuple[TableClause, ...]) -> Fused:
     """Claim a conversation's one delivery: to ``state``, from a state that may change to it,
-    returning the row (what the event says, without another read); with the vault entry when
-    ``sealed``, and the audit event."""
+    returning the row (what the event says, without another read); with the rows of the vault
+    (``Vault.rows``: its entry and data key) in ``stored`` and the audit event."""
     return Fused(
         update(conversations)
         .where(
@@ -137,7 +137,8 @@ def _accepting(state: State, sealed: bool) -> Fused:
             has_session=bindparam("has_session"),
         )
         .returning(*conversations.c),
-        *((vault_entries, audit_events) if sealed else (audit_events,)),
+        *stored,
+        audit_events,
     )
 
 
@@ -427,48 +428,44 @@ class Conversations:
                 conversation_id, payload, self.key_seconds(purge_at - now)
             )
 
-        rows = [
-            event_row(
-                now,
-                "system",
-                f"conversation.{state}",
-                conversation_id,
-                {"attribute_names": sorted(purpose.attributes), **subject},
-                tenant=self._tenant,
-            )
-        ]
-        if sealed is not None:
-            rows.insert(0, self._vault.row(sealed))
+        stored = self._vault.rows(sealed) if sealed is not None else []
+        logged = event_row(
+            now,
+            "system",
+            f"conversation.{state}",
+            conversation_id,
+            {"attribute_names": sorted(purpose.attributes), **subject},
+            tenant=self._tenant,
+        )
+        claim = _accepting(state, tuple(table for table, _ in stored))
 
         def work(conn: Connection) -> Any:
             if before is not None:
                 before(conn)
             _mark_used(conn, received)
-            claimed = (
-                _accepting(state, sealed is not None)
-                .run(
-                    conn,
-                    {
-                        "cid": conversation_id,
-                        "now": now,
-                        "has_session": 1 if payload and payload.get("session_url") else None,
-                    },
-                    *rows,
-                )
-                .first()
-            )
+            claimed = claim.run(
+                conn,
+                {
+                    "cid": conversation_id,
+                    "now": now,
+                    "has_session": 1 if payload and payload.get("session_url") else None,
+                },
+                *(row for _, row in stored),
+                logged,
+            ).first()
             if claimed is None:
                 raise SlotUsedError()
             return claimed
 
         try:
-            # The claim, the vault entry and the audit event are one statement: alone (no
-            # row to create first, no token to mark used) it needs no transaction around it.
+            # The claim, the vault entry (and its data key) and the audit event are one
+            # statement: alone (no row to create first, no token to mark used) it needs no
+            # transaction around it.
             alone = before is None and received.replay_key is None
             row = await self._db.run(work, write=True, point=alone)
         except BaseException:
             if sealed is not None:
-                await self._vault.forget(conversation_id)
+                await self._vault.discard(sealed)
             raise
         self._stepped(purpose.tag, method, state, "created")
         await self.publish(_conversation(row))
@@ -632,8 +629,8 @@ class Conversations:
         try:
             await self._db.run(work, write=True)
         except BaseException:
-            if fresh:
-                await self._vault.forget(row.id)
+            if fresh and sealed is not None:
+                await self._vault.discard(sealed)
             raise
         await self._changed(row.id)
 

@@ -502,7 +502,8 @@ class Registrations:
             nonce, json.dumps(contact.as_json()).encode(), _key_id(registration_id).encode()
         )
         await store.vault.keys.delete(_key_id(registration_id))
-        await store.vault.keys.put(_key_id(registration_id), key, window + 3600)
+        if not await store.vault.keys.put(_key_id(registration_id), key, window + 3600):
+            raise InvalidTransitionError("The registration changed meanwhile")
         values = {
             "state": "pending",
             "requested_by": actor[:100],

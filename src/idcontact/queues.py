@@ -19,7 +19,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 
 from idcontact.conversations import Conversation, Conversations, _conversation
 from idcontact.domain.lifecycle import InvalidTransitionError
@@ -63,6 +74,17 @@ _HANDLE_OF = select(queue_stats.c.handle_seconds).where(
     queue_stats.c.tenant == bindparam("tenant"), queue_stats.c.queue == bindparam("queue")
 )
 _HANDLE = Prebuilt(_HANDLE_OF)
+_STAFFED = (
+    select(agent_memberships.c.queues)
+    .join(agents, agents.c.id == agent_memberships.c.agent_id)
+    .where(
+        agent_memberships.c.tenant == bindparam("tenant"),
+        agents.c.disabled == 0,
+        agents.c.presence == "available",
+    )
+    .subquery("staffed")
+)
+"""The queues of the tenant's agents who are not paused: those an expected wait counts."""
 _PLACE = Prebuilt(
     select(
         select(func.count())
@@ -86,10 +108,14 @@ _PLACE = Prebuilt(
         .scalar_subquery()
         .label("ahead"),
         _HANDLE_OF.scalar_subquery().label("handle"),
+        _STAFFED.c.queues,
+    ).select_from(
+        select(literal_column("1").label("one")).subquery("one").outerjoin(_STAFFED, true())
     )
 )
-"""How many are ahead of one resident in a queue's line, and the queue's handle time: one
-statement, one round trip, for every waiting page."""
+"""How many are ahead of one resident in a queue's line, the queue's handle time and the
+queues of each agent not paused (``NULL`` when there is none): one statement, one round trip,
+for every waiting page."""
 _MEMBERS = Prebuilt(
     select(agents.c.id, agents.c.presence, agents.c.presence_since, agent_memberships.c.queues)
     .join(agent_memberships, agent_memberships.c.agent_id == agents.c.id)
@@ -294,24 +320,23 @@ class QueueService:
         queue = self.queue(conversation.queue)
         since = conversation.waiting_since
 
-        def work(conn: Connection) -> tuple[int, float | None, list[Member]]:
-            row = _PLACE.run(
-                conn,
-                {
-                    "tenant": self._tenant.slug,
-                    "queue": queue.tag,
-                    "since": since,
-                    "cid": conversation.id,
-                },
-            ).one()
-            return int(row.ahead), row.handle, self._agents(conn, queue.tag)
+        def work(conn: Connection) -> list[Any]:
+            params = {
+                "tenant": self._tenant.slug,
+                "queue": queue.tag,
+                "since": since,
+                "cid": conversation.id,
+            }
+            return _PLACE.run(conn, params).all()
 
         # A point read: the count stops at AHEAD_LIMIT index entries (tens of µs), less than
         # the hop to a worker thread and back; every waiting page and refresh asks it.
-        ahead, handle, pool = await self._db.run(work, point=True)
-        expected = expected_wait(
-            ahead + 1, handle or queue.handle_seconds, sum(1 for a in pool if _staffed(a))
+        rows = await self._db.run(work, point=True)
+        ahead, handle = int(rows[0].ahead), rows[0].handle
+        staffed = sum(
+            1 for r in rows if r.queues is not None and serves(member_queues(r.queues), queue.tag)
         )
+        expected = expected_wait(ahead + 1, handle or queue.handle_seconds, staffed)
         return Place(
             ahead + 1,
             expected,

@@ -6,15 +6,16 @@ import asyncio
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.exc import IntegrityError
 
+from idcontact.errors import SlotUsedError
 from idcontact.storage.keystore import PostgresKeyStore, RedisKeyStore, SqliteKeyStore
+from idcontact.tokens import AuthResult, ReceivedToken, TokenIssuer
 from tests.conftest import CANARY_NAME, AppFactory, Instance, demo_settings
-from tests.flows.test_core_flows import JSON, issue
+from tests.flows.test_core_flows import JSON, issue, new_slot
 from tests.services import redis_url
 
 pytestmark = pytest.mark.anyio
@@ -106,8 +107,7 @@ async def test_postgres_key_store_puts_gets_expires_and_deletes(make_app: AppFac
     await store.delete(live, secrets.token_hex(16))
     assert await store.get(live) is None
     assert await store.get(other) == b"o" * 32  # only the named ones went
-    with pytest.raises(IntegrityError):  # a key is never replaced
-        await store.put(other, b"x" * 32, 60)
+    assert await store.put(other, b"x" * 32, 60) is False  # a key is never replaced
     assert await store.get(other) == b"o" * 32
 
 
@@ -197,8 +197,57 @@ async def test_sqlite_key_store_waits_for_a_busy_file_instead_of_failing(tmp_pat
         other.execute("COMMIT")
         await asyncio.wait_for(pending, 10)
         assert await store.get("busy") == b"b" * 32
+        assert await store.put("busy", b"x" * 32, 60) is False  # never replaced
+        assert await store.get("busy") == b"b" * 32
         with pytest.raises(sqlite3.IntegrityError):  # a real error is not taken for "busy"
-            await store.put("busy", b"x" * 32, 60)
+            await store.put("null", cast(bytes, None), 60)  # the key is NOT NULL
     finally:
         other.close()
         await store.close()
+
+
+BSNS = ("999990019", "999990020")
+
+
+@pytest.mark.parametrize("kind", ["token", "handed over"])
+@pytest.mark.parametrize(
+    "store",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+)
+async def test_two_deliveries_to_one_slot_at_once_leave_the_winners_key(
+    make_app: AppFactory, tmp_path: Path, store: str, kind: str
+) -> None:
+    """Both seal under a key of their own; one claims the slot, the other is refused (409).
+    The one refused must not take the conversation's key with it: the key store never
+    replaces a key and says so (Redis's ``SET NX`` did silently, and the loser then deleted
+    the winner's key); on PostgreSQL the key goes in with the vault entry, in one statement."""
+    if store == "redis":
+        settings = demo_settings(tmp_path, keystore="redis", redis_url=redis_url())
+        instance: Instance = await make_app(settings)
+    else:
+        instance = await make_app(database=store)
+    conversations = instance.services.conversations
+    assert conversations is not None and instance.services.keystore is not None
+    conversation_id, slot = await new_slot(instance)
+    results: list[str | ReceivedToken] = []
+    for bsn in BSNS:
+        attributes = {"fullname": CANARY_NAME, "bsn": bsn}
+        if kind == "token":
+            results.append(issue(instance, attributes))
+        else:
+            keys = instance.services.keys
+            issuer = TokenIssuer(keys.signing, kid=keys.signing_kid)
+            results.append(issuer.hand_over(AuthResult(status="success", attributes=attributes)))
+    outcomes = await asyncio.gather(
+        *(conversations.deliver_to_slot(slot, result) for result in results),
+        return_exceptions=True,
+    )
+    assert sorted(map(str, outcomes)) == sorted(["authenticated", str(SlotUsedError())])
+    stored = await conversations.attributes(conversation_id, actor="test")
+    assert stored is not None
+    assert stored["attributes"] in [{"fullname": CANARY_NAME, "bsn": b} for b in BSNS]
+    assert await instance.services.keystore.get(conversation_id) is not None

@@ -35,6 +35,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TableClause,
     Text,
     bindparam,
     create_engine as create_sync_engine,
@@ -363,10 +364,16 @@ def _unit(conn: Connection, work: Callable[[Connection], T], begin: str) -> T:
 
 _POSTGRES_POOL = 20
 _POSTGRES_OVERFLOW = 20
-_POSTGRES_UNITS = 24
+_POSTGRES_UNITS = 8
 """PostgreSQL units at once per process. Each holds a connection, and so do idle ones kept for
-the next unit (:class:`Database`): both together stay within the pool, so nothing waits in it."""
-_POSTGRES_IDLE = _POSTGRES_POOL + _POSTGRES_OVERFLOW - _POSTGRES_UNITS
+the next unit (:class:`Database`): both together stay within the pool, so nothing waits in it.
+Units take ~0.1–0.3 ms: more at once only spread the work over more server processes, each
+colder in the CPU's caches. With 24 two workers did ~440 flows/s of ``bench/flows.py`` scenario
+7, with 8 ~465 (4: the same)."""
+_POSTGRES_IDLE = 2 * _POSTGRES_UNITS
+"""Idle connections kept: as many as units run at once, of each kind (in a transaction or
+not)."""
+assert _POSTGRES_UNITS + _POSTGRES_IDLE <= _POSTGRES_POOL + _POSTGRES_OVERFLOW
 _POSTGRES_RECYCLE = 1800.0
 """Seconds a connection serves before it is replaced (the pool's, and the kept ones' too), so
 one that a firewall or proxy dropped while idle is not used after a quiet night."""
@@ -482,7 +489,7 @@ class Fused:
 
     __slots__ = ("_first", "_fused", "_inserts", "_stmt", "_tables")
 
-    def __init__(self, first: Executable, *then: Table) -> None:
+    def __init__(self, first: Executable, *then: TableClause) -> None:
         self._stmt = first
         self._first = Prebuilt(first)
         self._tables = then

@@ -30,16 +30,16 @@ from sqlalchemy import (
     bindparam,
     column,
     delete,
-    insert,
     select,
     table,
 )
+from sqlalchemy.dialects import postgresql
 
 from idcontact.storage.db import Database, Prebuilt
 
 T = TypeVar("T")
 
-_DATA_KEYS = table(
+data_keys = table(
     "data_keys",
     column("conversation_id", String),
     column("key", LargeBinary),
@@ -47,19 +47,27 @@ _DATA_KEYS = table(
 )
 """The PostgreSQL key store's table (migration 0001; UNLOGGED, so not in SQLAlchemy's
 metadata, which would make it a logged one)."""
-_PUT = Prebuilt(insert(_DATA_KEYS))
+_PUT = Prebuilt(
+    postgresql.insert(data_keys)
+    .on_conflict_do_nothing(index_elements=["conversation_id"])
+    .returning(data_keys.c.conversation_id)
+)
 _GET = Prebuilt(
-    select(_DATA_KEYS.c.key).where(
-        _DATA_KEYS.c.conversation_id == bindparam("c"), _DATA_KEYS.c.expires_at > bindparam("n")
+    select(data_keys.c.key).where(
+        data_keys.c.conversation_id == bindparam("c"), data_keys.c.expires_at > bindparam("n")
     )
 )
-_PURGE = Prebuilt(delete(_DATA_KEYS).where(_DATA_KEYS.c.expires_at <= bindparam("n")))
+_PURGE = Prebuilt(delete(data_keys).where(data_keys.c.expires_at <= bindparam("n")))
 
 
 class KeyStore(Protocol):
     """Where data keys live; ``delete`` is what makes deletion final."""
 
-    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None: ...
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> bool:
+        """Store a new key; ``False`` when ``conversation_id`` has one already (a key is never
+        replaced: the one there may encrypt what someone else just stored)."""
+        ...
+
     async def get(self, conversation_id: str) -> bytes | None: ...
     async def delete(self, *conversation_ids: str) -> None:
         """Delete these conversations' keys (several at once: the sweeper purges batches)."""
@@ -132,11 +140,13 @@ class SqliteKeyStore:
                 raise
         return await self._run(sql, params)
 
-    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
-        await self._here_or_there(
-            "INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (?, ?, ?)",
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> bool:
+        stored = await self._here_or_there(
+            "INSERT INTO data_keys (conversation_id, key, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (conversation_id) DO NOTHING RETURNING 1",
             (conversation_id, key, time.time() + ttl_seconds),
         )
+        return bool(stored)
 
     async def get(self, conversation_id: str) -> bytes | None:
         rows = await self._here_or_there(
@@ -175,43 +185,46 @@ class PostgresKeyStore:
     Each call is one statement, so each runs without a transaction around it (``point``)."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self.db = db
 
-    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
-        values: dict[str, object] = {
+    def row(self, conversation_id: str, key: bytes, ttl_seconds: int) -> dict[str, object]:
+        """The key's row in ``data_keys``: :meth:`put` inserts it, or the write that stores what
+        it encrypts, in the same database (the vault's, in one statement with its entry)."""
+        return {
             "conversation_id": conversation_id,
             "key": key,
             "expires_at": time.time() + ttl_seconds,
         }
 
-        def work(conn: Connection) -> None:
-            _PUT.run(conn, values)
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> bool:
+        values = self.row(conversation_id, key, ttl_seconds)
 
-        await self._db.run(work, write=True, point=True)
+        def work(conn: Connection) -> bool:
+            return _PUT.run(conn, values).first() is not None
+
+        return bool(await self.db.run(work, write=True, point=True))
 
     async def get(self, conversation_id: str) -> bytes | None:
         def work(conn: Connection) -> bytes | None:
             found = _GET.run(conn, {"c": conversation_id, "n": time.time()}).scalar()
             return bytes(found) if found is not None else None
 
-        return await self._db.run(work, point=True)
+        return await self.db.run(work, point=True)
 
     async def delete(self, *conversation_ids: str) -> None:
         if not conversation_ids:
             return
 
         def work(conn: Connection) -> None:
-            conn.execute(
-                delete(_DATA_KEYS).where(_DATA_KEYS.c.conversation_id.in_(conversation_ids))
-            )
+            conn.execute(delete(data_keys).where(data_keys.c.conversation_id.in_(conversation_ids)))
 
-        await self._db.run(work, write=True, point=True)
+        await self.db.run(work, write=True, point=True)
 
     async def purge_expired(self) -> int:
         def work(conn: Connection) -> int:
             return _PURGE.run(conn, {"n": time.time()}).rowcount
 
-        return int(await self._db.run(work, write=True, point=True))
+        return int(await self.db.run(work, write=True, point=True))
 
     async def close(self) -> None:
         return None
@@ -225,8 +238,10 @@ class RedisKeyStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> None:
-        await self._redis.set(self.PREFIX + conversation_id, key, ex=ttl_seconds, nx=True)
+    async def put(self, conversation_id: str, key: bytes, ttl_seconds: int) -> bool:
+        return bool(
+            await self._redis.set(self.PREFIX + conversation_id, key, ex=ttl_seconds, nx=True)
+        )
 
     async def get(self, conversation_id: str) -> bytes | None:
         value = await self._redis.get(self.PREFIX + conversation_id)

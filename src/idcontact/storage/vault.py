@@ -16,15 +16,15 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as with_fields
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, TableClause, bindparam, delete, insert, select, update
 
 from idcontact.domain.lifecycle import FINAL
-from idcontact.errors import VaultError
+from idcontact.errors import SlotUsedError, VaultError
 from idcontact.storage.audit import audit
 from idcontact.storage.db import (
     Database,
@@ -33,7 +33,7 @@ from idcontact.storage.db import (
     conversations,
     vault_entries,
 )
-from idcontact.storage.keystore import KeyStore
+from idcontact.storage.keystore import KeyStore, PostgresKeyStore, data_keys
 
 Clock = Callable[[], float]
 
@@ -45,6 +45,9 @@ class Sealed:
     conversation_id: str
     nonce: bytes
     ciphertext: bytes
+    key_row: Mapping[str, object] | None = None
+    """The data key's row when the key store is a table of the same database: stored with the
+    entry, in the same statement (:meth:`Vault.rows`), not put beforehand."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -73,6 +76,7 @@ CHAT_SENDERS = ("resident", "agent")
 # Statements of every chat message, built once (building one per call cost SQLAlchemy more than
 # running it).
 _INSERT = Prebuilt(insert(vault_entries))
+_PUT_KEY = Prebuilt(insert(data_keys))
 _NEXT = (
     update(conversations)
     .where(conversations.c.id == bindparam("cid"), conversations.c.state.not_in(FINAL))
@@ -130,12 +134,18 @@ class Vault:
     ) -> Sealed:
         """Encrypt ``payload`` under a fresh data key and put the key in the key store.
 
-        The caller inserts the result within its transaction (:meth:`insert`) and calls
-        :meth:`forget` if that transaction fails, so no key is left over.
+        The caller inserts the result within its transaction (:meth:`insert`, :meth:`rows`)
+        and, unless the key goes in with it (``key_row``), calls :meth:`forget` if that
+        transaction fails, so no key is left over.
         """
         key = AESGCM.generate_key(bit_length=256)
-        await self._keys.put(conversation_id, key, ttl_seconds)
-        return _encrypt(key, conversation_id, payload)
+        sealed = _encrypt(key, conversation_id, payload)
+        if isinstance(self._keys, PostgresKeyStore) and self._keys.db is self._db:
+            # One round trip less, and nothing to remove when the write fails.
+            return with_fields(sealed, key_row=self._keys.row(conversation_id, key, ttl_seconds))
+        if not await self._keys.put(conversation_id, key, ttl_seconds):
+            raise SlotUsedError()  # another delivery to this conversation came first
+        return sealed
 
     async def reseal(
         self, conversation_id: str, payload: Mapping[str, object], ttl_seconds: int
@@ -157,19 +167,31 @@ class Vault:
         self.insert(conn, sealed)
 
     def insert(self, conn: Connection, sealed: Sealed) -> None:
-        _INSERT.run(conn, self.row(sealed))
+        for table, row in self.rows(sealed):
+            (_INSERT if table is vault_entries else _PUT_KEY).run(conn, row)
 
-    def row(self, sealed: Sealed) -> dict[str, object]:
-        """The vault entry's row, for :meth:`insert` or to insert with a change (``Fused``)."""
-        return {
+    def rows(self, sealed: Sealed) -> list[tuple[TableClause, Mapping[str, object]]]:
+        """What :meth:`insert` inserts, by table (the data key's row first, when it goes with
+        the entry): to insert with a change instead, in one statement (``Fused``)."""
+        entry = {
             "conversation_id": sealed.conversation_id,
             "nonce": sealed.nonce,
             "ciphertext": sealed.ciphertext,
             "created_at": self._clock(),
         }
+        if sealed.key_row is None:
+            return [(vault_entries, entry)]
+        return [(data_keys, sealed.key_row), (vault_entries, entry)]
 
     async def forget(self, conversation_id: str) -> None:
         await self._keys.delete(conversation_id)
+
+    async def discard(self, sealed: Sealed) -> None:
+        """The write of ``sealed`` failed: remove the data key put for it. A key that was to go
+        in with it (``key_row``) never was stored, and the conversation's key, if any, is
+        someone else's (a delivery that won the race), so it stays."""
+        if sealed.key_row is None:
+            await self.forget(sealed.conversation_id)
 
     def fetch(
         self, conn: Connection, conversation_id: str, *, actor: str, at: float, tenant: str
@@ -203,7 +225,7 @@ class Vault:
 
     async def open_chat(self, conversation_id: str, ttl_seconds: int) -> None:
         """Make the conversation's chat key, once, when its chat starts (never lazily: two
-        first messages at once would make two keys)."""
+        first messages at once would make two keys). When it is there already, it stays."""
         await self._keys.put(
             _chat_key_id(conversation_id), AESGCM.generate_key(bit_length=256), ttl_seconds
         )
