@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoR
 
 from idcontact.storage import db as db_module
 from idcontact.storage.db import (
+    _POSTGRES_IDLE,
     _POSTGRES_OVERFLOW,
     _POSTGRES_POOL,
     _POSTGRES_UNITS,
@@ -102,6 +103,7 @@ async def test_postgres_units_take_turns_within_the_pool() -> None:
         return 1
 
     limit = _POSTGRES_POOL + _POSTGRES_OVERFLOW
+    assert _POSTGRES_UNITS + _POSTGRES_IDLE <= limit
     try:
         for point in (True, False, True, False):  # kept connections of one kind, then the other
             done = await asyncio.gather(*(db.run(slow, point=point) for _ in range(60)))

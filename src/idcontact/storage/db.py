@@ -372,8 +372,7 @@ colder in the CPU's caches. With 24 two workers did ~440 flows/s of ``bench/flow
 7, with 8 ~465 (4: the same)."""
 _POSTGRES_IDLE = 2 * _POSTGRES_UNITS
 """Idle connections kept: as many as units run at once, of each kind (in a transaction or
-not)."""
-assert _POSTGRES_UNITS + _POSTGRES_IDLE <= _POSTGRES_POOL + _POSTGRES_OVERFLOW
+not). Units and kept ones together stay within the pool (``tests/storage/test_db.py``)."""
 _POSTGRES_RECYCLE = 1800.0
 """Seconds a connection serves before it is replaced (the pool's, and the kept ones' too), so
 one that a firewall or proxy dropped while idle is not used after a quiet night."""
