@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Float,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal_column,
     select,
     text,
     update,
@@ -173,20 +175,32 @@ _KILL_THE_OTHERS = text(
 )
 
 
+_ONE = Prebuilt(select(literal_column("1", Integer).label("one")))
+
+
 @pytest.mark.postgres
-async def test_postgres_drops_kept_connections_when_the_server_lost_them() -> None:
+@pytest.mark.parametrize("through", ["sqlalchemy", "prebuilt"])
+async def test_postgres_drops_kept_connections_when_the_server_lost_them(through: str) -> None:
     """After the server ended the connections (a restart), one unit fails (cleanly) and the
-    next ones work: not one failure per kept connection. None stays checked out of the pool."""
+    next ones work: not one failure per kept connection. None stays checked out of the pool.
+    The same whether the failing statement ran through SQLAlchemy or on the driver."""
     db = Database(postgres_url())
     one = text("SELECT 1")
+
+    def work(conn: Connection) -> Any:
+        return conn.execute(one).scalar() if through == "sqlalchemy" else _ONE.run(conn).scalar()
+
     try:
-        await asyncio.gather(*(db.run(lambda c: c.execute(one).scalar()) for _ in range(8)))
+        await asyncio.gather(*(db.run(work) for _ in range(8)))
+        await asyncio.gather(*(db.run(work, point=True) for _ in range(8)))
         await db.run(lambda c: c.execute(_KILL_THE_OTHERS).all(), point=True)
         with pytest.raises(DBAPIError) as failed:
-            await db.run(lambda c: c.execute(one).scalar())
+            await db.run(work)
         assert failed.value.connection_invalidated
         for point in (False, True, False, True):
-            assert await db.run(lambda c: c.execute(one).scalar(), point=point) == 1
+            assert await db.run(work, point=point) == 1
+        if through == "prebuilt":  # it really ran on the driver
+            assert _ONE._forms[(db.dialect,)] is not None
         kept = sum(map(len, db._held_pg.values()))
         assert db.engine.pool.checkedout() == kept  # type: ignore[attr-defined]
     finally:

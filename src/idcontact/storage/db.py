@@ -582,8 +582,18 @@ def _run_form(conn: Connection, form: _Form, params: Mapping[str, Any]) -> Rows:
         try:
             cursor.execute(form.sql, tuple(args))
         except conn.dialect.loaded_dbapi.Error as failed:  # as SQLAlchemy's, without values
+            # Whether the server went away, as SQLAlchemy's own execution tells: the kept
+            # PostgreSQL connections are then dropped (``Database._postgres_unit``).
+            gone = conn.dialect.is_disconnect(failed, conn.connection.dbapi_connection, cursor)
+            if gone:
+                conn.invalidate()
             raise DBAPIError.instance(
-                form.sql, None, failed, conn.dialect.loaded_dbapi.Error, hide_parameters=True
+                form.sql,
+                None,
+                failed,
+                conn.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=gone,
             ) from failed
         if form.row is None:
             return Rows([], cursor.rowcount)
