@@ -9,6 +9,7 @@ import pytest
 from idcontact.cli import DEMO_CONFIG
 from idcontact.errors import ConfigError
 from idcontact.settings import Labels, Settings, load_settings
+from idcontact.storage.db import POSTGRES_UNITS
 
 CANARY_SECRET = "Canary-Internal-Secret-7Q4Z-0123456789abcdef"
 CANARY_PEM_BODY = "CANARYSECRETPEMBODYMIIEvQIBADANBgkqhkiG9w0BAQEFAASC"
@@ -356,6 +357,16 @@ def test_invalid_environment_value_names_the_setting(
     monkeypatch.setenv("IDCONTACT_KEYS__GENERATE", "DSA")
     message = load_error(tmp_path, "")
     assert "keys.generate" in message
+
+
+def test_database_units_default_to_the_storage_default_and_have_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().database_units == POSTGRES_UNITS
+    monkeypatch.setenv("IDCONTACT_DATABASE_UNITS", "20")
+    assert load_settings().database_units == 20
+    monkeypatch.setenv("IDCONTACT_DATABASE_UNITS", "0")
+    assert "database_units" in load_error(tmp_path, "")
 
 
 # -- the file itself ------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def create_app(
         else LocalBus(observe=metrics.pushed)
     )
     if "comm" in roles:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, units=settings.database_units)
         keystore = keystore_for(settings, db)
         vault = Vault(db, keystore, clock)
     directory = (

@@ -460,7 +460,7 @@ def _audit_run(config: Path | None, data_dir: Path | None, work: Any) -> Any:
         return None
 
     async def run() -> Any:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, units=settings.database_units)
         try:
             await upgrade(db.engine)
             return await db.run(lambda conn: work(conn, settings))
@@ -561,7 +561,7 @@ def _with_directory(settings: Settings, work: Any) -> Any:
     sealer = Sealer(load_keyring(settings, settings.default_tenant).internal_secret)
 
     async def run() -> Any:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, units=settings.database_units)
         try:
             await upgrade(db.engine)
             return await work(AgentDirectory(db, sealer), settings)

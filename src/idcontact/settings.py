@@ -888,6 +888,9 @@ class Settings(TenantFields, BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None
     """SQLAlchemy URL; default ``sqlite+aiosqlite:///<data_dir>/idcontact.sqlite3``."""
+    database_units: int = Field(default=8, ge=1, le=64)
+    """PostgreSQL: units of work at once per process (``storage.db.POSTGRES_UNITS``); each
+    holds a connection, and the pool holds three times as many. More for a distant database."""
     keystore: Literal["auto", "sqlite", "postgres", "redis"] = "auto"
     """Where data keys live; ``auto``: a key file beside SQLite, UNLOGGED table on PostgreSQL."""
     redis_url: str | None = None

@@ -31,10 +31,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoR
 
 from idcontact.storage import db as db_module
 from idcontact.storage.db import (
-    _POSTGRES_IDLE,
-    _POSTGRES_OVERFLOW,
-    _POSTGRES_POOL,
-    _POSTGRES_UNITS,
+    POSTGRES_UNITS,
     Database,
     Fused,
     Prebuilt,
@@ -89,11 +86,12 @@ async def test_postgres_runs_point_units_without_a_transaction() -> None:
 
 
 @pytest.mark.postgres
-async def test_postgres_units_take_turns_within_the_pool() -> None:
-    """Units keep their connections for the next one; more units at once than allowed take
-    turns, and kept connections plus running units never exceed the pool (where a unit
-    waiting for a connection would never hear of one put back)."""
-    db = Database(postgres_url())
+@pytest.mark.parametrize("units", [POSTGRES_UNITS, 12])
+async def test_postgres_units_take_turns_within_the_pool(units: int) -> None:
+    """Units keep their connections for the next one; more units at once than allowed
+    (``database_units``) take turns, and kept connections plus running units never exceed
+    the pool (where a unit waiting for a connection would never hear of one put back)."""
+    db = Database(postgres_url(), units=units)
     running = most = 0
 
     def slow(conn: Connection) -> int:
@@ -104,14 +102,13 @@ async def test_postgres_units_take_turns_within_the_pool() -> None:
         running -= 1
         return 1
 
-    limit = _POSTGRES_POOL + _POSTGRES_OVERFLOW
-    assert _POSTGRES_UNITS + _POSTGRES_IDLE <= limit
+    pool = db.engine.pool.size()  # type: ignore[attr-defined]
     try:
         for point in (True, False, True, False):  # kept connections of one kind, then the other
             done = await asyncio.gather(*(db.run(slow, point=point) for _ in range(60)))
             assert sum(done) == 60
-            assert most <= _POSTGRES_UNITS
-            assert db.engine.pool.checkedout() <= limit  # type: ignore[attr-defined]
+            assert most == units  # as many as allowed, never more
+            assert db.engine.pool.checkedout() <= pool  # type: ignore[attr-defined]
         failing = db.run(lambda c: c.execute(text("SELECT 1/0")).scalar())
         with pytest.raises(DBAPIError):
             await failing
@@ -119,6 +116,8 @@ async def test_postgres_units_take_turns_within_the_pool() -> None:
     finally:
         await db.dispose()
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        Database(postgres_url(), units=0)
 
 
 _PID = text("SELECT pg_backend_pid()")

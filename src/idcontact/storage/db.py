@@ -364,21 +364,27 @@ def _unit(conn: Connection, work: Callable[[Connection], T], begin: str) -> T:
 
 _POSTGRES_POOL = 20
 _POSTGRES_OVERFLOW = 20
-_POSTGRES_UNITS = 8
-"""PostgreSQL units at once per process. Each holds a connection, and so do idle ones kept for
-the next unit (:class:`Database`): both together stay within the pool, so nothing waits in it.
-Units take ~0.1–0.3 ms: more at once only spread the work over more server processes, each
-colder in the CPU's caches. With 24 two workers did ~440 flows/s of ``bench/flows.py`` scenario
-7, with 8 ~465 (4: the same)."""
-_POSTGRES_IDLE = 2 * _POSTGRES_UNITS
-"""Idle connections kept: as many as units run at once, of each kind (in a transaction or
-not). Units and kept ones together stay within the pool (``tests/storage/test_db.py``)."""
+POSTGRES_UNITS = 8
+"""PostgreSQL units at once per process, by default (``database_units``). Each holds a
+connection, and so do idle ones kept for the next unit (:class:`Database`): both together stay
+within the pool, so nothing waits in it. On a database nearby units take ~0.1–0.3 ms: more at
+once only spread the work over more server processes, each colder in the CPU's caches. With 24
+two workers did ~440 flows/s of ``bench/flows.py`` scenario 7, with 8 ~465 (4: the same). A
+database farther away (a round trip of milliseconds) keeps units open longer: more at once."""
+
+
+def _pool_size(units: int) -> int:
+    """The pool holds the running units and the idle ones kept (as many again, of each kind:
+    in a transaction or not), so no unit waits inside it."""
+    return max(_POSTGRES_POOL, 3 * units)
+
+
 _POSTGRES_RECYCLE = 1800.0
 """Seconds a connection serves before it is replaced (the pool's, and the kept ones' too), so
 one that a firewall or proxy dropped while idle is not used after a quiet night."""
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, units: int = POSTGRES_UNITS) -> AsyncEngine:
     """Create the async engine (migrations, tools); SQLite gets the same pragmas as below."""
     if is_sqlite(url):
         _sqlite_path(url)
@@ -391,7 +397,7 @@ def create_engine(url: str) -> AsyncEngine:
     # (attribute ciphertexts, hashes) that a log line or traceback could otherwise carry.
     return create_async_engine(
         url,
-        pool_size=_POSTGRES_POOL,
+        pool_size=_pool_size(units),
         max_overflow=_POSTGRES_OVERFLOW,
         pool_recycle=int(_POSTGRES_RECYCLE),
         hide_parameters=True,
@@ -766,9 +772,13 @@ class Database:
     (:class:`_Writer`), where their transactions begin IMMEDIATE.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, units: int = POSTGRES_UNITS) -> None:
+        """``units``: PostgreSQL units at once (:data:`POSTGRES_UNITS`)."""
+        if units < 1:
+            raise ValueError("units must be at least 1")
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, units)
+        self._idle = 2 * units
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sync: Engine | None = None
         self._writer: _Writer | None = None
@@ -780,7 +790,7 @@ class Database:
         self._held_pg: dict[bool, list[tuple[Connection, float]]] = {False: [], True: []}
         # Held PostgreSQL connections stay checked out of the pool, so units take turns here
         # and never wait inside it (where a connection put back to ``_held_pg`` wakes nobody).
-        self._pg_turns = asyncio.Semaphore(_POSTGRES_UNITS)
+        self._pg_turns = asyncio.Semaphore(units)
         if is_sqlite(url):
             self._sync = create_sync_engine(
                 "sqlite:///" + _sqlite_path(url),
@@ -861,7 +871,7 @@ class Database:
                         held.pop()[0].invalidate()
             conn.close()  # back to the pool, which drops it if it broke; a new one is cheap
             raise
-        if sum(map(len, self._held_pg.values())) < _POSTGRES_IDLE:
+        if sum(map(len, self._held_pg.values())) < self._idle:
             return result, (conn, since)
         conn.close()
         return result, None
