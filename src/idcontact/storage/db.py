@@ -368,9 +368,10 @@ POSTGRES_UNITS = 8
 """PostgreSQL units at once per process, by default (``database_units``). Each holds a
 connection, and so do idle ones kept for the next unit (:class:`Database`): both together stay
 within the pool, so nothing waits in it. On a database nearby units take ~0.1–0.3 ms: more at
-once only spread the work over more server processes, each colder in the CPU's caches. With 24
-two workers did ~440 flows/s of ``bench/flows.py`` scenario 7, with 8 ~465 (4: the same). A
-database farther away (a round trip of milliseconds) keeps units open longer: more at once."""
+once only make its server processes contend. ``bench/flows.py`` scenario 7 (two workers):
+with 24, 420–440 flows/s and 1.6 ms of database CPU per flow; with 8, 460–510 and 0.9 ms
+(4: the same). A database farther away (a round trip of milliseconds) keeps units open
+longer: more at once."""
 
 
 def _pool_size(units: int) -> int:
