@@ -160,11 +160,18 @@ async def agent_at_phone(instance: Instance, username: str, endpoint: str) -> Ag
 
 
 async def channel_of(instance: Instance, conversation_id: str) -> str:
+    """The channel of the conversation's call. The call takes the conversation just after the
+    link is stored (which is what ``_linked`` sees), so wait for it."""
     calls = instance.services.calls
     assert calls is not None
-    found = [c.channel for c in calls._calls.values() if c.conversation_id == conversation_id]
-    assert found, "no call for this conversation"
-    return found[0]
+
+    async def found() -> str | None:
+        return next(
+            (c.channel for c in calls._calls.values() if c.conversation_id == conversation_id),
+            None,
+        )
+
+    return str(await until(found, "the call of this conversation"))
 
 
 @pytest.mark.parametrize("mode", ["rfc4733", "info", "inband"])
