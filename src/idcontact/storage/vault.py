@@ -135,9 +135,9 @@ class Vault:
         """Encrypt ``payload`` under a fresh data key and put the key in the key store.
 
         The caller inserts the result within its transaction (:meth:`insert`, :meth:`rows`)
-        and, unless the key goes in with it (``key_row``), calls :meth:`forget` if that
-        transaction fails, so no key is left over.
-        """
+        and calls :meth:`discard` if that transaction fails, so no key is left over (a key that
+        goes in with the entry, ``key_row``, was never stored). ``SlotUsedError`` when the
+        conversation has a key already: another delivery came first."""
         key = AESGCM.generate_key(bit_length=256)
         sealed = _encrypt(key, conversation_id, payload)
         if isinstance(self._keys, PostgresKeyStore) and self._keys.db is self._db:
