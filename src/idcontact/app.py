@@ -63,7 +63,7 @@ from idcontact.plugins.comm.common import AuthOnlyStarter, LocalSlots
 from idcontact.queues import QueueService
 from idcontact.sealing import Sealer
 from idcontact.settings import DEFAULT_TENANT, ROLES, Role, Settings, Tenant
-from idcontact.storage.audit import retire, seal
+from idcontact.storage.audit import SEAL_BATCH, retire, seal
 from idcontact.storage.db import Database, is_sqlite, upgrade
 from idcontact.storage.keystore import KeyStore, PostgresKeyStore, RedisKeyStore, SqliteKeyStore
 from idcontact.storage.leases import Lease
@@ -728,11 +728,15 @@ def services_of(app: FastAPI) -> Services:
 
 
 async def _seal(db: Database, tenants: Sequence[str]) -> None:
-    """Link new audit events into each tenant's hash chain, about once a second."""
+    """Link new audit events into each tenant's hash chain, about once a second, in batches
+    (``SEAL_BATCH``) with other work in between."""
     while True:
         try:
             for tenant in tenants:
-                await db.run(functools.partial(seal, tenant=tenant), write=True)
+                while (
+                    await db.run(functools.partial(seal, tenant=tenant), write=True) == SEAL_BATCH
+                ):
+                    pass  # a backlog: the next batch, after what waited meanwhile
         except Exception:
             log.exception("audit sealing failed")
         await asyncio.sleep(SEAL_INTERVAL)

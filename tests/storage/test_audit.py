@@ -151,6 +151,11 @@ async def test_residents_appear_only_as_a_pseudonym(make_app: AppFactory) -> Non
 def test_cli_verify_export_and_subject(tmp_path: Path) -> None:
     import asyncio
 
+    from sqlalchemy import insert
+
+    from idcontact.storage.audit import SEAL_BATCH, event_row
+    from idcontact.storage.db import audit_events
+
     data = tmp_path / "data"
 
     async def seed() -> None:
@@ -168,12 +173,25 @@ def test_cli_verify_export_and_subject(tmp_path: Path) -> None:
                 inst = Instance(app, client, services_of(app), settings)
                 await run_conversation(inst)
                 await run_conversation(inst, "123456782")
+                # More than a sealing unit takes, all unsealed: verify seals them all first.
+                backlog = [
+                    event_row(float(n), "agent:7", "attributes.view", "c", tenant="default")
+                    for n in range(2 * SEAL_BATCH + 3)
+                ]
+                assert inst.services.db is not None
+                await inst.services.db.run(
+                    lambda conn: conn.execute(insert(audit_events), backlog), write=True
+                )
 
     asyncio.run(seed())
     runner = CliRunner()
     verified = runner.invoke(main, ["audit", "verify", "--data-dir", str(data)])
     assert verified.exit_code == 0, verified.output
-    assert "intact" in verified.stdout
+    checked = int(verified.stdout.split("intact: ")[1].split()[0])
+    assert checked > 2 * SEAL_BATCH + 3
+    assert runner.invoke(main, ["audit", "verify", "--data-dir", str(data)]).stdout == (
+        verified.stdout  # nothing was left unsealed for a second run to find
+    )
 
     exported = runner.invoke(main, ["audit", "export", "--data-dir", str(data)])
     table = list(csv.reader(io.StringIO(exported.stdout)))
@@ -189,3 +207,45 @@ def test_cli_verify_export_and_subject(tmp_path: Path) -> None:
     views = [line for line in answer.stdout.splitlines() if "attributes.view" in line]
     assert len(views) == 1 and "agent:7" in views[0]  # only this resident's conversation
     assert CANARY_BSN not in answer.stdout
+
+
+@pytest.mark.anyio
+async def test_a_backlog_is_sealed_in_batches_found_by_the_unsealed_index(
+    make_app: AppFactory, database: str
+) -> None:
+    from sqlalchemy import insert
+
+    from idcontact.storage.audit import _UNSEALED, SEAL_BATCH, event_row
+    from idcontact.storage.db import audit_events
+
+    inst: Instance = await make_app(database=database)
+    db = inst.services.db
+    assert db is not None
+    tenant = f"batches-{database}"
+    total = 2 * SEAL_BATCH + 7
+    rows = [
+        event_row(float(n), "agent:1", "attributes.view", f"c{n}", {"n": n}, tenant=tenant)
+        for n in range(total)
+    ]
+    await db.run(lambda conn: conn.execute(insert(audit_events), rows), write=True)
+    sealed = [await db.run(lambda conn: seal(conn, tenant), write=True) for _ in range(4)]
+    assert sealed == [SEAL_BATCH, SEAL_BATCH, 7, 0]
+    verdict = await db.run(lambda conn: verify(conn, tenant))
+    assert (verdict.checked, verdict.broken_at, verdict.unsealed) == (total, None, 0)
+
+    # The sealer's question is answered from the events not sealed yet, not by walking the
+    # log from its oldest event (which PostgreSQL did before migration 0011).
+    def plan(conn: Any) -> str:
+        query = _UNSEALED.stmt.params(tenant=tenant, limit=SEAL_BATCH).compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+        prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+        return "\n".join(str(r[-1]) for r in conn.execute(text(prefix + str(query))))
+
+    await db.run(lambda conn: conn.execute(text("ANALYZE audit_events")), write=True)
+    found = await db.run(plan)
+    if database == "postgres":
+        assert "ix_audit_events_unsealed" in found, found
+    else:  # rows without a seq, in rowid (= id) order: no scan of the log, no sort
+        assert "USING INDEX ix_audit_events_tenant_seq (tenant=? AND seq=?)" in found, found
+        assert "SCAN" not in found and "B-TREE" not in found, found

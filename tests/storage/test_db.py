@@ -434,6 +434,51 @@ async def test_prebuilt_statements_give_the_same_answers_on_both_databases(
         one_of(_items.c.kind, ("a", "b') OR ('1'='1"))
 
 
+_SET_AT_OF = Prebuilt(
+    update(_items).where(_items.c.id == bindparam("_id")).values(at=bindparam("_at"))
+)
+
+
+async def test_a_prebuilt_statement_runs_once_per_row(scratch_db: Database) -> None:
+    db = scratch_db
+
+    def fill(conn: Connection) -> None:
+        for key in ("p", "q", "r"):
+            _ADD.run(conn, {"id": key, "kind": "a"})
+
+    await db.run(fill, write=True)
+    rows = [{"_id": "p", "_at": 1.0}, {"_id": "r", "_at": 3.0}, {"_id": "none", "_at": 9.0}]
+    await db.run(lambda c: _SET_AT_OF.run_many(c, rows), write=True)
+    await db.run(lambda c: _SET_AT_OF.run_many(c, []), write=True)  # nothing to do
+    # A statement the driver cannot take as it is (a list parameter) goes through SQLAlchemy.
+    await db.run(lambda c: _IN_KINDS.run_many(c, [{"ids": ["q"], "k": "b"}]), write=True)
+
+    def read(conn: Connection) -> list[tuple[str, str, float | None]]:
+        got = conn.execute(select(_items.c.id, _items.c.kind, _items.c.at).order_by(_items.c.id))
+        return [(r.id, r.kind, r.at) for r in got]
+
+    assert await db.run(read) == [("p", "a", 1.0), ("q", "b", None), ("r", "a", 3.0)]
+    with pytest.raises(IntegrityError) as refused:  # one bad row: the unit changes nothing
+        await db.run(
+            lambda c: _SET_KIND_OF.run_many(
+                c, [{"_id": "p", "_k": CANARY}, {"_id": "q", "_k": None}]
+            ),
+            write=True,
+        )
+    assert CANARY not in str(refused.value)
+    assert await db.run(read) == [("p", "a", 1.0), ("q", "b", None), ("r", "a", 3.0)]
+
+
+_IN_KINDS = Prebuilt(
+    update(_items)
+    .where(_items.c.id.in_(bindparam("ids", expanding=True)))
+    .values(kind=bindparam("k"))
+)
+_SET_KIND_OF = Prebuilt(
+    update(_items).where(_items.c.id == bindparam("_id")).values(kind=bindparam("_k"))
+)
+
+
 async def test_a_prebuilt_insert_that_breaks_a_constraint_is_an_integrity_error_without_values(
     scratch_db: Database,
 ) -> None:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -293,6 +293,8 @@ audit_events = Table(
     Column("seq", Integer, nullable=True),
     Column("prev_hash", String(64), nullable=True),
     Column("hash", String(64), nullable=True),
+    # Indexes (migrations 0002, 0011): (tenant, id); (tenant, seq), unique; on PostgreSQL
+    # (tenant, id) of the events not sealed yet, which the sealer reads every second.
 )
 
 
@@ -482,6 +484,20 @@ class Prebuilt:
         result = conn.execute(self.stmt, params)
         return Rows(list(result) if result.returns_rows else [], result.rowcount)
 
+    def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a statement that returns nothing once per row (the driver's ``executemany``):
+        through SQLAlchemy each row's parameters cost ~3 µs more (the audit sealer's batches)."""
+        if not rows:
+            return
+        key = (conn.dialect.name, *rows[0])
+        form = self._forms.get(key, _UNSET)
+        if form is _UNSET:
+            form = self._forms[key] = _compile_form(self.stmt, conn.dialect, key[1:])
+        if form is None or cast(_Form, form).row is not None:
+            conn.execute(self.stmt, list(rows))
+            return
+        _run_form(conn, cast(_Form, form), rows[0], many=rows)
+
 
 class Fused:
     """A statement that returns rows, and inserts that follow it only when it returned any.
@@ -576,7 +592,7 @@ def _compile_form(stmt: Executable, dialect: Dialect, names: tuple[str, ...]) ->
     return _Form(compiled.string, tuple(compiled.positiontup or ()), fixed, binds, row)
 
 
-def _run_form(conn: Connection, form: _Form, params: Mapping[str, Any]) -> Rows:
+def _args(form: _Form, params: Mapping[str, Any]) -> tuple[Any, ...]:
     values = {**form.fixed, **params} if form.fixed else params
     args = [values[name] for name in form.order]  # KeyError: a parameter is missing
     if form.binds:
@@ -584,10 +600,23 @@ def _run_form(conn: Connection, form: _Form, params: Mapping[str, Any]) -> Rows:
             form.binds[name](arg) if name in form.binds else arg
             for name, arg in zip(form.order, args, strict=True)
         ]
+    return tuple(args)
+
+
+def _run_form(
+    conn: Connection,
+    form: _Form,
+    params: Mapping[str, Any],
+    *,
+    many: Sequence[Mapping[str, Any]] = (),
+) -> Rows:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         try:
-            cursor.execute(form.sql, tuple(args))
+            if many:
+                cursor.executemany(form.sql, [_args(form, row) for row in many])
+            else:
+                cursor.execute(form.sql, _args(form, params))
         except conn.dialect.loaded_dbapi.Error as failed:  # as SQLAlchemy's, without values
             # Whether the server went away, as SQLAlchemy's own execution tells: the kept
             # PostgreSQL connections are then dropped (``Database._postgres_unit``).
