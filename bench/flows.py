@@ -706,14 +706,22 @@ async def measured(
     duration: float,
     concurrency: int,
     rate: float | None = None,
+    flows_out: Path | None = None,
 ) -> dict[str, Any]:
-    """One measurement window with CPU accounting (sampled when the window closes)."""
+    """One measurement window with CPU accounting (sampled when the window closes); with
+    ``flows_out``, each flow's due time and latency as JSON lines (when the slow ones came)."""
     before = Sample.take(servers, await db_pids())
     task = asyncio.ensure_future(gen.run(duration, concurrency, rate=rate))
     await asyncio.wait({task}, timeout=duration)
     pids = await db_pids()
     after = Sample.take(servers, pids)
     phase = await task
+    if flows_out is not None:
+        with flows_out.open("w") as out:
+            for r in sorted(phase.records, key=lambda r: r.started):
+                due, took = r.started - phase.t0, r.ended - r.started
+                out.write(json.dumps({"due_s": round(due, 4), "ms": round(took * 1000, 2)}))
+                out.write("\n")
     return summarize(phase, before, after, paced=rate is not None)
 
 
@@ -723,6 +731,7 @@ async def exercise(
     db_pids: Callable[[], Awaitable[list[int]]],
     args: argparse.Namespace,
     rate: float | None = None,
+    scenario: int = 0,
 ) -> dict[str, Any]:
     """Warm up, probe with one client, measure at full concurrency back to back, then (given
     a ``rate``) with the same clients paced to that rate together."""
@@ -758,6 +767,7 @@ async def exercise(
                 duration=args.paced,
                 concurrency=args.concurrency,
                 rate=rate,
+                flows_out=args.flows_out and Path(f"{args.flows_out}-{scenario}.jsonl"),
             )
             out["paced"]["offered_per_s"] = rate
     return out
@@ -903,6 +913,7 @@ def run_scenario(
                             db_pids,
                             args,
                             args.rate or TARGET_FLOWS_PER_S[scenario.keys],
+                            scenario.number,
                         )
                     )
                 )
@@ -1350,6 +1361,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print only; do not write bench/results/*.json"
+    )
+    parser.add_argument(
+        "--flows-out",
+        metavar="PREFIX",
+        help="write each paced flow (due time, latency) to PREFIX-<scenario>.jsonl",
     )
     parser.add_argument(
         "--client",

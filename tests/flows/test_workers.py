@@ -1,5 +1,5 @@
 """``serve --workers 2``: several processes on one port and one SQLite file, every flow intact,
-each worker on its own listening socket."""
+each new connection handed to the worker with the fewest."""
 
 from __future__ import annotations
 
@@ -76,31 +76,33 @@ def _sockets(pid: int) -> set[int]:
     return inodes
 
 
-def _tcp(port: int) -> dict[int, str]:
-    """inode -> state ("0A" listening, "01" established) of 127.0.0.1:``port``'s server side."""
+def _tcp(port: int) -> dict[int, tuple[str, int]]:
+    """inode -> (state: "0A" listening, "01" established; the peer's port) of the server side
+    of 127.0.0.1:``port``."""
     local = f"0100007F:{port:04X}"
     found = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[1] == local:
-            found[int(fields[9])] = fields[3]
+            found[int(fields[9])] = (fields[3], int(fields[2].split(":")[1], 16))
     return found
 
 
-def _established(port: int) -> set[int]:
-    return {inode for inode, state in _tcp(port).items() if state == "01"}
-
-
-def _workers(parent: int, port: int) -> dict[int, set[int]]:
-    """The parent's children that listen on ``port``, each with its listening sockets."""
+def _workers(parent: int) -> list[int]:
+    """The parent's worker processes (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    listening = {inode for inode, state in _tcp(port).items() if state == "0A"}
-    found = {}
+    found = []
     for child in map(int, children):
         with contextlib.suppress(FileNotFoundError):
-            if mine := _sockets(child) & listening:
-                found[child] = mine
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
     return found
+
+
+def _peers(pid: int, port: int) -> set[int]:
+    """The client ports of the connections worker ``pid`` holds."""
+    mine = _sockets(pid)
+    return {peer for inode, (state, peer) in _tcp(port).items() if state == "01" and inode in mine}
 
 
 def _until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
@@ -110,39 +112,64 @@ def _until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> N
         time.sleep(0.05)
 
 
-def test_each_worker_listens_on_its_own_socket_and_gets_connections(tmp_path: Path) -> None:
+def test_connections_go_to_the_worker_with_the_fewest_and_a_dead_one_is_replaced(
+    tmp_path: Path,
+) -> None:
     server = two_workers(tmp_path)
     port = server.port
+    parent = server.process.pid
+    conns: dict[int, socket.socket] = {}
+
+    def connect(count: int) -> None:
+        for _ in range(count):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conns[conn.getsockname()[1]] = conn
+
+    def held() -> dict[int, set[int]]:
+        return {pid: _peers(pid, port) & set(conns) for pid in workers}
+
     try:
-        _until(lambda: len(_workers(server.process.pid, port)) == 2, "both workers listen")
-        workers = _workers(server.process.pid, port)
-        first, second = workers.values()
-        assert not first & second  # two sockets, not one shared (uvicorn's own supervisor)
+        # The port answered only once both were ready.
+        assert server.log_text().count('"worker ready"') == 2
+        workers = _workers(parent)
+        assert len(workers) == 2
+        # Only the serving process listens; the workers are handed what it accepts.
+        listening = {inode for inode, (state, _) in _tcp(port).items() if state == "0A"}
+        assert len(listening) == 1 and listening <= _sockets(parent)
+        assert not any(_sockets(pid) & listening for pid in workers)
 
         # A burst of connections, all opened before any is used, as a browser or a proxy
-        # opens them: every worker gets some (32 on one of two: odds 2 in 4 billion).
-        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
-        try:
-            _until(
-                lambda: sum(len(_sockets(p) & _established(port)) for p in workers) >= 32,
-                "the workers accepted all 32",
-            )
-            per_worker = {pid: len(_sockets(pid) & _established(port)) for pid in workers}
-            assert all(count > 0 for count in per_worker.values()), per_worker
-        finally:
-            for conn in conns:
-                conn.close()
+        # opens them, is split evenly (a hash of the addresses split 32 as 23 to 9).
+        connect(16)
+        _until(lambda: sum(map(len, held().values())) == 16, "the workers hold all 16")
+        first, second = held().values()
+        assert abs(len(first) - len(second)) <= 1, held()
 
-        # A worker that dies is replaced, and the port keeps answering.
-        victim = next(iter(workers))
+        # One worker's clients leave: the next connections all go to it.
+        emptied = min(workers, key=lambda pid: len(held()[pid]))
+        for peer in held()[emptied]:
+            conns.pop(peer).close()
+        _until(lambda: not _peers(emptied, port), "the worker let its connections go")
+        others = len(held()[next(p for p in workers if p != emptied)])
+        connect(others)
+        _until(lambda: sum(map(len, held().values())) == 2 * others, "the workers hold them")
+        assert len(held()[emptied]) == others, held()
+        for conn in conns.values():  # every one of them is served
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 200"), "a connection was not served"
+
+        # A worker that dies is replaced; its connections are gone, the port keeps answering.
+        victim = workers[0]
         os.kill(victim, signal.SIGKILL)
         _until(
-            lambda: len(now := _workers(server.process.pid, port)) == 2 and victim not in now,
-            "a new worker listens in its place",
+            lambda: len(now := _workers(parent)) == 2 and victim not in now,
+            "a new worker runs in its place",
         )
         assert "U bent nummer" in one_flow(server.url)
         assert "a worker ended; starting another" in server.log_text()
-        replaced = set(_workers(server.process.pid, port))
+        replaced = _workers(parent)
     finally:
+        for conn in conns.values():
+            conn.close()
         assert server.stop() == 0
     assert not [pid for pid in replaced if Path(f"/proc/{pid}").exists()]  # none left behind
