@@ -249,3 +249,52 @@ async def test_a_backlog_is_sealed_in_batches_found_by_the_unsealed_index(
     else:  # rows without a seq, in rowid (= id) order: no scan of the log, no sort
         assert "USING INDEX ix_audit_events_tenant_seq (tenant=? AND seq=?)" in found, found
         assert "SCAN" not in found and "B-TREE" not in found, found
+
+
+@pytest.mark.anyio
+async def test_the_sealer_works_through_a_backlog_with_pauses_between_batches(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import time
+
+    from sqlalchemy import insert
+
+    from idcontact.app import _seal
+    from idcontact.storage.audit import SEAL_BATCH, event_row
+    from idcontact.storage.db import Database, audit_events, upgrade
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'audit.sqlite3'}")
+    await upgrade(db.engine)
+    rows = [
+        event_row(float(n), "agent:1", "attributes.view", "c", tenant="t")
+        for n in range(2 * SEAL_BATCH + 5)
+    ]
+    await db.run(lambda conn: conn.execute(insert(audit_events), rows), write=True)
+    units: list[tuple[float, float]] = []
+    run = db.run
+
+    async def timed(work: Any, **kwargs: Any) -> Any:
+        began = time.monotonic()
+        try:
+            return await run(work, **kwargs)
+        finally:
+            units.append((began, time.monotonic()))
+
+    db.run = timed  # type: ignore[method-assign]
+    sealer = asyncio.create_task(_seal(db, ["t"]))
+    try:
+        deadline = time.monotonic() + 20
+        while (await run(lambda conn: verify(conn, "t"))).unsealed:
+            assert time.monotonic() < deadline, "the backlog was not sealed"
+            await asyncio.sleep(0.02)
+    finally:
+        sealer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sealer
+        await db.dispose()
+    # Three units: two full batches and the rest, one after the other without waiting for the
+    # next round (a second), each full one followed by a pause three times as long as it took.
+    (a0, a1), (b0, b1), (c0, _) = units[:3]
+    assert b0 - a1 >= 3 * (a1 - a0) and c0 - b1 >= 3 * (b1 - b0)
+    assert c0 - a0 < 1.0
