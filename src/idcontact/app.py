@@ -731,7 +731,7 @@ async def _seal(db: Database, tenants: Sequence[str]) -> None:
     """Link new audit events into each tenant's hash chain, about once a second, in batches
     (``SEAL_BATCH``) spread out: at 400 flows/s, a second's ~1,300 events sealed batch after
     batch took one worker's CPU, and PostgreSQL's, for ~0.15 s each second, and the requests
-    that came meanwhile were the slowest 1 % (p99 40-100 ms; spread out, 20-25 ms)."""
+    that came meanwhile were the slowest 1 % (p99 31-100 ms; spread out, 21-25 ms in most runs)."""
     while True:
         try:
             for tenant in tenants:
