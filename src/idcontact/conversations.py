@@ -334,7 +334,12 @@ class Conversations:
 
     async def _find(self, by: Prebuilt, key: str) -> Any:
         """This tenant's conversation ``by`` id or slot (``_BY_ID``, ``_BY_SLOT``)."""
-        row = await self._db.run(lambda conn: by.run(conn, {"key": key}).first(), point=True)
+        return self._own(
+            await self._db.run(lambda conn: by.run(conn, {"key": key}).first(), point=True)
+        )
+
+    def _own(self, row: Any) -> Any:
+        """``row`` if it is this tenant's, else ``None`` (lookups go by a unique key alone)."""
         return row if row is not None and row.tenant == self._tenant else None
 
     async def get(self, conversation_id: str) -> Conversation:
@@ -825,9 +830,7 @@ class Conversations:
         def work(conn: Connection) -> Any:
             row: Any = current
             if row is None:
-                row = _BY_ID.run(conn, {"key": conversation_id}).first()
-                if row is not None and row.tenant != self._tenant:
-                    row = None
+                row = self._own(_BY_ID.run(conn, {"key": conversation_id}).first())
             if row is None:
                 raise NotFoundError("No such conversation")
             change(row.state, target)
